@@ -1,0 +1,202 @@
+"""Reading and validating the raw NEMu folder (``RAW/records.jsonl`` plus media files).
+
+The raw format (also documented in the README and DATASET_CARD.md): one JSON object per line with
+``id`` (unique non-empty string), ``title``, ``artist`` (strings), ``tags`` (list of strings),
+``lyrics`` (LRC or plain text), ``comments`` (list of strings), ``audio`` (path relative to RAW, or
+null/"" when the song has no audio) and ``images`` (list of paths relative to RAW).
+
+Nothing is dropped silently: every input line ends up as exactly one of
+kept sample, quarantined record (with line number, field and reason) or song without an emotion tag.
+Checks that need only the JSON (encoding, syntax, types, duplicate ids, paths leaving RAW, missing
+files) happen here; a file that exists but cannot be decoded is caught during feature extraction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nemu.labels import emotion_labels
+
+RECORDS_FILE = "records.jsonl"
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One song as read from records.jsonl, with its emotion labels resolved and paths checked."""
+
+    id: str
+    line: int
+    title: str
+    artist: str
+    tags: tuple[str, ...]
+    labels: tuple[str, ...]
+    lyrics: str
+    comments: tuple[str, ...]
+    audio: str | None  # relative to RAW
+    images: tuple[str, ...]  # relative to RAW
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A record that could not be used, and why. ``id`` is None when the line had no readable id."""
+
+    id: str | None
+    line: int
+    field: str
+    reason: str
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "line": self.line, "field": self.field, "reason": self.reason}
+
+
+@dataclass
+class ReadResult:
+    records: list[RawRecord] = field(default_factory=list)  # with at least one emotion label
+    quarantined: list[Quarantined] = field(default_factory=list)
+    without_emotion: list[str] = field(default_factory=list)  # ids of valid songs without emotion tag
+    input_count: int = 0  # non-blank lines
+
+
+class RecordError(ValueError):
+    """A raw record breaks the format; carries the field that does."""
+
+    def __init__(self, field_name: str, reason: str):
+        super().__init__(reason)
+        self.field = field_name
+        self.reason = reason
+
+
+def _require_text(obj: dict, key: str, *, required: bool) -> str:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise RecordError(key, f"missing field {key!r}")
+        return ""
+    if not isinstance(value, str):
+        raise RecordError(key, f"{key!r} must be a string, got {type(value).__name__}")
+    _require_utf8(value, key)
+    return value
+
+
+def _require_text_list(obj: dict, key: str) -> tuple[str, ...]:
+    value = obj.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise RecordError(key, f"{key!r} must be a list of strings, got {type(value).__name__}")
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise RecordError(f"{key}[{i}]", f"{key}[{i}] must be a string, got {type(item).__name__}")
+        _require_utf8(item, f"{key}[{i}]")
+    return tuple(value)
+
+
+def _require_utf8(text: str, field_name: str) -> None:
+    # JSON escapes can smuggle lone surrogates (\ud800) that are not encodable text.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RecordError(field_name, f"not valid UTF-8 text ({exc.reason} at position {exc.start})") from None
+
+
+def resolve_media_path(raw_dir: Path, relative: str, field_name: str, suffixes: tuple[str, ...]) -> Path:
+    """The absolute path of a media file, refusing paths that leave RAW and unknown file types."""
+    if not relative.strip():
+        raise RecordError(field_name, "empty path")
+    candidate = Path(relative)
+    if candidate.is_absolute():
+        raise RecordError(field_name, f"path {relative!r} leaves RAW (absolute paths are not allowed)")
+    root = raw_dir.resolve()
+    resolved = (root / candidate).resolve()  # follows symlinks, so a link pointing out is caught too
+    if not resolved.is_relative_to(root):
+        raise RecordError(field_name, f"path {relative!r} leaves RAW")
+    if resolved.suffix.lower() not in suffixes:
+        raise RecordError(field_name, f"path {relative!r} has unsupported type (expected {', '.join(suffixes)})")
+    if not resolved.is_file():
+        raise RecordError(field_name, f"file {relative!r} not found")
+    return resolved
+
+
+def _parse_record(obj: object, line: int, raw_dir: Path) -> RawRecord:
+    if not isinstance(obj, dict):
+        raise RecordError("record", f"expected a JSON object, got {type(obj).__name__}")
+    record_id = obj.get("id")
+    if not isinstance(record_id, str) or not record_id.strip():
+        raise RecordError("id", "missing or empty 'id' (a non-empty string is required)")
+    _require_utf8(record_id, "id")
+    tags = _require_text_list(obj, "tags")
+    audio = obj.get("audio")
+    if audio is not None and not isinstance(audio, str):
+        raise RecordError("audio", f"'audio' must be a path string or null, got {type(audio).__name__}")
+    images = _require_text_list(obj, "images")
+    return RawRecord(
+        id=record_id,
+        line=line,
+        title=_require_text(obj, "title", required=False),
+        artist=_require_text(obj, "artist", required=False),
+        tags=tags,
+        labels=tuple(emotion_labels(list(tags))),
+        lyrics=_require_text(obj, "lyrics", required=False),
+        comments=_require_text_list(obj, "comments"),
+        audio=audio or None,
+        images=images,
+    )
+
+
+def check_media(record: RawRecord, raw_dir: Path) -> None:
+    """Raise RecordError when a media path leaves RAW, has an unknown type or does not exist."""
+    if record.audio is not None:
+        resolve_media_path(raw_dir, record.audio, "audio", AUDIO_SUFFIXES)
+    for i, image in enumerate(record.images):
+        resolve_media_path(raw_dir, image, f"images[{i}]", IMAGE_SUFFIXES)
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Non-blank lines of a file as (1-based line number, raw bytes)."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if raw.strip():
+                yield number, raw
+
+
+def read_records(raw_dir: Path) -> ReadResult:
+    """Parse and validate ``raw_dir/records.jsonl``; see the module docstring for the accounting."""
+    raw_dir = Path(raw_dir)
+    path = raw_dir / RECORDS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no {RECORDS_FILE} in the raw folder {raw_dir}")
+    result = ReadResult()
+    first_line_of: dict[str, int] = {}
+    for number, raw in iter_lines(path):
+        result.input_count += 1
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            result.quarantined.append(
+                Quarantined(None, number, "line", f"not valid UTF-8 (byte {exc.start}: {exc.reason})"))
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            result.quarantined.append(Quarantined(None, number, "line", f"malformed JSON: {exc.msg} (column {exc.colno})"))
+            continue
+        record_id = obj.get("id") if isinstance(obj, dict) and isinstance(obj.get("id"), str) else None
+        try:
+            record = _parse_record(obj, number, raw_dir)
+            if record.id in first_line_of:
+                raise RecordError("id", f"duplicate id {record.id!r} (first seen on line {first_line_of[record.id]})")
+            first_line_of[record.id] = number
+            if not record.labels:
+                result.without_emotion.append(record.id)
+                continue
+            check_media(record, raw_dir)
+        except RecordError as exc:
+            result.quarantined.append(Quarantined(record_id, number, exc.field, exc.reason))
+            continue
+        result.records.append(record)
+    return result

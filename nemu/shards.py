@@ -1,0 +1,126 @@
+"""The one Parquet layout every MMER dataset in this toolkit uses (NEMu, CMU-MOSEI, ...).
+
+``OUT/{train,valid,test}/{split}-{i:05d}-of-{n:05d}.parquet`` with an explicit Arrow schema:
+
+- ``id`` string, ``labels`` list<string>, ``label_vector`` fixed_size_list<int8, L>, ``fold`` int8,
+- one column per modality: list<fixed_size_list<float32, dim>> (a sample's nodes; may be empty),
+- ``duration_seconds`` float32, plus dataset-specific columns (texts, tokens, source paths, ...).
+
+``OUT/manifest.json`` lists the label names (the order of ``label_vector``), the modalities and their
+dims, the extractor settings, the counts and the sha256 of every shard; the same facts (all but the
+shard digests, which cannot contain themselves) are in each shard's schema metadata under
+``mmer.manifest``. Consumers read dimensions from there, never from code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST_FILE = "manifest.json"
+SCHEMA_METADATA_KEY = b"mmer.manifest"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Modality:
+    name: str  # also the feature column's name
+    dim: int
+    node: str  # what one node is, e.g. "lyric line" or "1 s audio window"
+    sequential: bool  # whether node order is meaningful (time series) or the nodes are a set
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dim": self.dim, "node": self.node, "sequential": self.sequential}
+
+
+def node_features_type(dim: int) -> pa.DataType:
+    return pa.list_(pa.list_(pa.float32(), dim))
+
+
+def build_schema(num_labels: int, modalities: list[Modality], extra_fields: list[pa.Field]) -> pa.Schema:
+    fields = [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("labels", pa.list_(pa.string()), nullable=False),
+        pa.field("label_vector", pa.list_(pa.int8(), num_labels), nullable=False),
+        pa.field("fold", pa.int8(), nullable=False),
+        *(pa.field(m.name, node_features_type(m.dim), nullable=False) for m in modalities),
+        pa.field("duration_seconds", pa.float32()),
+        *extra_fields,
+    ]
+    return pa.schema(fields)
+
+
+def with_manifest(schema: pa.Schema, facts: dict) -> pa.Schema:
+    """The schema carrying the manifest's facts as metadata, so a plain pyarrow read keeps them."""
+    return schema.with_metadata({SCHEMA_METADATA_KEY: canonical_json(facts).encode("utf-8")})
+
+
+def manifest_from_schema(schema: pa.Schema) -> dict:
+    return json.loads(schema.metadata[SCHEMA_METADATA_KEY].decode("utf-8"))
+
+
+def canonical_json(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False, sort_keys=True, indent=2)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary name beside ``path`` and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    return f"{split}-{index:05d}-of-{count:05d}.parquet"
+
+
+def write_split(table: pa.Table, out_dir: Path, split: str, rows_per_shard: int,
+                row_group_rows: int) -> list[dict]:
+    """Write one split's shards atomically; remove shards of an earlier build that are not rewritten."""
+    split_dir = Path(out_dir) / split
+    split_dir.mkdir(parents=True, exist_ok=True)
+    count = max(1, -(-table.num_rows // rows_per_shard))
+    written = []
+    for index in range(count):
+        part = table.slice(index * rows_per_shard, rows_per_shard)
+        name = shard_name(split, index, count)
+        sink = pa.BufferOutputStream()
+        # Small row groups so readers can stream a shard without holding all of it in memory.
+        pq.write_table(part, sink, row_group_size=row_group_rows, compression="zstd",
+                       write_statistics=["id", "fold"])
+        atomic_write_bytes(split_dir / name, sink.getvalue().to_pybytes())
+        written.append({"path": f"{split}/{name}", "rows": part.num_rows, "sha256": sha256_file(split_dir / name)})
+    keep = {Path(entry["path"]).name for entry in written}
+    for stale in split_dir.glob("*.parquet"):
+        if stale.name not in keep:
+            stale.unlink()
+    return written
+
+
+def write_manifest(out_dir: Path, manifest: dict) -> None:
+    atomic_write_bytes(Path(out_dir) / MANIFEST_FILE, (canonical_json(manifest) + "\n").encode("utf-8"))
+
+
+def read_manifest(root: Path) -> dict:
+    path = Path(root) / MANIFEST_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not a built dataset folder (no {MANIFEST_FILE}); build it first")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {manifest.get('format_version')} is not {FORMAT_VERSION}")
+    return manifest

