@@ -26,10 +26,14 @@ class AudioDecodeError(ValueError):
 
 def load_audio(path: Path, sample_rate: int) -> np.ndarray:
     """Mono float32 samples at ``sample_rate``; raises AudioDecodeError for unreadable or empty files."""
+    import warnings
+
     import librosa
 
     try:
-        samples, _ = librosa.load(str(path), sr=sample_rate, mono=True)
+        with warnings.catch_warnings():  # librosa warns before its audioread fallback; failure is reported below
+            warnings.simplefilter("ignore", (UserWarning, FutureWarning))
+            samples, _ = librosa.load(str(path), sr=sample_rate, mono=True)
     except Exception as exc:  # soundfile/audioread raise many types for corrupt files
         raise AudioDecodeError(f"cannot decode audio: {type(exc).__name__}: {exc}") from None
     if samples.size == 0:

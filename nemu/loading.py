@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from nemu.shards import read_manifest, sha256_file
@@ -44,13 +43,10 @@ def read_table(root: Path, split: str | None = None, columns: Sequence[str] | No
                folds: Iterable[int] | None = None) -> pa.Table:
     """One Arrow table of the split's shards (all splits when ``split`` is None), optionally some folds."""
     manifest = read_manifest(root)
-    tables = [pq.read_table(path, columns=list(columns) if columns else None)
+    filters = [("fold", "in", sorted(set(folds)))] if folds is not None else None
+    tables = [pq.read_table(path, columns=list(columns) if columns else None, filters=filters)
               for path in shard_paths(root, manifest, split)]
-    table = pa.concat_tables(tables)
-    if folds is not None:
-        wanted = pa.array(sorted(set(folds)), pa.int8())
-        table = table.filter(pc.is_in(table["fold"], value_set=wanted))
-    return table
+    return pa.concat_tables(tables)
 
 
 def load(root: str | Path, split: str | None = "train", columns: Sequence[str] | None = None):
@@ -63,8 +59,8 @@ def _node_arrays(column: pa.ChunkedArray, dim: int) -> tuple[np.ndarray, np.ndar
     array = column.combine_chunks()
     offsets = array.offsets.to_numpy()
     values = array.values.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
-    # offsets are relative to a possibly sliced child array
-    return values[offsets[0]:offsets[-1]], offsets - offsets[0]
+    # offsets are relative to a possibly sliced child array; the copy makes the tensors' memory writable
+    return values[offsets[0]:offsets[-1]].copy(), offsets - offsets[0]
 
 
 class MMERDataset:

@@ -51,7 +51,10 @@ def write_records(raw: Path, records: list[dict | str | bytes]) -> Path:
     with (raw / "records.jsonl").open("wb") as handle:
         for record in records:
             if isinstance(record, dict):
-                record = json.dumps(record, ensure_ascii=False)
+                try:
+                    record = json.dumps(record, ensure_ascii=False).encode("utf-8")
+                except UnicodeEncodeError:  # lone surrogates can only travel as JSON \u escapes
+                    record = json.dumps(record).encode("ascii")
             handle.write((record.encode("utf-8") if isinstance(record, str) else record) + b"\n")
     return raw / "records.jsonl"
 
