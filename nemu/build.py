@@ -34,7 +34,7 @@ from nemu.splits import N_FOLDS, SPLITS, assign_folds, split_of_fold
 from nemu.statistics import table1_statistics
 from nemu.text import clean_lyrics, comment_nodes, embed_nodes, load_word_vectors, tokenize, train_word_vectors
 
-CACHE_VERSION = 1  # bump when extraction code changes what it produces
+CACHE_VERSION = 2  # bump when extraction code changes what it produces
 WORD_VECTOR_DIM = 300
 TEXT_MODALITIES = ("lyrics", "comments")
 QUARANTINE_FILE = "quarantine.jsonl"

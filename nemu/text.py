@@ -33,37 +33,52 @@ _SENTENCE_END = re.compile(r"(?<=[。！？!?；;…])|\n")
 
 
 def clean_lyrics(lyrics: str) -> list[str]:
-    """Lyric lines without LRC timestamps, LRC ID tags, credit lines and empty lines."""
+    """Lyric lines without LRC timestamps, LRC ID tags, credit lines and lines without any word."""
     lines: list[str] = []
     for raw_line in lyrics.splitlines():
         if _LRC_ID_TAG.match(raw_line):
             continue
         line = _LRC_TIME.sub("", raw_line).strip()
-        if not line or _CREDIT_LINE.match(line):
+        if not _is_word(line) or _CREDIT_LINE.match(line):
             continue
         lines.append(line)
     return lines
 
 
+def _is_word(token: str) -> bool:
+    # Text made only of whitespace, punctuation or symbols carries no word vector.
+    return any(unicodedata.category(ch)[0] in "LN" for ch in token)
+
+
 def split_sentences(text: str) -> list[str]:
-    """Sentences ending in Chinese or Western end punctuation (kept), or at line breaks."""
-    return [part.strip() for part in _SENTENCE_END.split(text) if part and part.strip()]
+    """Sentences ending in Chinese or Western end punctuation (kept), or at line breaks.
+
+    A fragment without any word character ("！", "……", "）。") joins the sentence before it.
+    """
+    sentences: list[str] = []
+    for part in _SENTENCE_END.split(text):
+        part = part.strip()
+        if not part:
+            continue
+        if sentences and not _is_word(part):
+            sentences[-1] += part
+        else:
+            sentences.append(part)
+    return sentences
 
 
 def comment_nodes(comments: Sequence[str], max_chars: int) -> list[str]:
-    """One node per comment; a comment longer than ``max_chars`` becomes one node per sentence."""
+    """One node per comment; a comment longer than ``max_chars`` becomes one node per sentence.
+
+    Nodes without a word character (a comment that is only "……" or emoji) carry no text feature and
+    are not made into nodes.
+    """
     nodes: list[str] = []
     for comment in comments:
         comment = comment.strip()
-        if not comment:
-            continue
-        nodes.extend(split_sentences(comment) if len(comment) > max_chars else [comment])
+        parts = split_sentences(comment) if len(comment) > max_chars else [comment]
+        nodes.extend(part for part in parts if _is_word(part))
     return nodes
-
-
-def _is_word(token: str) -> bool:
-    # Tokens made only of whitespace, punctuation or symbols carry no word vector.
-    return any(unicodedata.category(ch)[0] in "LN" for ch in token)
 
 
 _TOKENIZER = None
