@@ -15,7 +15,42 @@ DESCRIPTIONS = {
         "audio and images (cover and posters), labelled with the emotion tags among NetEase's 12-tag emotion "
         "group. The comments and lyrics are partial time series: comments are independent of one another."
     ),
+    "MOSEI": (
+        "CMU-MOSEI (CMU Multimodal Opinion Sentiment and Emotion Intensity; Zadeh et al., ACL 2018) is the "
+        "paper's second dataset: sentence-level segments of English YouTube monologues with three modalities, "
+        "text (GloVe word vectors), audio (COVAREP) and vision (FACET 4.2), and six emotions (happy, sad, anger, "
+        "surprise, disgust, fear) annotated as intensities in [0, 3]; an emotion is present when its intensity is "
+        "above 0, so a segment can have several or none. Features come from the files the user holds (SDK "
+        "computational sequences, the aligned train_valid_test.pt, or the unaligned pkl); see the settings below."
+    ),
 }
+
+# Dataset-specific wording of the card's fixed sections; a dataset without an entry (NEMu) gets the
+# original NEMu wording, so its card is unchanged.
+SECTIONS = {
+    "MOSEI": {
+        "duration": "segment length in seconds; null where the source has no times",
+        "annotations": "Labels are crowd-sourced emotion intensities (three annotators per segment, averaged) from "
+                       "CMU-MOSEI; an emotion is present when its intensity is above 0. Segments without any "
+                       "emotion are kept, as in the paper's Table 1.",
+        "personal": "Only pre-extracted features are kept (word vectors, acoustic and facial descriptors), with "
+                    "YouTube video ids and segment times where the source has them; no video, audio or text.",
+        "uses": "For research on multi-modal multi-label emotion recognition. The label distribution is imbalanced "
+                "(see the label table). Respect CMU-MOSEI's terms of use.",
+        "citation": "AmirAli Bagher Zadeh, Paul Pu Liang, Soujanya Poria, Erik Cambria, Louis-Philippe Morency.\n"
+                    "Multimodal Language Analysis in the Wild: CMU-MOSEI Dataset and Interpretable Dynamic Fusion "
+                    "Graph. ACL 2018.\n\nDong Zhang, Xincheng Ju, Wei Zhang, Junhui Li, Shoushan Li, Qiaoming Zhu, "
+                    "Guodong Zhou. Multi-modal\nMulti-label Emotion Recognition with Heterogeneous Hierarchical "
+                    "Message Passing. AAAI 2021.",
+    },
+}
+
+
+def _curation_counts(counts: dict) -> str:
+    """Counts of a build without NEMu's input/kept/quarantined bookkeeping, one line each."""
+    return "Counts:\n\n" + "\n".join(
+        f"- {key}: {value if isinstance(value, str) else __import__('json').dumps(value, ensure_ascii=False)}"
+        for key, value in counts.items())
 
 
 def _yaml_header(manifest: dict) -> str:
@@ -71,6 +106,13 @@ def _modality_table(manifest: dict) -> str:
 def render_dataset_card(manifest: dict) -> str:
     counts, settings = manifest["counts"], manifest["settings"]
     name = manifest["dataset"]
+    sections = SECTIONS.get(name, {})
+    if "input" in counts:
+        curation = f"""Input records: {counts['input']} = kept {counts['kept']} + quarantined {counts['quarantined']} (see
+`quarantine.jsonl`) + without an emotion tag {counts['without_emotion_tag']}. Text nodes with no word that
+has a vector (zero feature): {counts.get('text_nodes_without_word_vectors', 0)}."""
+    else:
+        curation = _curation_counts(counts)
     shards = sum(len(v) for v in manifest["shards"].values())
     text_columns = manifest.get("text_columns", {})
     text_lines = "\n".join(
@@ -94,7 +136,7 @@ the same facts (without shard digests) are in each shard's schema metadata under
 
 Columns:
 - `id` string; `labels` list<string>; `label_vector` fixed_size_list<int8, {len(manifest['labels'])}> in the label order below;
-  `fold` int8, 0–9, the cross-validation fold; `duration_seconds` float32 (audio length).
+  `fold` int8, 0–9, the cross-validation fold; `duration_seconds` float32 ({sections.get('duration', 'audio length')}).
 - One column per modality, a sample's nodes (possibly none):
 
 {_modality_table(manifest)}
@@ -115,9 +157,7 @@ Splits: {settings['splits']['rule']}; folds by {settings['splits']['method']}, s
 
 ### Curation
 
-Input records: {counts['input']} = kept {counts['kept']} + quarantined {counts['quarantined']} (see
-`quarantine.jsonl`) + without an emotion tag {counts['without_emotion_tag']}. Text nodes with no word that
-has a vector (zero feature): {counts.get('text_nodes_without_word_vectors', 0)}.
+{curation}
 
 Extractor settings:
 
@@ -127,20 +167,26 @@ Extractor settings:
 
 ### Annotations
 
-Labels are the emotion tags of the source platform (for NEMu, NetEase Cloud Music tags); songs without any of
-the emotion tags are not samples.
+{sections.get('annotations', _NEMU_ANNOTATIONS)}
 
 ### Personal and Sensitive Information
 
-Only the text of user comments is kept: no user names, user ids, avatars, timestamps or like counts.
+{sections.get('personal', _NEMU_PERSONAL)}
 
 ## Uses and Limitations
 
-For research on multi-modal multi-label emotion recognition. Labels are platform tags, not expert
-annotations; the label distribution is imbalanced (see the label table). Respect the source's terms of use.
+{sections.get('uses', _NEMU_USES)}
 
 ## Citation
 
-Dong Zhang, Xincheng Ju, Wei Zhang, Junhui Li, Shoushan Li, Qiaoming Zhu, Guodong Zhou. Multi-modal
-Multi-label Emotion Recognition with Heterogeneous Hierarchical Message Passing. AAAI 2021.
+{sections.get('citation', _NEMU_CITATION)}
 """
+
+
+_NEMU_ANNOTATIONS = """Labels are the emotion tags of the source platform (for NEMu, NetEase Cloud Music tags); songs without any of
+the emotion tags are not samples."""
+_NEMU_PERSONAL = "Only the text of user comments is kept: no user names, user ids, avatars, timestamps or like counts."
+_NEMU_USES = """For research on multi-modal multi-label emotion recognition. Labels are platform tags, not expert
+annotations; the label distribution is imbalanced (see the label table). Respect the source's terms of use."""
+_NEMU_CITATION = """Dong Zhang, Xincheng Ju, Wei Zhang, Junhui Li, Shoushan Li, Qiaoming Zhu, Guodong Zhou. Multi-modal
+Multi-label Emotion Recognition with Heterogeneous Hierarchical Message Passing. AAAI 2021."""

@@ -1,0 +1,578 @@
+"""CMU-MOSEI into the shared layout: the three source forms, written here in their exact formats."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import nemu
+from nemu.mosei import (
+    LABELS, MoseiError, MoseiOptions, UntrustedPickleError, build_mosei, restore_padding,
+)
+from nemu.shards import manifest_from_schema, sha256_file
+from pipelines import build_mosei as cli
+
+DIMS = {"text": 300, "audio": 74, "vision": 35}
+
+
+def options(src, out, **kw) -> MoseiOptions:
+    kw.setdefault("progress", False)
+    return MoseiOptions(src=Path(src), out_dir=Path(out), **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# Form 1: SDK computational sequences (h5py, the SDK's group layout)
+
+
+def write_csd(path: Path, root: str, videos: dict, metadata: bool = True) -> Path:
+    """root/data/<video>/{features,intervals} and root/metadata/<key> (vlen str JSON), as the SDK writes."""
+    with h5py.File(path, "w") as f:
+        group = f.create_group(root)
+        data = group.create_group("data")
+        for video, (features, intervals) in videos.items():
+            v = data.create_group(video)
+            v.create_dataset("features", data=features)
+            v.create_dataset("intervals", data=intervals)
+        if metadata:
+            meta = group.create_group("metadata")
+            for key, value in {"root name": root, "computational sequence version": "1.0"}.items():
+                meta.create_dataset(key, (1,), dtype=h5py.special_dtype(vlen=str))
+                meta[key][0] = json.dumps(value)
+    return path
+
+
+def frames(duration: float, step: float, dim: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    starts = np.arange(0, duration, step)
+    intervals = np.stack([starts, starts + step], axis=1)
+    return rng.normal(size=(len(starts), dim)).astype(np.float64) + 0.5, intervals
+
+
+# Segments per video: (start, end, [sentiment, happy, sad, anger, surprise, disgust, fear])
+SDK_VIDEOS = {
+    "vidA": [(0.0, 2.0, [1.0, 0.333, 0, 1.0, 0, 0, 0]), (2.0, 4.5, [0.0, 0, 0, 0, 0, 0, 0])],
+    "vidB": [(1.0, 3.0, [-1.0, 0, 2.0, 0, 0, 0, 0.666])],
+    "vidC": [(0.0, 1.5, [0.5, 1.0, 0, 0, 1.0, 0, 0]), (1.5, 3.0, [0.0, 0, 0, 0, 0, 0.5, 0])],
+    "vidD": [(0.5, 2.5, [2.0, 2.0, 0, 0, 0, 0, 0]), (2.5, 4.0, [-2, 0, 1.0, 1.0, 0, 0, 0])],
+    "vidE": [(0.0, 2.0, [0.0, 0, 0.333, 0, 0, 0, 0])],
+    "vidF": [(0.0, 1.0, [0.0, 0.666, 0, 0, 0, 0, 0]), (1.0, 2.0, [0.0, 0, 0, 0, 0.333, 0, 0])],
+    "vidG": [(0.0, 3.0, [1.0, 1.0, 1.0, 0, 0, 0, 0])],
+    "vidH": [(0.0, 2.0, [0.0, 0, 0, 0, 0, 0, 1.0])],
+    "vidX": [(0.0, 2.0, [0.0, 1.0, 0, 0, 0, 0, 0])],  # in no fold: dropped and counted
+}
+SDK_FOLDS = {"train": ["vidA", "vidB", "vidC", "vidD", "vidE"], "valid": ["vidF"], "test": ["vidG", "vidH"]}
+
+
+def sdk_source(root: Path, *, skip_vision: tuple[str, ...] = (), mutate=None) -> tuple[Path, Path, dict]:
+    """A folder of four .csd files (+ an ignored one) and a folds file. Returns (src, folds, features)."""
+    rng = np.random.default_rng(7)
+    src = root / "csd"
+    src.mkdir(parents=True)
+    seqs = {"labels": {}, "text": {}, "audio": {}, "vision": {}}
+    for video, segments in SDK_VIDEOS.items():
+        duration = max(end for _, end, _ in segments)
+        seqs["labels"][video] = (np.array([row for _, _, row in segments], np.float64),
+                                 np.array([[s, e] for s, e, _ in segments], np.float64))
+        words, word_iv = frames(duration, 0.5, 300, rng)
+        words[1] = 0.0  # a zero vector (the SDK's silence entry): a node, but not a word
+        seqs["text"][video] = (words, word_iv)
+        seqs["audio"][video] = frames(duration, 0.1, 74, rng)
+        if video not in skip_vision:
+            seqs["vision"][video] = frames(duration, 0.25, 35, rng)
+    if mutate:
+        mutate(seqs)
+    write_csd(src / "CMU_MOSEI_Labels.csd", "All Labels", seqs["labels"])
+    write_csd(src / "CMU_MOSEI_TimestampedWordVectors.csd", "glove_vectors", seqs["text"])
+    write_csd(src / "CMU_MOSEI_COVAREP.csd", "COVAREP", seqs["audio"])
+    write_csd(src / "CMU_MOSEI_VisualFacet42.csd", "FACET 4.2", seqs["vision"])
+    write_csd(src / "CMU_MOSEI_VisualOpenFace2.csd", "OpenFace_2",
+              {v: (np.zeros((2, 5)), np.array([[0, 1], [1, 2]], np.float64)) for v in SDK_VIDEOS})
+    folds = root / "folds.json"
+    folds.write_text(json.dumps(SDK_FOLDS))
+    return src, folds, seqs
+
+
+def overlap(intervals, start, end):
+    return np.nonzero((intervals[:, 0] < end) & (intervals[:, 1] > start))[0]
+
+
+@pytest.fixture(scope="module")
+def sdk_built(tmp_path_factory):
+    base = tmp_path_factory.mktemp("sdk")
+    src, folds, seqs = sdk_source(base, skip_vision=("vidE",))
+    summary = build_mosei(options(src, base / "out", folds_file=folds, rows_per_shard=4, row_group_rows=2))
+    return base / "out", seqs, summary
+
+
+def test_sdk_segments_labels_intervals_and_words(sdk_built):
+    out, seqs, summary = sdk_built
+    manifest = nemu.read_manifest(out)
+    assert manifest["dataset"] == "MOSEI" and manifest["labels"] == list(LABELS)
+    assert manifest["settings"]["source"]["form"] == "sdk"
+    roles = {f["name"]: f["role"] for f in manifest["settings"]["source"]["files"]}
+    assert roles["CMU_MOSEI_VisualOpenFace2.csd"] == "ignored" and roles["CMU_MOSEI_COVAREP.csd"] == "audio"
+    assert summary.splits == {"train": 8, "valid": 2, "test": 2}
+    assert manifest["counts"]["not_in_folds"] == 1
+    assert manifest["counts"]["empty_modality"] == {"text": 0, "audio": 0, "vision": 1}
+    frame = nemu.load(out, None).set_index("id")
+    assert "vidX[0]" not in frame.index and len(frame) == 12
+    for video, segments in SDK_VIDEOS.items():
+        if video == "vidX":
+            continue
+        for i, (start, end, row) in enumerate(segments):
+            r = frame.loc[f"{video}[{i}]"]
+            expected = [int(v > 0) for v in row[1:]]
+            assert list(r["label_vector"]) == expected
+            assert list(r["labels"]) == [n for n, v in zip(LABELS, expected) if v]
+            np.testing.assert_allclose(list(r["intensities"]), row[1:], rtol=1e-6)
+            assert r["sentiment"] == pytest.approx(row[0])
+            assert r["duration_seconds"] == pytest.approx(end - start)
+            assert r["video_id"] == video and r["source_index"] == i
+            dominant = LABELS[int(np.argmax(row[1:]))] if max(row[1:]) > 0 else None
+            assert (r["dominant_emotion"] if isinstance(r["dominant_emotion"], str) else None) == dominant
+            for m in DIMS:
+                if video == "vidE" and m == "vision":
+                    assert len(r[m]) == 0
+                    continue
+                features, intervals = seqs[m][video]
+                rows = overlap(intervals, start, end)
+                got = np.stack(list(r[m]))
+                np.testing.assert_allclose(got, features[rows].astype(np.float32), rtol=1e-6)
+                assert r[f"{m}_positions"] is None and np.isnan(r[f"{m}_source_steps"])  # no padding in the SDK
+            words, intervals = seqs["text"][video]
+            rows = overlap(intervals, start, end)
+            assert r["words"] == int(np.any(words[rows] != 0, axis=1).sum())
+    # vidA[0] is 0-2 s: 20 COVAREP frames of 0.1 s, 8 FACET frames of 0.25 s, 4 word rows of which one is zero
+    first = frame.loc["vidA[0]"]
+    assert (len(first["audio"]), len(first["vision"]), len(first["text"]), first["words"]) == (20, 8, 4, 3)
+    # the split folders hold the SDK split; the fold column is a separate stratified CV
+    for split, videos in SDK_FOLDS.items():
+        assert set(nemu.load(out, split)["video_id"]) == set(videos)
+    settings = manifest["settings"]["splits"]
+    assert settings["rotation_0_is_published_split"] is False
+    assert set(frame["fold"]) == set(range(10))
+    # one label vs two or more, from the rule intensity > 0
+    per_sample = np.array([sum(1 for v in row[1:] if v > 0) for video, segs in SDK_VIDEOS.items()
+                           if video != "vidX" for _, _, row in segs])
+    stats = manifest["statistics"]
+    assert stats["one_label"] == int((per_sample == 1).sum())
+    assert stats["two_or_more_labels"] == int((per_sample >= 2).sum())
+    assert stats["without_labels"] == int((per_sample == 0).sum()) == 1
+    durations = [end - start for v, segs in SDK_VIDEOS.items() if v != "vidX" for start, end, _ in segs]
+    assert stats["mean_duration_seconds"] == round(float(np.mean(durations)), 2)
+    assert stats["mean_words_per_sentence"] == round(float(frame["words"].mean()), 2)
+
+
+def test_sdk_standard_folds_are_shipped_and_used_by_default(tmp_path):
+    shipped = json.loads((Path(nemu.__file__).parent / "resources" / "mosei_standard_folds.json").read_text())
+    assert (len(shipped["train"]), len(shipped["valid"]), len(shipped["test"])) == (2249, 300, 678)
+    assert "CMU-MultimodalSDK" in shipped["source"]["repository"] and shipped["license"] == "MIT"
+    # rename our tiny videos to real ids of each standard fold: the default folds must place them
+    real = {"train": shipped["train"][:5], "valid": shipped["valid"][:1], "test": shipped["test"][:2]}
+    rename = {old: new for split in SDK_FOLDS for old, new in zip(SDK_FOLDS[split], real[split])}
+
+    def to_real_ids(seqs):
+        for role in seqs:
+            seqs[role] = {rename.get(k, k): v for k, v in seqs[role].items()}
+
+    src, _, _ = sdk_source(tmp_path, mutate=to_real_ids)
+    summary = build_mosei(options(src, tmp_path / "out"))
+    assert summary.splits == {"train": 8, "valid": 2, "test": 2}
+    assert set(nemu.load(tmp_path / "out", "test")["video_id"]) == set(real["test"])
+
+
+def test_sdk_drop_incomplete(tmp_path):
+    src, folds, _ = sdk_source(tmp_path, skip_vision=("vidE",))
+    summary = build_mosei(options(src, tmp_path / "out", folds_file=folds, drop_incomplete=True))
+    assert summary.splits["train"] == 7 and summary.counts["dropped_incomplete"] == 1
+    assert "vidE[0]" not in set(nemu.load(tmp_path / "out", None)["id"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Form 2: the aligned train_valid_test.pt
+
+SPLIT_SIZES = {"train": 8, "valid": 3, "test": 4}
+T = 6
+
+
+def pt_vocab() -> dict:
+    """Specials 0-3 as LaMP writes them, emotions under shuffled ids (not the TAILOR order 4..9)."""
+    ids = [9, 6, 4, 8, 5, 7]  # happy, sad, anger, surprise, disgust, fear
+    vocab = {"<blank>": 0, "<unk>": 1, "<s>": 2, "</s>": 3}
+    vocab.update({name: i for name, i in zip(LABELS, ids)})
+    return dict(sorted(vocab.items(), key=lambda item: item[1]))
+
+
+def sample_labels(split: str, i: int) -> list[str]:
+    k = (sum(map(ord, split)) + 3 * i) % 8
+    return [[], [LABELS[i % 6]], [LABELS[i % 6], LABELS[(i + 2) % 6]], ["fear"], ["happy", "sad"],
+            ["surprise"], ["anger", "disgust", "fear"], ["disgust"]][k]
+
+
+def padded_split(split: str, n: int, rng) -> tuple[dict, dict]:
+    """Arrays (N, T, dim) with padding: left-padded, right-padded and one all-zero step in the middle."""
+    arrays = {m: np.zeros((n, T, d), np.float32) for m, d in DIMS.items()}
+    real = np.zeros((n, T), bool)
+    for i in range(n):
+        length = 2 + i % 4
+        steps = list(range(T - length, T)) if i % 2 == 0 else list(range(length))
+        if i == 1:
+            steps = [0, 2, 3]  # step 1 is all-zero in the middle: padding too
+        for m, d in DIMS.items():
+            arrays[m][i, steps] = rng.normal(size=(len(steps), d)) + 1.0
+        if i == 2:
+            arrays["text"][i, steps[0]] = 0.0  # no word at a real step (audio/vision are there): kept, not a word
+        real[i, steps] = True
+    return arrays, real
+
+
+def write_pt(path: Path, rng=None, settings=None, mutate=None) -> tuple[dict, dict]:
+    rng = rng or np.random.default_rng(3)
+    vocab = pt_vocab()
+    data = {"settings": settings if settings is not None else argparse.Namespace(
+                max_text_seq_len=T, max_visual_seq_len=T, max_audio_seq_len=T),
+            "dict": {"src": None, "tgt": vocab}}
+    reals = {}
+    for split, n in SPLIT_SIZES.items():
+        arrays, reals[split] = padded_split(split, n, rng)
+        tgt = [[2, *[vocab[name] for name in sample_labels(split, i)], 3] for i in range(n)]
+        data[split] = {"src-text": arrays["text"], "src-visual": arrays["vision"],
+                       "src-audio": torch.from_numpy(arrays["audio"]), "tgt": tgt}
+    if mutate:
+        mutate(data)
+    torch.save(data, path)
+    return data, reals
+
+
+@pytest.fixture(scope="module")
+def pt_built(tmp_path_factory):
+    base = tmp_path_factory.mktemp("pt")
+    data, reals = write_pt(base / "train_valid_test.pt")
+    summary = build_mosei(options(base / "train_valid_test.pt", base / "out", rows_per_shard=5, row_group_rows=2))
+    return base, data, reals, summary
+
+
+def test_pt_counts_and_vocabulary_mapping(pt_built):
+    base, data, _, summary = pt_built
+    out = base / "out"
+    assert summary.form == "pt" and summary.splits == SPLIT_SIZES
+    manifest = nemu.read_manifest(out)
+    assert manifest["statistics"]["splits"] == SPLIT_SIZES
+    for split, n in SPLIT_SIZES.items():
+        frame = nemu.load(out, split)
+        assert list(frame["id"]) == [f"{split}-{i:05d}" for i in range(n)]
+        for i in range(n):
+            expected = sample_labels(split, i)
+            assert list(frame["labels"].iloc[i]) == [name for name in LABELS if name in expected]
+            assert list(frame["label_vector"].iloc[i]) == [int(name in expected) for name in LABELS]
+        # no intensities, no times in the .pt: null, never invented
+        assert frame["intensities"].isna().all() and frame["dominant_emotion"].isna().all()
+        assert frame["duration_seconds"].isna().all() and frame["video_id"].isna().all()
+    assert manifest["statistics"]["mean_duration_seconds"] is None
+    card = (out / "DATASET_CARD.md").read_text(encoding="utf-8")
+    assert "| Train | 8 | 16326 |" in card and "| Test | 4 | 4659 |" in card and "CMU-MOSEI" in card
+    assert "pretty_name: MOSEI" in card and "- en" in card
+
+
+def test_pt_padding_removed_and_restorable(pt_built):
+    base, data, reals, _ = pt_built
+    frame = nemu.load(base / "out", "train")
+    for i in range(SPLIT_SIZES["train"]):
+        row = frame.iloc[i]
+        positions = np.nonzero(reals["train"][i])[0]
+        for m, key in (("text", "src-text"), ("audio", "src-audio"), ("vision", "src-visual")):
+            assert list(row[f"{m}_positions"]) == positions.tolist() and row[f"{m}_source_steps"] == T
+            source = np.asarray(data["train"][key][i])
+            padded, mask = restore_padding(np.stack(list(row[m])), row[f"{m}_positions"], row[f"{m}_source_steps"])
+            np.testing.assert_array_equal(padded, source)
+            np.testing.assert_array_equal(mask, reals["train"][i])
+        assert row["words"] == int(np.any(np.asarray(data["train"]["src-text"][i]) != 0, axis=1).sum())
+    assert list(frame["text_positions"].iloc[1]) == [0, 2, 3]  # the all-zero middle step is gone
+    assert frame["words"].iloc[2] == len(frame["text"].iloc[2]) - 1  # a real step without a word
+    counts = nemu.read_manifest(base / "out")["counts"]
+    assert counts["padding_steps_removed"]["text"] == sum(int((~r).sum()) for r in reals.values())
+
+
+def test_loader_and_collate_read_dims_from_manifest(pt_built):
+    base, _, reals, _ = pt_built
+    dataset = nemu.MMERDataset(base / "out", "train")
+    assert dataset.modality_dims == DIMS and dataset.label_names == list(LABELS)
+    batch = next(iter(DataLoader(dataset, batch_size=4, shuffle=False, collate_fn=nemu.collate)))
+    assert batch["labels"].shape == (4, 6)
+    for m, dim in DIMS.items():
+        assert batch["features"][m].shape[-1] == dim
+        assert batch["masks"][m].sum(1).tolist() == [int(reals["train"][i].sum()) for i in range(4)]
+    schema = pq.read_schema(next((base / "out" / "train").glob("*.parquet")))
+    facts = manifest_from_schema(schema)
+    assert facts["labels"] == list(LABELS) and facts["modalities"] == nemu.read_manifest(base / "out")["modalities"]
+    nemu.verify(base / "out")
+
+
+def test_hhmpn_trains_on_the_result_unchanged(pt_built):
+    model_module = pytest.importorskip("hhmpn.model")
+    engine = pytest.importorskip("hhmpn.engine")
+    base = pt_built[0]
+    train, valid = nemu.MMERDataset(base / "out", "train"), nemu.MMERDataset(base / "out", "valid")
+    model = model_module.HHMPN(train.modality_dims, len(train.label_names), d=16, rounds=1)
+    result = engine.fit(model, DataLoader(train, batch_size=4, collate_fn=nemu.collate),
+                        DataLoader(valid, batch_size=4, collate_fn=nemu.collate), epochs=1, lr=1e-3,
+                        device="cpu", progress=False, label_names=train.label_names)
+    assert result.best_epoch == 1
+
+
+def test_same_input_same_bytes_and_cli(pt_built, tmp_path, capsys):
+    base = pt_built[0]
+    assert cli.main([str(base / "train_valid_test.pt"), "--out", str(tmp_path / "again"), "--shard-rows", "5",
+                     "--row-group-rows", "2", "--no-progress"]) == 0
+    assert "train 8, valid 3, test 4" in capsys.readouterr().out
+    for path in sorted((base / "out").glob("*/*.parquet")):
+        assert sha256_file(path) == sha256_file(tmp_path / "again" / path.relative_to(base / "out"))
+    assert cli.main([str(base / "train_valid_test.pt"), "--out", str(tmp_path / "s1"), "--seed", "1",
+                     "--no-progress"]) == 0
+
+
+def test_cli_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("SRC", "--out", "--form", "--labels-pt", "--folds-file", "--seed", "--trust-pickle",
+                 "--neg-inf-to-zero", "--drop-incomplete", "--shard-rows", "--row-group-rows", "--no-progress"):
+        assert flag in text
+    assert "auto" in text and "sdk" in text and "pkl" in text
+
+
+# ----------------------------------------------------------------------------------------------
+# Form 3: the unaligned pkl, labels from the .pt
+
+
+def write_pkl(path: Path, rng=None, mutate=None) -> dict:
+    rng = rng or np.random.default_rng(5)
+    data = {}
+    lengths = {"text": 5, "audio": 12, "vision": 9}
+    for split, n in SPLIT_SIZES.items():
+        part = {}
+        for m, d in DIMS.items():
+            array = np.zeros((n, lengths[m], d), np.float32)
+            for i in range(n):
+                real = 1 + (i + len(m)) % lengths[m]
+                array[i, lengths[m] - real:] = rng.normal(size=(real, d)) + 1.0  # left padding, per modality
+            part[m] = array
+        part["labels"] = np.arange(n, dtype=np.float32).reshape(n, 1, 1) / 10
+        part["id"] = np.array([[f"v{split}{i // 2}", f"{1.5 * i}", f"{1.5 * i + 1.25}"] for i in range(n)],
+                              dtype=object)
+        data[split] = part
+    if mutate:
+        mutate(data)
+    with path.open("wb") as f:
+        pickle.dump(data, f, protocol=4)
+    return data
+
+
+def test_pkl_paired_with_pt_labels(tmp_path, pt_built):
+    base = pt_built[0]
+    data = write_pkl(tmp_path / "mosei_senti_data_noalign.pkl")
+    summary = build_mosei(options(tmp_path / "mosei_senti_data_noalign.pkl", tmp_path / "out",
+                                  labels_pt=base / "train_valid_test.pt"))
+    assert summary.form == "pkl" and summary.splits == SPLIT_SIZES
+    frame = nemu.load(tmp_path / "out", "valid")
+    for i in range(SPLIT_SIZES["valid"]):
+        row = frame.iloc[i]
+        assert row["id"] == f"vvalid{i // 2}[{1.5 * i!r},{1.5 * i + 1.25!r}]" and row["video_id"] == f"vvalid{i // 2}"
+        assert row["duration_seconds"] == pytest.approx(1.25) and row["sentiment"] == pytest.approx(i / 10)
+        assert list(row["label_vector"]) == [int(name in sample_labels("valid", i)) for name in LABELS]
+        for m in DIMS:
+            source = data["valid"][m][i]
+            real = np.any(source != 0, axis=1)
+            padded, mask = restore_padding(np.stack(list(row[m])), row[f"{m}_positions"], row[f"{m}_source_steps"])
+            np.testing.assert_array_equal(padded, source)
+            np.testing.assert_array_equal(mask, real)
+        assert row["words"] == len(row["text"])
+    assert nemu.read_manifest(tmp_path / "out")["statistics"]["mean_duration_seconds"] == 1.25
+    # a folder holding the pkl and the .pt is recognised as form 3 with the .pt as labels
+    both = tmp_path / "both"
+    both.mkdir()
+    (both / "mosei_senti_data_noalign.pkl").write_bytes((tmp_path / "mosei_senti_data_noalign.pkl").read_bytes())
+    (both / "train_valid_test.pt").write_bytes((base / "train_valid_test.pt").read_bytes())
+    assert build_mosei(options(both, tmp_path / "out2")).form == "pkl"
+
+
+def test_pkl_needs_labels_and_matching_counts(tmp_path):
+    write_pkl(tmp_path / "x.pkl")
+    with pytest.raises(MoseiError, match="--labels-pt"):
+        build_mosei(options(tmp_path / "x.pkl", tmp_path / "out"))
+    write_pt(tmp_path / "labels.pt", mutate=lambda d: d["test"]["tgt"].pop())
+    with pytest.raises(MoseiError, match=r"x\.pkl: test has 4 samples but .*labels\.pt test/tgt has 3"):
+        build_mosei(options(tmp_path / "x.pkl", tmp_path / "out", labels_pt=tmp_path / "labels.pt"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Untrusted pickles
+
+
+class CustomSettings:  # any class outside the allowlist: loading it needs full unpickling
+    def __init__(self):
+        self.max_text_seq_len = T
+
+
+def test_pt_needing_full_unpickling_is_refused_without_trust_pickle(tmp_path, capsys):
+    path = tmp_path / "train_valid_test.pt"
+    write_pt(path, settings=CustomSettings())
+    with pytest.raises(UntrustedPickleError, match=r"train_valid_test\.pt: refused.*--trust-pickle"):
+        build_mosei(options(path, tmp_path / "out"))
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    assert cli.main([str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert "--trust-pickle" in capsys.readouterr().err
+    assert build_mosei(options(path, tmp_path / "out", trust_pickle=True)).splits == SPLIT_SIZES
+
+
+def test_plain_pickle_under_a_pt_name_loads_safely(tmp_path):
+    data, _ = write_pt(tmp_path / "t.pt")
+    for split in SPLIT_SIZES:
+        data[split]["src-audio"] = data[split]["src-audio"].numpy()
+    with (tmp_path / "plain.pt").open("wb") as f:
+        pickle.dump(data, f, protocol=4)  # numpy arrays and an argparse.Namespace: allowed without trust
+    assert build_mosei(options(tmp_path / "plain.pt", tmp_path / "out")).splits == SPLIT_SIZES
+    data["settings"] = CustomSettings()
+    with (tmp_path / "plain.pt").open("wb") as f:
+        pickle.dump(data, f, protocol=4)
+    with pytest.raises(UntrustedPickleError, match=r"plain\.pt: refused.*CustomSettings.*--trust-pickle"):
+        build_mosei(options(tmp_path / "plain.pt", tmp_path / "out"))
+
+
+def test_pkl_needing_full_unpickling_is_refused_without_trust_pickle(tmp_path, pt_built):
+    labels = pt_built[0] / "train_valid_test.pt"
+    path = tmp_path / "noalign.pkl"
+    write_pkl(path, mutate=lambda d: d.update(meta=CustomSettings()))
+    with pytest.raises(UntrustedPickleError, match=r"noalign\.pkl: refused.*CustomSettings.*--trust-pickle"):
+        build_mosei(options(path, tmp_path / "out", labels_pt=labels))
+    assert build_mosei(options(path, tmp_path / "out", labels_pt=labels, trust_pickle=True)).splits == SPLIT_SIZES
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: each error names the file, the video/segment (or split and sample) and what was expected
+
+
+def test_sdk_missing_data_group(tmp_path):
+    src, folds, _ = sdk_source(tmp_path)
+    with h5py.File(src / "CMU_MOSEI_COVAREP.csd", "w") as f:
+        f.create_group("COVAREP").create_group("metadata")
+    with pytest.raises(MoseiError, match=r"CMU_MOSEI_COVAREP\.csd: root group 'COVAREP' has no 'data' group"):
+        build_mosei(options(src, tmp_path / "out", folds_file=folds))
+
+
+def test_sdk_video_missing_intervals(tmp_path):
+    src, folds, _ = sdk_source(tmp_path)
+    with h5py.File(src / "CMU_MOSEI_VisualFacet42.csd", "a") as f:
+        del f["FACET 4.2/data/vidC/intervals"]
+    with pytest.raises(MoseiError, match=r"VisualFacet42\.csd: video 'vidC' has no 'intervals'"):
+        build_mosei(options(src, tmp_path / "out", folds_file=folds))
+
+
+def test_sdk_missing_sequence(tmp_path):
+    src, folds, _ = sdk_source(tmp_path)
+    (src / "CMU_MOSEI_COVAREP.csd").unlink()
+    with pytest.raises(MoseiError, match=r"no computational sequence for COVAREP \(74-d\)"):
+        build_mosei(options(src, tmp_path / "out", folds_file=folds))
+
+
+def test_sdk_wrong_feature_width(tmp_path):
+    def narrow_audio(seqs):
+        features, intervals = seqs["audio"]["vidD"]
+        seqs["audio"]["vidD"] = (features[:, :70], intervals)
+
+    src, folds, _ = sdk_source(tmp_path, mutate=narrow_audio)
+    with pytest.raises(MoseiError,
+                       match=r"COVAREP\.csd: video 'vidD' features have shape \(\d+, 70\).*expected \(\d+, 74\)"):
+        build_mosei(options(src, tmp_path / "out", folds_file=folds))
+
+
+def test_sdk_label_length_not_7(tmp_path):
+    def six_labels(seqs):
+        rows, intervals = seqs["labels"]["vidB"]
+        seqs["labels"]["vidB"] = (rows[:, 1:], intervals)
+
+    src, folds, _ = sdk_source(tmp_path, mutate=six_labels)
+    with pytest.raises(MoseiError, match=r"Labels\.csd: video 'vidB' label rows have length 6; expected 7 "
+                                         r"\(\[sentiment, happy, sad, anger, surprise, disgust, fear\]\)"):
+        build_mosei(options(src, tmp_path / "out", folds_file=folds))
+
+
+@pytest.mark.parametrize("value, kind", [(np.nan, "NaN"), (np.inf, r"\+inf")])
+def test_sdk_nan_or_inf_names_segment(tmp_path, value, kind):
+    def poison(seqs):
+        features, intervals = seqs["audio"]["vidC"]
+        features[20, 3] = value  # frame at 2.0 s: inside segment vidC[1] (1.5-3.0 s)
+
+    src, folds, _ = sdk_source(tmp_path, mutate=poison)
+    with pytest.raises(MoseiError, match=rf"COVAREP\.csd: video 'vidC' segment vidC\[1\] has {kind}.*expected finite"):
+        build_mosei(options(src, tmp_path / "out", folds_file=folds))
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_neg_inf_is_an_error_unless_replaced(tmp_path):
+    def silence(seqs):
+        seqs["audio"]["vidA"][0][3, :] = -np.inf
+
+    src, folds, _ = sdk_source(tmp_path, mutate=silence)
+    with pytest.raises(MoseiError, match=r"video 'vidA' segment vidA\[0\] has -inf.*--neg-inf-to-zero"):
+        build_mosei(options(src, tmp_path / "out", folds_file=folds))
+    summary = build_mosei(options(src, tmp_path / "out", folds_file=folds, neg_inf_to_zero=True))
+    assert summary.counts["neg_inf_replaced"]["audio"] == 74
+    row = nemu.load(tmp_path / "out", "train").set_index("id").loc["vidA[0]"]
+    assert not np.any(np.stack(list(row["audio"]))[3])
+
+
+def test_pt_wrong_shape(tmp_path):
+    def narrow(d):
+        d["valid"]["src-audio"] = d["valid"]["src-audio"][:, :, :70]
+
+    write_pt(tmp_path / "t.pt", mutate=narrow)
+    with pytest.raises(MoseiError, match=r"t\.pt: valid/src-audio has shape \(3, 6, 70\); expected \(N, T, 74\)"):
+        build_mosei(options(tmp_path / "t.pt", tmp_path / "out"))
+
+
+def test_pt_missing_group(tmp_path):
+    write_pt(tmp_path / "t.pt", mutate=lambda d: d.pop("valid"))
+    with pytest.raises(MoseiError, match=r"t\.pt: no 'valid' group"):
+        build_mosei(options(tmp_path / "t.pt", tmp_path / "out"))
+    write_pt(tmp_path / "u.pt", mutate=lambda d: d["dict"].pop("tgt"))
+    with pytest.raises(MoseiError, match=r"u\.pt: no dict\['tgt'\]"):
+        build_mosei(options(tmp_path / "u.pt", tmp_path / "out"))
+
+
+def test_pt_nan_names_sample(tmp_path):
+    def poison(d):
+        d["test"]["src-text"][2, 4, 0] = np.nan
+
+    write_pt(tmp_path / "t.pt", mutate=poison)
+    with pytest.raises(MoseiError, match=r"t\.pt: test sample 2 \(test-00002\) src-text has NaN at time step 4"):
+        build_mosei(options(tmp_path / "t.pt", tmp_path / "out"))
+
+
+def test_pkl_inf_names_sample(tmp_path, pt_built):
+    def poison(d):
+        d["train"]["vision"][5, 8, 1] = np.inf
+
+    write_pkl(tmp_path / "n.pkl", mutate=poison)
+    with pytest.raises(MoseiError, match=r"n\.pkl: train sample 5 \(vtrain2\[.*\]\) vision has \+inf at time step 8"):
+        build_mosei(options(tmp_path / "n.pkl", tmp_path / "out", labels_pt=pt_built[0] / "train_valid_test.pt"))
+
+
+def test_pt_vocabulary_errors(tmp_path):
+    write_pt(tmp_path / "a.pt", mutate=lambda d: d["dict"]["tgt"].update(neutral=10))
+    with pytest.raises(MoseiError, match=r"a\.pt: dict\['tgt'\] word 'neutral' \(id 10\) is neither an emotion"):
+        build_mosei(options(tmp_path / "a.pt", tmp_path / "out"))
+    write_pt(tmp_path / "b.pt", mutate=lambda d: d["train"]["tgt"][3].insert(1, 42))
+    with pytest.raises(MoseiError, match=r"b\.pt: train: sample 3: label id 42 is not in dict\['tgt'\]"):
+        build_mosei(options(tmp_path / "b.pt", tmp_path / "out"))
+    write_pt(tmp_path / "c.pt", mutate=lambda d: d["dict"]["tgt"].pop("fear"))
+    with pytest.raises(MoseiError, match=r"c\.pt: dict\['tgt'\] lacks fear"):
+        build_mosei(options(tmp_path / "c.pt", tmp_path / "out"))
