@@ -124,3 +124,16 @@ def collate(items: list[dict]) -> dict:
         "masks": batch_masks,
         "labels": torch.stack([item["labels"] for item in items]),
     }
+
+
+def split_datasets(root: str | Path, fold: int | None = None,
+                   modalities: Sequence[str] | None = None) -> dict[str, MMERDataset]:
+    """train/valid/test datasets: the published split folders, or cross-validation rotation ``fold``.
+
+    Rotation k takes test = fold k, valid = fold k+1, train = the other folds (``nemu.splits.cv_rotation``).
+    """
+    from nemu.splits import cv_rotation
+
+    if fold is None:
+        return {split: MMERDataset(root, split, modalities) for split in SPLITS}
+    return {split: MMERDataset(root, None, modalities, folds=folds) for split, folds in cv_rotation(fold).items()}
