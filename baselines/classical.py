@@ -51,6 +51,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from sklearn.utils import check_array, check_random_state
 
+from baselines.registry import register
+
 THRESHOLD = 0.5
 
 
@@ -500,3 +502,29 @@ def select_on_validation(factory: Callable[..., object], grid: Mapping[str, Iter
         raise ValueError("empty grid")
     best_model.selection_scores_ = scores
     return best_params, best_model
+
+
+# ----------------------------------------------------------------------------------------------
+# registry entries (the paper's "Classical" group); C is selected on the validation split only
+
+_C_GRID = {"C": [0.01, 0.1, 1.0]}
+
+
+@register("BR", group="Classical", citation="Shen et al., 2004 (binary relevance)", kind="estimator",
+          quick={"grid": _C_GRID}, paper={"grid": _C_GRID})
+def _binary_relevance(config, info):
+    return BinaryRelevance(random_state=config.get("seed", 0))
+
+
+@register("CC", group="Classical", citation="Read et al., 2011 (classifier chains)", kind="estimator",
+          quick={"grid": _C_GRID}, paper={"grid": _C_GRID})
+def _classifier_chain(config, info):
+    return ClassifierChains(random_state=config.get("seed", 0))
+
+
+# Quick: one C and fewer solver iterations -- 2L multinomial fits per grid point dominate the quick run.
+@register("LP", group="Classical", citation="Tsoumakas et al., 2011 (RAkEL: label powersets on random k-labelsets)",
+          kind="estimator", quick={"grid": {"C": [0.1]}, "k": 3, "max_iter": 200},
+          paper={"grid": _C_GRID, "k": 3, "max_iter": 1000})
+def _rakel(config, info):
+    return RAkEL(k=config.get("k", 3), max_iter=config.get("max_iter"), random_state=config.get("seed", 0))

@@ -264,3 +264,43 @@ def fit(
         train_seconds=time.perf_counter() - started,
         peak_memory_bytes=peak,
     )
+
+
+def make_loaders(datasets: Mapping[str, "torch.utils.data.Dataset"], batch_size: int, seed: int) -> dict:
+    """DataLoaders over ``{"train", "valid", "test"}`` datasets with ``nemu.collate``.
+
+    The train loader shuffles with its own generator seeded by ``seed`` (reproducible whatever else
+    draws from torch's global generator); valid and test keep their order.
+    """
+    from torch.utils.data import DataLoader
+
+    from nemu.loading import collate
+
+    generator = torch.Generator().manual_seed(seed)
+    return {split: DataLoader(ds, batch_size=batch_size, shuffle=split == "train", collate_fn=collate,
+                              generator=generator if split == "train" else None)
+            for split, ds in datasets.items()}
+
+
+def train_and_test(
+    model: nn.Module,
+    datasets: Mapping,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    clip: float | None = 10.0,
+    threshold: float = DEFAULT_THRESHOLD,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
+    progress: bool = True,
+    label_names: Sequence[str] | None = None,
+) -> tuple[TrainResult, dict]:
+    """:func:`fit` on train/valid, then the test metrics of the selected (best-validation) checkpoint."""
+    loaders = make_loaders(datasets, batch_size, seed)
+    result = fit(model, loaders["train"], loaders["valid"], epochs=epochs, lr=lr, clip=clip, device=device,
+                 seed=seed, checkpoint_path=checkpoint_path, progress=progress, threshold=threshold,
+                 label_names=label_names)
+    test = evaluate_loader(model, loaders["test"], device, threshold=threshold, label_names=label_names)
+    return result, test

@@ -17,24 +17,14 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
-
 from hhmpn.config import HHMPNConfig, profile
-from hhmpn.engine import evaluate_loader, fit, seed_everything
+from hhmpn.engine import seed_everything, train_and_test
 from hhmpn.model import ABLATIONS, HHMPN
-from nemu.loading import collate, split_datasets
+from nemu.loading import split_datasets
 
 CHECKPOINT_FILE = "model.pt"
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
-
-
-def make_loaders(datasets: dict, batch_size: int, seed: int) -> dict[str, DataLoader]:
-    """Shuffled train loader (own seeded generator), ordered valid/test loaders."""
-    generator = torch.Generator().manual_seed(seed)
-    return {split: DataLoader(ds, batch_size=batch_size, shuffle=split == "train", collate_fn=collate,
-                              generator=generator if split == "train" else None)
-            for split, ds in datasets.items()}
 
 
 def build_model(modality_dims: dict[str, int], num_labels: int, config: HHMPNConfig) -> HHMPN:
@@ -48,17 +38,15 @@ def train(data: Path, out: Path, config: HHMPNConfig, *, modalities: list[str] |
     out.mkdir(parents=True, exist_ok=True)
     datasets = split_datasets(data, fold, modalities)
     train_set = datasets["train"]
-    loaders = make_loaders(datasets, config.batch_size, seed)
     seed_everything(seed)  # weight initialisation
     model = build_model(train_set.modality_dims, len(train_set.label_names), config)
     run = {"data": str(data), "fold": fold, "seed": seed, "modalities": list(train_set.modality_dims),
            "modality_dims": train_set.modality_dims, "labels": train_set.label_names, "config": config.to_dict()}
     (out / RUN_FILE).write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    result = fit(model, loaders["train"], loaders["valid"], epochs=config.epochs, lr=config.lr, clip=config.clip,
-                 device=device, seed=seed, checkpoint_path=out / CHECKPOINT_FILE, progress=progress,
-                 threshold=config.threshold, label_names=train_set.label_names)
-    test = evaluate_loader(model, loaders["test"], device, threshold=config.threshold,
-                           label_names=train_set.label_names)
+    result, test = train_and_test(model, datasets, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
+                                  clip=config.clip, threshold=config.threshold, seed=seed, device=device,
+                                  checkpoint_path=out / CHECKPOINT_FILE, progress=progress,
+                                  label_names=train_set.label_names)
     metrics = {"test": test, "valid": result.best_valid, "best_epoch": result.best_epoch,
                "selection": "single checkpoint with the best validation micro-F1",
                "num_parameters": result.num_parameters, "train_seconds": round(result.train_seconds, 2),

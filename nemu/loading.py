@@ -137,3 +137,10 @@ def split_datasets(root: str | Path, fold: int | None = None,
     if fold is None:
         return {split: MMERDataset(root, split, modalities) for split in SPLITS}
     return {split: MMERDataset(root, None, modalities, folds=folds) for split, folds in cv_rotation(fold).items()}
+
+
+def column_names(root: str | Path) -> list[str]:
+    """Every column of the dataset's shards (the schema is the same in every shard)."""
+    manifest = read_manifest(Path(root))
+    first = next(entry for entries in manifest["shards"].values() for entry in entries)
+    return pq.read_schema(Path(root) / first["path"]).names

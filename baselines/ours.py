@@ -1,0 +1,29 @@
+"""Registry entries for HHMPN (Zhang et al., AAAI 2021) and its four ablations (paper, Table 2).
+
+The model itself lives in ``hhmpn/``; its configurations in ``hhmpn.config`` (one source for both the
+``hhmpn.train`` command and the harness).
+"""
+
+from __future__ import annotations
+
+from hhmpn.config import profile
+from hhmpn.model import HHMPN
+from baselines.registry import DataInfo, TRAINING_KEYS, register
+
+CITATION = "Zhang et al., AAAI 2021"
+VARIANTS = {"HHMPN": None, "HHMPN w/o F2F": "no_f2f", "HHMPN w/o F2L": "no_f2l", "HHMPN w/o L2L": "no_l2l",
+            "HHMPN w/o M2L": "no_m2l"}
+
+
+def _config(name: str, ablation: str | None) -> dict:
+    return profile(name).replace(ablation=ablation).to_dict()
+
+
+def _factory(config: dict, info: DataInfo) -> HHMPN:
+    model_kwargs = {k: v for k, v in config.items() if k not in TRAINING_KEYS and k != "seed"}
+    return HHMPN(info.modality_dims, info.num_labels, **model_kwargs)
+
+
+for _name, _ablation in VARIANTS.items():
+    register(_name, group="Ours", citation=CITATION, kind="neural", quick=_config("quick", _ablation),
+             paper=_config("paper", _ablation), figure_source=_ablation is None)(_factory)
