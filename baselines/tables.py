@@ -161,10 +161,10 @@ class RenderedTable:
 def table2(records: Sequence[dict], datasets: dict[str, str], with_paper: bool = False) -> RenderedTable:
     """Table 2: every model with a result, grouped as in the paper; ``datasets`` maps key -> paper name."""
     ok, not_applicable = _index(records)
-    registry = models()
     full = {key: "+".join(_all_modalities(records, key)) for key in datasets}
-    present = [name for name in registry if any((name, d, full[d]) in ok or (name, d) in not_applicable
-                                                 for d in datasets)]
+    groups = {r["model"]: r.get("group", "Ours") for r in records}
+    present = _ordered([name for name in groups if any((name, d, full[d]) in ok or (name, d) in not_applicable
+                                                       for d in datasets)], groups)
     summaries = {(name, d, m): summarise(ok[(name, d, full[d])], m)
                  for name in present for d in datasets for m in METRICS if (name, d, full[d]) in ok}
     best = {}
@@ -177,7 +177,7 @@ def table2(records: Sequence[dict], datasets: dict[str, str], with_paper: bool =
                                       for m in METRICS]
     rows = []
     for name in present:
-        row = [registry[name].group, name]
+        row = [groups[name], name]
         for d, paper_name in datasets.items():
             for m in METRICS:
                 if (name, d, m) not in summaries:
@@ -206,6 +206,13 @@ def table2(records: Sequence[dict], datasets: dict[str, str], with_paper: bool =
     return RenderedTable("table2_with_paper" if with_paper else "table2", header, rows, notes)
 
 
+def _ordered(names: list[str], groups: dict[str, str]) -> list[str]:
+    """Paper order: by group, then registration order (models only in old results come last in their group)."""
+    position = {name: i for i, name in enumerate(models())}
+    return sorted(names, key=lambda n: (GROUPS.index(groups[n]) if groups[n] in GROUPS else len(GROUPS),
+                                        position.get(n, len(position)), n))
+
+
 def _all_modalities(records: Sequence[dict], dataset: str) -> list[str]:
     subsets = [r["modalities"] for r in records if r["dataset"] == dataset and r.get("status") == "ok"]
     return max(subsets, key=len) if subsets else []
@@ -215,9 +222,10 @@ ABBREVIATIONS = {"lyrics": "L", "audio": "A", "comments": "C", "images": "V"}
 
 
 def table3(records: Sequence[dict], dataset: str, model: str = "HHMPN") -> RenderedTable:
-    """Table 3: ``model`` on every non-empty subset of the dataset's modalities, largest subsets first."""
+    """Table 3: ``model`` on every proper non-empty subset of the modalities (all of them: Table 2)."""
     ok, _ = _index(records)
-    subsets = sorted({key[2] for key in ok if key[0] == model and key[1] == dataset},
+    full = "+".join(_all_modalities(records, dataset))
+    subsets = sorted({key[2] for key in ok if key[0] == model and key[1] == dataset and key[2] != full},
                      key=lambda s: (-len(s.split("+")), s))
     header = ["Modalities", "Subset"] + [HEADERS[m] for m in METRICS]
     rows = []

@@ -1,0 +1,135 @@
+"""The benchmark harness: registry, grid, resume after a kill, tables and significance markers."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from baselines import registry, run_all
+from baselines.results import Cell, ResultsStore
+from baselines.tables import table2, table3, table4
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_model_is_registered_once_with_group_and_configs():
+    models = registry.models()
+    assert {"BR", "CC", "LP", "HHMPN", "HHMPN w/o F2F", "HHMPN w/o F2L", "HHMPN w/o L2L", "HHMPN w/o M2L"} <= set(models)
+    for spec in models.values():
+        assert spec.group in registry.GROUPS and spec.citation and set(spec.profiles) == {"quick", "paper"}
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register("BR", group="Classical", citation="x", kind="estimator", quick={}, paper={})(lambda c, i: None)
+    with pytest.raises(KeyError, match="unknown model"):
+        registry.get("NoSuchModel")
+
+
+def test_grid_has_table3_subsets_for_nemu(built):
+    base, _, _ = built
+    cells = run_all.grid({"nemu": base / "out"}, ["BR", "HHMPN"], [0, 1], [0], table3=True)
+    subsets = {c.modalities for c in cells if c.modalities}
+    assert len(subsets) == 14 and all(1 <= len(s) <= 3 for s in subsets)
+    assert len(cells) == 2 * 2 + 14 * 2
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_killed_run_resumes_without_redoing_finished_cells(built, tmp_path):
+    base, _, _ = built
+    out = tmp_path / "results"
+    command = [sys.executable, "-m", "baselines.run_all", "--datasets", f"nemu={base / 'out'}", "--models",
+               "BR,CC,HHMPN,HHMPN w/o L2L", "--folds", "2", "--no-table3", "--out", str(out), "--no-progress"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(_lines(out / "results.jsonl")) < 2:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = {r["key"]: r for r in _lines(out / "results.jsonl")}
+    assert 2 <= len(finished) < 8, "the run should have been killed part-way"
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
+    assert f"{len(finished)} already done" in result.stdout
+    records = _lines(out / "results.jsonl")
+    assert len(records) == len({r["key"] for r in records}) == 8
+    for key, record in finished.items():  # finished cells were not redone
+        assert next(r for r in records if r["key"] == key) == record
+    record = records[0]
+    assert {"metrics", "per_label_f1", "run_seconds", "parameters", "peak_memory_mb", "settings"} <= set(record)
+    assert set(record["metrics"]) >= {"accuracy", "hamming_loss", "micro_f1", "macro_f1"}
+    for name in ("table1", "table2", "table2_with_paper", "table3", "table4"):
+        for suffix in ("md", "csv", "tex"):
+            assert (out / f"{name}.{suffix}").is_file()
+    table = (out / "table2.md").read_text()
+    assert "| Classical | BR |" in table and "| Ours | HHMPN w/o L2L |" in table and "LP" not in table
+    assert (out / "figure3_f2l.png").is_file() and (out / "figure4_l2l.png").is_file()
+
+
+def _record(model: str, fold: int, micro_f1: float, dataset: str = "nemu", status: str = "ok") -> dict:
+    group = {"BR": "Classical", "MulT": "Multi-modal", "M3ER": "Multi-modal"}.get(model, "Ours")
+    record = {"key": Cell(model, dataset, fold, 0).key, "model": model, "group": group, "dataset": dataset, "fold": fold, "seed": 0,
+              "modalities": ["a", "b"], "status": status}
+    if status == "ok":
+        record |= {"metrics": {"accuracy": micro_f1 - 0.2, "hamming_loss": 1 - micro_f1, "micro_f1": micro_f1,
+                               "macro_f1": micro_f1 - 0.1, "subset_accuracy": 0.0},
+                   "per_label_f1": {"x": micro_f1, "y": micro_f1 / 2}}
+    else:
+        record["reason"] = "needs dominant-emotion annotations, which this dataset lacks"
+    return record
+
+
+def test_significance_markers_on_constructed_results():
+    rng = np.random.default_rng(0)
+    records = []
+    for fold in range(10):
+        noise = rng.normal(0, 0.01)
+        records += [_record("HHMPN", fold, 0.60 + noise), _record("MulT", fold, 0.50 + noise + rng.normal(0, 0.01)),
+                    _record("M3ER", fold, 0.60 + noise + rng.normal(0, 0.02))]
+    row = next(r for r in table2(records, {"nemu": "NEMu"}).rows if r[1] == "HHMPN")
+    micro = row[2 + 2]
+    assert micro.endswith("†") and "‡" not in micro  # better than MulT, not significantly better than M3ER
+    hamming = row[2 + 1]
+    assert hamming.endswith("†")  # lower HL is better
+    # a single fold allows no test: no marker at all
+    one_fold = [r for r in records if r["fold"] == 0]
+    row = next(r for r in table2(one_fold, {"nemu": "NEMu"}).rows if r[1] == "HHMPN")
+    assert not any(cell.endswith(("†", "‡")) for cell in row)
+
+
+def test_absent_models_have_no_row_and_not_applicable_shows_a_dash():
+    records = [_record("BR", 0, 0.4), _record("HHMPN", 0, 0.5), _record("HHMPN", 0, 0.5, dataset="mosei"),
+               _record("BR", 0, 0.3, dataset="mosei")]
+    rendered = table2(records, {"nemu": "NEMu", "mosei": "MOSEI"})
+    names = [row[1] for row in rendered.rows]
+    assert names == ["BR", "HHMPN"]  # nothing else registered appears as a placeholder
+    paper = table2(records, {"nemu": "NEMu", "mosei": "MOSEI"}, with_paper=True)
+    assert "(41.1)" in paper.rows[0][4]  # BR's published NEMu miF1 beside ours
+
+
+def test_table3_and_table4_shapes():
+    records = []
+    for subset in (["a"], ["b"], ["a", "b"]):
+        rec = _record("HHMPN", 0, 0.5)
+        rec["modalities"] = subset
+        records.append(rec)
+    rendered = table3(records, "nemu")
+    assert [row[1] for row in rendered.rows] == ["a", "b"]  # the full set belongs to Table 2
+    rendered = table4(records, "nemu", {"x": 0.7, "y": 0.2}, k=1)
+    assert rendered.rows == [["Most", "x", "70.0", "50.0"], ["Fewest", "y", "20.0", "25.0"]]
+
+
+def test_results_store_ignores_a_torn_line(tmp_path):
+    store = ResultsStore(tmp_path, "quick")
+    store.add(_record("BR", 0, 0.4))
+    with (tmp_path / "results.jsonl").open("a") as handle:
+        handle.write('{"key": "torn')
+    store.add(_record("CC", 0, 0.4))
+    assert [r["model"] for r in store.records()] == ["BR", "CC"]
+    assert ResultsStore(tmp_path, "paper").records() == []
