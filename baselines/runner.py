@@ -101,8 +101,11 @@ def _run_neural(spec: ModelSpec, config: dict, info: DataInfo, datasets: dict, s
 
 
 def run_cell(cell: Cell, spec: ModelSpec, root: Path, profile: str, *, device: str | None = None,
-             checkpoint_dir: Path | None = None) -> dict:
-    """Train and test ``spec`` on ``cell``; returns the record for the results store."""
+             checkpoint_dir: Path | None = None, overrides: dict | None = None) -> dict:
+    """Train and test ``spec`` on ``cell``; returns the record for the results store.
+
+    ``overrides`` replaces entries of the profile's configuration (e.g. ``{"epochs": 1}`` for smoke runs).
+    """
     datasets = split_datasets(root, cell.fold, cell.modalities)
     info = data_info(cell.dataset, root, datasets)
     base = {"key": cell.key, "model": spec.name, "group": spec.group, "dataset": cell.dataset, "fold": cell.fold,
@@ -110,7 +113,7 @@ def run_cell(cell: Cell, spec: ModelSpec, root: Path, profile: str, *, device: s
     reason = spec.applicable(info)
     if reason is not None:
         return base | {"status": "not_applicable", "reason": reason}
-    config = spec.config(profile) | {"seed": cell.seed}
+    config = spec.config(profile) | (overrides or {}) | {"seed": cell.seed}
     _reset_peak_rss()
     started = time.perf_counter()
     if spec.kind == "estimator":

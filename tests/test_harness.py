@@ -133,3 +133,16 @@ def test_results_store_ignores_a_torn_line(tmp_path):
     store.add(_record("CC", 0, 0.4))
     assert [r["model"] for r in store.records()] == ["BR", "CC"]
     assert ResultsStore(tmp_path, "paper").records() == []
+
+
+@pytest.mark.parametrize("name", list(registry.models()))
+def test_every_registered_model_runs_one_epoch_on_the_sample(name, built):
+    from baselines.runner import run_cell
+
+    base, _, _ = built
+    spec = registry.get(name)
+    record = run_cell(Cell(name, "nemu", 0, 0), spec, base / "out", "quick", overrides={"epochs": 1})
+    assert record["status"] in ("ok", "not_applicable")
+    if record["status"] == "ok":
+        assert set(record["per_label_f1"]) == set(json.loads((base / "out" / "manifest.json").read_text())["labels"])
+        assert record["parameters"] > 0 and record["run_seconds"] > 0
