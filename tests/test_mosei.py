@@ -316,16 +316,20 @@ def test_loader_and_collate_read_dims_from_manifest(pt_built):
     nemu.verify(base / "out")
 
 
-def test_hhmpn_trains_on_the_result_unchanged(pt_built):
-    model_module = pytest.importorskip("hhmpn.model")
-    engine = pytest.importorskip("hhmpn.engine")
+def test_hhmpn_train_and_run_all_accept_the_result_unchanged(pt_built, tmp_path):
+    from baselines import run_all
+    from hhmpn import train
+
     base = pt_built[0]
-    train, valid = nemu.MMERDataset(base / "out", "train"), nemu.MMERDataset(base / "out", "valid")
-    model = model_module.HHMPN(train.modality_dims, len(train.label_names), d=16, rounds=1)
-    result = engine.fit(model, DataLoader(train, batch_size=4, collate_fn=nemu.collate),
-                        DataLoader(valid, batch_size=4, collate_fn=nemu.collate), epochs=1, lr=1e-3,
-                        device="cpu", progress=False, label_names=train.label_names)
-    assert result.best_epoch == 1
+    args = ["--data", str(base / "out"), "--profile", "quick", "--epochs", "1", "--d", "16", "--no-progress"]
+    assert train.main(args + ["--out", str(tmp_path / "run")]) == 0
+    assert train.main(args + ["--out", str(tmp_path / "cv"), "--fold", "3"]) == 0
+    code = run_all.main(["--datasets", f"mosei={base / 'out'}", "--models", "BR,HHMPN", "--out",
+                         str(tmp_path / "results"), "--no-progress"])
+    assert code == 0
+    table = (tmp_path / "results" / "table2.md").read_text(encoding="utf-8")
+    assert "MOSEI miF1(%)" in table and "| Ours | HHMPN |" in table
+    assert not (tmp_path / "results" / "table3.md").exists()  # modality subsets are NEMu's Table 3
 
 
 def test_same_input_same_bytes_and_cli(pt_built, tmp_path, capsys):
