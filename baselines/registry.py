@@ -1,7 +1,7 @@
 """The one list of models: every model is registered exactly once, next to its own code.
 
-A model module decorates its factory with :func:`register`; :func:`models` imports the model modules
-(``MODEL_MODULES``) so every entry is present. The harness, the tables and the command-line choices
+A model module decorates its factory with :func:`register`; :func:`models` imports every module of the
+``baselines`` package (and ``MODEL_MODULES``), so adding a baseline is adding its module. The harness, the tables and the command-line choices
 all read this registry and nothing else.
 
 Two kinds of model share the harness:
@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -26,8 +27,8 @@ GROUPS = ("Classical", "Linguistic", "Non-linguistic", "Multi-modal", "Ours")
 KINDS = ("estimator", "neural")
 TRAINING_KEYS = ("epochs", "lr", "batch_size", "clip", "threshold")
 
-#: Modules that register models; importing one adds its entries.
-MODEL_MODULES = ("baselines.classical", "baselines.ours")
+#: Modules outside the ``baselines`` package's own files that register models.
+MODEL_MODULES: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ class ModelSpec:
     # Returns None when the model can run on the data, else the reason it cannot (shown as "–").
     applicable: Callable[[DataInfo], str | None] = lambda info: None
     figure_source: bool = False  # trained checkpoints are kept for the attention figures
+    # Per-sample columns the model trains on besides the labels (batch["extras"]), e.g. dominant_emotion;
+    # a dataset where one is absent or all null cannot run the model ("–" in the tables).
+    extra_columns: tuple[str, ...] = ()
 
     def config(self, profile: str) -> dict:
         if profile not in self.profiles:
@@ -67,7 +71,8 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register(name: str, *, group: str, citation: str, kind: str, quick: dict, paper: dict,
-             applicable: Callable[[DataInfo], str | None] | None = None, figure_source: bool = False):
+             applicable: Callable[[DataInfo], str | None] | None = None, figure_source: bool = False,
+             extra_columns: tuple[str, ...] = ()):
     """Decorator registering ``factory`` under ``name``; a name registered twice is an error."""
     if group not in GROUPS:
         raise ValueError(f"unknown group {group!r}; choose from {GROUPS}")
@@ -78,7 +83,7 @@ def register(name: str, *, group: str, citation: str, kind: str, quick: dict, pa
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         _REGISTRY[name] = ModelSpec(name, group, citation, kind, factory, {"quick": quick, "paper": paper},
-                                    applicable or (lambda info: None), figure_source)
+                                    applicable or (lambda info: None), figure_source, tuple(extra_columns))
         return factory
 
     return decorate
@@ -86,6 +91,9 @@ def register(name: str, *, group: str, citation: str, kind: str, quick: dict, pa
 
 def models() -> dict[str, ModelSpec]:
     """Every registered model, in group order then registration order."""
+    package = Path(__file__).resolve().parent
+    for module in sorted(p.stem for p in package.glob("*.py") if not p.stem.startswith("_")):
+        importlib.import_module(f"baselines.{module}")
     for module in MODEL_MODULES:
         importlib.import_module(module)
     return {spec.name: spec for group in GROUPS for spec in _REGISTRY.values() if spec.group == group}

@@ -16,8 +16,9 @@ from sklearn.exceptions import ConvergenceWarning
 
 from baselines.registry import TRAINING_KEYS, DataInfo, ModelSpec
 from baselines.results import Cell
-from nemu.loading import column_names, split_datasets
+from nemu.loading import column_names, read_table, split_datasets
 from nemu.metrics import evaluate
+from nemu.shards import read_manifest
 
 METRIC_KEYS = ("accuracy", "hamming_loss", "micro_f1", "macro_f1", "subset_accuracy")
 
@@ -44,6 +45,22 @@ def data_info(name: str, root: Path, datasets: dict) -> DataInfo:
     train = datasets["train"]
     return DataInfo(dataset=name, modality_dims=dict(train.modality_dims), label_names=list(train.label_names),
                     train_labels=train.labels.astype(np.int8), columns=tuple(column_names(root)))
+
+
+def modality_names(root: Path) -> list[str]:
+    return [m["name"] for m in read_manifest(root)["modalities"]]
+
+
+def missing_columns(root: Path, columns: tuple[str, ...]) -> str | None:
+    """Why the dataset cannot feed these per-sample columns (absent or entirely null), or None."""
+    present = set(column_names(root))
+    for column in columns:
+        if column not in present:
+            return f"needs per-sample {column!r}, which this dataset does not have"
+        table = read_table(root, None, [column])
+        if table[column].null_count == table.num_rows:
+            return f"needs per-sample {column!r}, which is empty (null) throughout this dataset"
+    return None
 
 
 def estimator_parameters(model) -> int:
@@ -106,10 +123,15 @@ def run_cell(cell: Cell, spec: ModelSpec, root: Path, profile: str, *, device: s
 
     ``overrides`` replaces entries of the profile's configuration (e.g. ``{"epochs": 1}`` for smoke runs).
     """
-    datasets = split_datasets(root, cell.fold, cell.modalities)
-    info = data_info(cell.dataset, root, datasets)
     base = {"key": cell.key, "model": spec.name, "group": spec.group, "dataset": cell.dataset, "fold": cell.fold,
-            "seed": cell.seed, "modalities": list(info.modality_dims)}
+            "seed": cell.seed}
+    reason = missing_columns(root, spec.extra_columns)
+    if reason is not None:
+        return base | {"modalities": list(cell.modalities or modality_names(root)), "status": "not_applicable",
+                       "reason": reason}
+    datasets = split_datasets(root, cell.fold, cell.modalities, spec.extra_columns)
+    info = data_info(cell.dataset, root, datasets)
+    base["modalities"] = list(info.modality_dims)
     reason = spec.applicable(info)
     if reason is not None:
         return base | {"status": "not_applicable", "reason": reason}

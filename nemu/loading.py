@@ -68,10 +68,14 @@ class MMERDataset:
 
     Each item is ``{"id": str, "features": {modality: float32 (nodes, dim)}, "labels": float32 (L,)}``;
     pass ``collate`` to a DataLoader to get padded batches with masks.
+
+    ``extra_columns`` adds per-sample targets some models need under ``item["extras"]``: a string column
+    naming a label (``dominant_emotion``) becomes the label's index (-1 when null); numeric and
+    fixed-size list columns (``intensities``) become float tensors (NaN when null).
     """
 
     def __init__(self, root: str | Path, split: str | None = "train", modalities: Sequence[str] | None = None,
-                 folds: Iterable[int] | None = None):
+                 folds: Iterable[int] | None = None, extra_columns: Sequence[str] = ()):
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
         dims = {m["name"]: m["dim"] for m in self.manifest["modalities"]}
@@ -81,11 +85,21 @@ class MMERDataset:
             raise ValueError(f"{self.root}: no modality {unknown[0]!r}; it has {', '.join(dims)}")
         self.modality_dims = {m: dims[m] for m in chosen}
         self.label_names: list[str] = list(self.manifest["labels"])
-        table = read_table(self.root, split, ["id", "label_vector", *chosen], folds)
+        table = read_table(self.root, split, ["id", "label_vector", *chosen, *extra_columns], folds)
         self.ids: list[str] = table["id"].to_pylist()
         self.labels = np.asarray(table["label_vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False),
                                  dtype=np.float32).reshape(-1, len(self.label_names))
         self._nodes = {m: _node_arrays(table[m], dim) for m, dim in self.modality_dims.items()}
+        self.extras = {column: self._extra(table[column]) for column in extra_columns}
+
+    def _extra(self, column: pa.ChunkedArray) -> np.ndarray:
+        values = column.to_pylist()
+        if pa.types.is_string(column.type):
+            index = {name: i for i, name in enumerate(self.label_names)}
+            return np.array([index.get(v, -1) if v is not None else -1 for v in values], dtype=np.int64)
+        width = column.type.list_size if pa.types.is_fixed_size_list(column.type) else None
+        missing = [np.nan] * width if width else np.nan
+        return np.array([missing if v is None else v for v in values], dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -96,7 +110,10 @@ class MMERDataset:
         features = {}
         for modality, (values, offsets) in self._nodes.items():
             features[modality] = torch.from_numpy(values[offsets[index]:offsets[index + 1]])
-        return {"id": self.ids[index], "features": features, "labels": torch.from_numpy(self.labels[index])}
+        item = {"id": self.ids[index], "features": features, "labels": torch.from_numpy(self.labels[index])}
+        if self.extras:
+            item["extras"] = {column: torch.as_tensor(values[index]) for column, values in self.extras.items()}
+        return item
 
 
 def collate(items: list[dict]) -> dict:
@@ -118,16 +135,20 @@ def collate(items: list[dict]) -> dict:
             padded[row, :len(n)] = n
             mask[row, :len(n)] = True
         batch_features[modality], batch_masks[modality] = padded, mask
-    return {
+    batch = {
         "ids": [item["id"] for item in items],
         "features": batch_features,
         "masks": batch_masks,
         "labels": torch.stack([item["labels"] for item in items]),
     }
+    if "extras" in items[0]:
+        batch["extras"] = {column: torch.stack([item["extras"][column] for item in items])
+                           for column in items[0]["extras"]}
+    return batch
 
 
-def split_datasets(root: str | Path, fold: int | None = None,
-                   modalities: Sequence[str] | None = None) -> dict[str, MMERDataset]:
+def split_datasets(root: str | Path, fold: int | None = None, modalities: Sequence[str] | None = None,
+                   extra_columns: Sequence[str] = ()) -> dict[str, MMERDataset]:
     """train/valid/test datasets: the published split folders, or cross-validation rotation ``fold``.
 
     Rotation k takes test = fold k, valid = fold k+1, train = the other folds (``nemu.splits.cv_rotation``).
@@ -135,8 +156,9 @@ def split_datasets(root: str | Path, fold: int | None = None,
     from nemu.splits import cv_rotation
 
     if fold is None:
-        return {split: MMERDataset(root, split, modalities) for split in SPLITS}
-    return {split: MMERDataset(root, None, modalities, folds=folds) for split, folds in cv_rotation(fold).items()}
+        return {split: MMERDataset(root, split, modalities, extra_columns=extra_columns) for split in SPLITS}
+    return {split: MMERDataset(root, None, modalities, folds=folds, extra_columns=extra_columns)
+            for split, folds in cv_rotation(fold).items()}
 
 
 def column_names(root: str | Path) -> list[str]:

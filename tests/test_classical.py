@@ -313,3 +313,22 @@ def test_select_on_validation_picks_best_C():
     assert params["C"] != 1e-6  # all-zero predictions lose
     assert isinstance(model, BinaryRelevance) and model.C == params["C"]
     np.testing.assert_allclose([s for _, s in model.selection_scores_], manual)
+
+
+def test_early_fusion_sequence_concatenates_projected_modalities_and_masks():
+    import torch
+
+    from baselines.early_fusion import EarlyFusionSequence
+
+    torch.manual_seed(0)
+    fusion = EarlyFusionSequence({"a": 3, "b": 2}, d=4)
+    batch = {"features": {"a": torch.randn(2, 2, 3), "b": torch.randn(2, 3, 2)},
+             "masks": {"a": torch.tensor([[True, False], [True, True]]),
+                       "b": torch.tensor([[True, True, True], [False, False, False]])}}
+    states, mask = fusion(batch)
+    assert states.shape == (2, 5, 4) and mask.tolist() == [[True, False, True, True, True], [True, True, False, False, False]]
+    assert torch.all(states[~mask] == 0)
+    expected = fusion.project["b"](batch["features"]["b"][0, 1]) + fusion.modality_embedding[1]
+    assert torch.allclose(states[0, 3], expected)
+    batch["features"]["a"][0, 1] = 1e6  # padding values change nothing
+    assert torch.allclose(fusion(batch)[0], states)

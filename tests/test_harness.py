@@ -146,3 +146,16 @@ def test_every_registered_model_runs_one_epoch_on_the_sample(name, built):
     if record["status"] == "ok":
         assert set(record["per_label_f1"]) == set(json.loads((base / "out" / "manifest.json").read_text())["labels"])
         assert record["parameters"] > 0 and record["run_seconds"] > 0
+
+
+def test_a_model_needing_dominant_emotion_is_not_applicable_on_nemu(built):
+    from baselines.registry import ModelSpec
+    from baselines.runner import run_cell
+
+    base, _, _ = built
+    spec = ModelSpec("NeedsDominant", "Non-linguistic", "test", "neural", lambda c, i: None, {"quick": {}},
+                     extra_columns=("dominant_emotion",))
+    record = run_cell(Cell("NeedsDominant", "nemu", 0, 0), spec, base / "out", "quick")
+    assert record["status"] == "not_applicable" and "dominant_emotion" in record["reason"]
+    rendered = table2([record, _record("BR", 0, 0.4)], {"nemu": "NEMu"})
+    assert ["Non-linguistic", "NeedsDominant", "–", "–", "–", "–"] in rendered.rows
