@@ -24,3 +24,32 @@ def built(tmp_path_factory):
     records = tiny_raw(base / "raw", 20)
     summary = build(options(base / "raw", base / "out", rows_per_shard=7, row_group_rows=3))
     return base, records, summary
+
+
+@pytest.fixture(scope="session")
+def sample_dataset(tmp_path_factory) -> Path:
+    """The embedded sample generator's output (160 songs, seed 0), built: the planted-signal dataset."""
+    from nemu.sample import make_sample
+
+    base = tmp_path_factory.mktemp("sample")
+    make_sample(base / "raw", songs=160, seed=0, progress=False)
+    build(options(base / "raw", base / "out", workers=2))
+    return base / "out"
+
+
+def constant_baseline_micro_f1(train_labels, test_labels) -> float:
+    """Best label-frequency baseline: always predict the k most frequent training labels (best k on train)."""
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    order = np.argsort(-train_labels.mean(axis=0), kind="stable")
+    best_k, best = 0, -1.0
+    for k in range(1, train_labels.shape[1] + 1):
+        guess = np.zeros_like(train_labels)
+        guess[:, order[:k]] = 1
+        score = f1_score(train_labels, guess, average="micro", zero_division=0)
+        if score > best:
+            best_k, best = k, score
+    guess = np.zeros_like(test_labels)
+    guess[:, order[:best_k]] = 1
+    return float(f1_score(test_labels, guess, average="micro", zero_division=0))
