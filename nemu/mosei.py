@@ -329,7 +329,7 @@ def load_torch_file(path: Path, trust_pickle: bool = False):
     except Exception as exc:
         raise MoseiError(f"{path}: cannot be read as a torch.save file ({type(exc).__name__}: {exc}); "
                          f"expected the aligned train_valid_test.pt") from exc
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=False)  # reached only with --trust-pickle
 
 
 def load_pickle_file(path: Path, trust_pickle: bool = False, namespace: bool = False,
