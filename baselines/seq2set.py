@@ -54,8 +54,9 @@ Deviations from the paper, and why:
   authors' configuration), scoring a hypothesis by the sum of its token log-probabilities (no length
   penalty).
 * **Sizes** (paper configuration) follow the authors' ``config.yaml``: label embedding 256, encoder
-  256 per direction, decoder 512, 2 layers, dropout 0.5, batch 64, 10 RL epochs; lr 3e-4 (SGM's
-  pre-training rate) for both phases and 20 pre-training epochs are our choices.
+  256 per direction, decoder 512, 2 layers, dropout 0.5, batch 64, gradient clipping at norm 8, 10 RL
+  epochs, beam 10, word-embedding size 256 (here the fusion width ``d``); lr 3e-4 (SGM's pre-training
+  rate) for both phases and 20 pre-training epochs are our choices.
 * **Zero-node samples**: the encoder runs on one zero vector whose outputs are masked, the attention
   context is zero, and decoding proceeds from the biases (no NaN).
 """
