@@ -233,6 +233,9 @@ def test_trace_mapping_is_partial_and_multi_modal():
     for mod in S.MODALITIES:
         carried = [label for label in LABEL_NAMES if mod in S.TRACE_MODALITIES[label]]
         assert 0 < len(carried) < len(LABEL_NAMES)
+        # every modality carries a frequent label, so each alone beats "predict the frequent labels"
+        frequent = sorted(LABEL_NAMES, key=lambda name: -S.LABEL_WEIGHTS[name])[:4]
+        assert any(label in frequent for label in carried), mod
     assert 0.5 < S.TRACE_PROB < 1 and S.SPURIOUS_PROB < 0.1
 
 
@@ -268,6 +271,44 @@ def test_text_cues_mark_their_labels(records, label_matrix, modality):
     assert np.mean(off_modality) < 0.08
 
 
+@pytest.mark.parametrize("modality", ["lyrics", "comments"])
+def test_cue_words_come_in_groups_of_one_label(records, modality):
+    """A cue line (lyrics) or cue sentence (comments) carries CUE_GROUP words of one label, so that word
+    vectors trained on the corpus see a label's cue words together and cluster them."""
+    import jieba
+
+    from nemu.text import clean_lyrics, split_sentences
+
+    jieba.setLogLevel(logging.WARNING)
+    owner = {w: label for label, words in S.CUE_WORDS.items() for w in words}
+    if modality == "lyrics":
+        units = [line for r in records for line in clean_lyrics(r["lyrics"])]
+    else:
+        units = [sent for r in records for c in r["comments"] for sent in split_sentences(c)]
+    groups = [[t for t in jieba.lcut(u) if t in owner] for u in units]
+    groups = [g for g in groups if g]
+    assert len(groups) >= 30
+    grouped = [S.CUE_GROUP[0] <= len(g) <= S.CUE_GROUP[1] and len(set(g)) == len(g)
+               and len({owner[t] for t in g}) == 1 for g in groups]
+    assert np.mean(grouped) > 0.9  # the rest: a source text that happens to contain a cue word
+
+
+def test_image_overlays_are_distinct_bold_patterns():
+    grey = np.full((150, 170, 3), 128.0, dtype=np.float32)
+    masks = {}
+    for label, (kind, rgb, alpha, period) in S.IMAGE_TRACES.items():
+        out = S._overlay(grey, kind, rgb, alpha, period)
+        changed = np.abs(out - grey).max(axis=2) > 1
+        assert 0.15 < changed.mean() < 0.8, label  # a pattern over much of the image, not a tint or a dot
+        assert alpha >= 0.4, label
+        masks[label] = changed
+    labels = list(masks)
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            assert S.IMAGE_TRACES[a][:2] != S.IMAGE_TRACES[b][:2], (a, b)
+            assert np.mean(masks[a] != masks[b]) > 0.1, (a, b)  # different shapes, not only colours
+
+
 def _band_contrast(y: np.ndarray, f0: float) -> float:
     """Log power in +-1.5 % of f0 over power in the neighbouring +-3..6 % bands."""
     n = next_fast_len(len(y))  # clip lengths can be prime; a padded FFT is ~100x faster
@@ -299,10 +340,13 @@ def test_audio_traces_mark_their_labels(sample, records, label_matrix):
 def test_image_traces_mark_their_labels(sample, records, label_matrix):
     root, _ = sample
 
+    kind, _, _, period = S.IMAGE_TRACES["Relaxed"]
+    assert kind == "hstripes"
+
     def stripe_contrast(im: np.ndarray) -> float:
         rows = im.mean(axis=(1, 2))
-        phase = np.arange(len(rows)) % S.STRIPE_PERIOD["Relaxed"]
-        return float(rows[phase < S.STRIPE_PERIOD["Relaxed"] // 2].mean() - rows[phase >= S.STRIPE_PERIOD["Relaxed"] // 2].mean())
+        phase = np.arange(len(rows)) % period
+        return float(rows[phase < period // 2].mean() - rows[phase >= period // 2].mean())
 
     def warmth(im: np.ndarray) -> float:
         return float(im[..., 0].mean() - im[..., 2].mean())
