@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 
 import torch
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from baselines.figures import write_figures
@@ -128,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{spec.name:16s} {spec.group:15s} {spec.kind:9s} {spec.citation}")
         return 0
     torch.set_num_threads(args.threads)
+    # BLAS/OpenMP pools too: scikit-learn's small solver problems (LP's multinomial fits) run several times
+    # slower when their threads oversubscribe the cores (measured: RAkEL fit 14 s with 1 thread vs > 100 s).
+    threadpool_limits(args.threads)
     datasets = dict(args.datasets) if args.datasets else {"nemu": ensure_sample()}
     model_names = [m.strip() for m in args.models.split(",")] if args.models else list(registry)
     n_folds = args.folds if args.folds is not None else PROFILE_FOLDS[args.profile]
