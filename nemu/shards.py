@@ -116,6 +116,13 @@ def write_manifest(out_dir: Path, manifest: dict) -> None:
     atomic_write_bytes(Path(out_dir) / MANIFEST_FILE, (canonical_json(manifest) + "\n").encode("utf-8"))
 
 
+def dataset_fingerprint(manifest: dict) -> str:
+    """The identity of one build: sha256 of the canonical manifest (labels, modalities, settings, counts and
+    every shard's sha256), so a rebuild with other input, seed or settings gets another fingerprint and a
+    byte-identical rebuild the same one. Results and runs record it; they are never reused across fingerprints."""
+    return hashlib.sha256(canonical_json(manifest).encode("utf-8")).hexdigest()
+
+
 def read_manifest(root: Path) -> dict:
     path = Path(root) / MANIFEST_FILE
     if not path.is_file():
