@@ -63,6 +63,78 @@ def _node_arrays(column: pa.ChunkedArray, dim: int) -> tuple[np.ndarray, np.ndar
     return values[offsets[0]:offsets[-1]].copy(), offsets - offsets[0]
 
 
+class _DecodedDataset:
+    """Every row of one built dataset, decoded once: ids, labels, split and fold per row, and the columns
+    decoded so far (node matrices with offsets, extras). Read-only: datasets copy the rows they select."""
+
+    def __init__(self, root: Path, manifest: dict):
+        self.root, self.manifest = root, manifest
+        self.dims = {m["name"]: m["dim"] for m in manifest["modalities"]}
+        self.label_names: list[str] = list(manifest["labels"])
+        # the order of read_table(root, None): the published splits first, then any other the manifest lists
+        self.splits = [s for s in SPLITS if s in manifest["shards"]] + [s for s in manifest["shards"]
+                                                                       if s not in SPLITS]
+        base = [read_table(root, split, ["id", "label_vector", "fold"]) for split in self.splits]
+        self.ids = np.array([i for table in base for i in table["id"].to_pylist()], dtype=object)
+        self.labels = np.concatenate([
+            np.asarray(t["label_vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False),
+                       dtype=np.float32).reshape(-1, len(self.label_names)) for t in base])
+        self.fold = np.concatenate([t["fold"].to_numpy(zero_copy_only=False).astype(np.int64) for t in base])
+        self.split = np.concatenate([np.full(t.num_rows, s, dtype=object) for s, t in zip(self.splits, base)])
+        self.columns: dict[str, object] = {}
+
+    def column(self, name: str):
+        """(values, offsets) of a modality column, or the raw Arrow column of an extra, decoded once."""
+        if name not in self.columns:
+            table = pa.concat_tables([read_table(self.root, split, [name]) for split in self.splits])
+            self.columns[name] = _node_arrays(table[name], self.dims[name]) if name in self.dims else table[name]
+        return self.columns[name]
+
+
+#: Decoded datasets by (root, manifest fingerprint, shard sizes and times): run_all's cells read the same
+#: immutable shards again and again; only the most recently used datasets are kept.
+_DECODED: dict[tuple, _DecodedDataset] = {}
+_DECODED_KEEP = 2
+
+
+def _decoded(root: Path) -> _DecodedDataset:
+    from nemu.shards import dataset_fingerprint
+
+    manifest = read_manifest(root)
+    paths = [Path(root) / e["path"] for entries in manifest["shards"].values() for e in entries]
+    stamps = []
+    for path in paths:
+        try:
+            stat = path.stat()
+            stamps.append((str(path), stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            stamps.append((str(path), None, None))  # read_table reports the missing shard
+    key = (str(Path(root).resolve()), dataset_fingerprint(manifest), tuple(stamps))
+    if key not in _DECODED:
+        decoded = _DecodedDataset(Path(root), manifest)
+        while len(_DECODED) >= _DECODED_KEEP:
+            _DECODED.pop(next(iter(_DECODED)))
+        _DECODED[key] = decoded
+    else:
+        _DECODED[key] = _DECODED.pop(key)  # most recently used last
+    return _DECODED[key]
+
+
+def clear_cache() -> None:
+    """Forget every decoded dataset (the next load reads the shards again)."""
+    _DECODED.clear()
+
+
+def _select_nodes(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The nodes of ``rows`` (in that order) as a new (total, dim) matrix with its offsets."""
+    counts = offsets[rows + 1] - offsets[rows]
+    new_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    # index of every selected node: its row's start plus its position within the row
+    starts = np.repeat(offsets[rows] - new_offsets[:-1], counts)
+    index = starts + np.arange(new_offsets[-1], dtype=np.int64)
+    return values[index], new_offsets
+
+
 class MMERDataset:
     """A torch-style map Dataset over a built dataset: one item per sample.
 
@@ -72,25 +144,54 @@ class MMERDataset:
     ``extra_columns`` adds per-sample targets some models need under ``item["extras"]``: a string column
     naming a label (``dominant_emotion``) becomes the label's index (-1 when null); numeric and
     fixed-size list columns (``intensities``) become float tensors (NaN when null).
+
+    ``normalization`` (a :class:`nemu.normalization.NodeStatistics`) is applied to the node features;
+    None keeps them as stored. The statistics used are ``self.normalization`` (None when not normalised).
+    :func:`split_datasets` fits them on the training split and applies them to all three splits.
+    The decoded shards are cached per process (``clear_cache``); each dataset holds its own copy.
     """
 
     def __init__(self, root: str | Path, split: str | None = "train", modalities: Sequence[str] | None = None,
-                 folds: Iterable[int] | None = None, extra_columns: Sequence[str] = ()):
+                 folds: Iterable[int] | None = None, extra_columns: Sequence[str] = (),
+                 normalization=None):
         self.root = Path(root)
-        self.manifest = read_manifest(self.root)
-        dims = {m["name"]: m["dim"] for m in self.manifest["modalities"]}
+        decoded = _decoded(self.root)
+        self.manifest = decoded.manifest
+        dims = decoded.dims
         chosen = list(modalities) if modalities else list(dims)
         unknown = [m for m in chosen if m not in dims]
         if unknown:
             raise ValueError(f"{self.root}: no modality {unknown[0]!r}; it has {', '.join(dims)}")
         self.modality_dims = {m: dims[m] for m in chosen}
-        self.label_names: list[str] = list(self.manifest["labels"])
-        table = read_table(self.root, split, ["id", "label_vector", *chosen, *extra_columns], folds)
-        self.ids: list[str] = table["id"].to_pylist()
-        self.labels = np.asarray(table["label_vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False),
-                                 dtype=np.float32).reshape(-1, len(self.label_names))
-        self._nodes = {m: _node_arrays(table[m], dim) for m, dim in self.modality_dims.items()}
-        self.extras = {column: self._extra(table[column]) for column in extra_columns}
+        self.label_names: list[str] = list(decoded.label_names)
+        selected = np.ones(len(decoded.ids), dtype=bool)
+        if split is not None:  # the splits whose shards shard_paths names for ``split`` (it refuses unknown ones)
+            paths = set(shard_paths(self.root, self.manifest, split))
+            names = [s for s, entries in self.manifest["shards"].items()
+                     if any(self.root / e["path"] in paths for e in entries)]
+            selected = np.isin(decoded.split, names)
+        if folds is not None:
+            selected &= np.isin(decoded.fold, sorted(set(folds)))
+        rows = np.flatnonzero(selected)
+        self.ids: list[str] = decoded.ids[rows].tolist()
+        self.labels = decoded.labels[rows].copy()
+        self._nodes = {m: _select_nodes(*decoded.column(m), rows) for m in self.modality_dims}
+        self.normalization = None
+        if normalization is not None:
+            self.apply_normalization(normalization)
+        self.extras = {column: self._extra(decoded.column(column).take(pa.array(rows, pa.int64())))
+                       for column in extra_columns}
+
+    def apply_normalization(self, statistics) -> None:
+        """Normalise the node features with ``statistics`` (once: a normalised dataset refuses another)."""
+        if self.normalization is not None:
+            raise ValueError(f"{self.root}: features are already normalised ({self.normalization.setting})")
+        self._nodes = {m: (statistics.apply(m, values), offsets) for m, (values, offsets) in self._nodes.items()}
+        self.normalization = statistics
+
+    def node_values(self) -> dict[str, np.ndarray]:
+        """{modality: every real node of this dataset, (nodes, dim)} (no padding), as currently normalised."""
+        return {m: values for m, (values, _) in self._nodes.items()}
 
     def _extra(self, column: pa.ChunkedArray) -> np.ndarray:
         values = column.to_pylist()
@@ -148,17 +249,33 @@ def collate(items: list[dict]) -> dict:
 
 
 def split_datasets(root: str | Path, fold: int | None = None, modalities: Sequence[str] | None = None,
-                   extra_columns: Sequence[str] = ()) -> dict[str, MMERDataset]:
+                   extra_columns: Sequence[str] = (), input_normalization: str = "standardize"
+                   ) -> dict[str, MMERDataset]:
     """train/valid/test datasets: the published split folders, or cross-validation rotation ``fold``.
 
     Rotation k takes test = fold k, valid = fold k+1, train = the other folds (``nemu.splits.cv_rotation``).
+
+    ``input_normalization`` is the benchmark protocol's input setting (``nemu.normalization``):
+    ``"standardize"`` (default) standardises every modality per dimension with the mean and std of the
+    real nodes of *this* train split, applied to all three splits; ``"raw"`` keeps the stored features.
+    The statistics are ``datasets["train"].normalization`` (the same object on every split).
     """
+    from nemu.normalization import NodeStatistics, check_setting
     from nemu.splits import cv_rotation
 
+    check_setting(input_normalization)
     if fold is None:
-        return {split: MMERDataset(root, split, modalities, extra_columns=extra_columns) for split in SPLITS}
-    return {split: MMERDataset(root, None, modalities, folds=folds, extra_columns=extra_columns)
-            for split, folds in cv_rotation(fold).items()}
+        selections = {split: (split, None) for split in SPLITS}
+    else:
+        selections = {split: (None, folds) for split, folds in cv_rotation(fold).items()}
+    train_split, train_folds = selections["train"]
+    train = MMERDataset(root, train_split, modalities, folds=train_folds, extra_columns=extra_columns)
+    statistics = NodeStatistics.fit(train.node_values(), input_normalization)
+    train.apply_normalization(statistics)
+    return {split: train if split == "train" else
+            MMERDataset(root, split_name, modalities, folds=folds, extra_columns=extra_columns,
+                        normalization=statistics)
+            for split, (split_name, folds) in selections.items()}
 
 
 def column_names(root: str | Path) -> list[str]:
