@@ -80,7 +80,7 @@ def run(datasets: dict[str, Path], model_names: list[str], folds: list[int], see
         bar.set_postfix_str(cell.key)
         try:
             store.add(run_cell(cell, registry[cell.model], datasets[cell.dataset], profile, device=device,
-                               checkpoint_dir=checkpoints))
+                               checkpoint_dir=checkpoints, out_dir=out))
         except Exception as exc:  # one broken cell must not lose the rest of the grid
             failures += 1
             store.add_failure(cell, "".join(traceback.format_exception_only(exc)).strip())

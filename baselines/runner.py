@@ -3,10 +3,19 @@
 Model selection uses the validation split only: estimators pick their grid point by validation
 micro-F1, neural models keep the single epoch with the best validation micro-F1 (``hhmpn.engine``).
 Every record carries its cost: wall time, parameter count and peak resident memory.
+
+Inputs follow the benchmark protocol (README, "The benchmark protocol"): every model gets the node
+features of ``nemu.loading.split_datasets`` standardised with the training split's statistics of the
+rotation in use (``input_normalization="raw"`` feeds the stored features); the setting is in every record.
+
+Every neural cell leaves a run folder (``run_folder``; format in ``hhmpn.runs``) that ``hhmpn.predict``
+accepts: the selected checkpoint, run.json, the normalisation statistics, the training labels, and the
+cell's own test predictions (``predictions-test.jsonl``, predict's output format).
 """
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from pathlib import Path
@@ -18,9 +27,25 @@ from baselines.registry import TRAINING_KEYS, DataInfo, ModelSpec
 from baselines.results import Cell
 from nemu.loading import column_names, read_table, split_datasets
 from nemu.metrics import evaluate
-from nemu.shards import read_manifest
+from nemu.normalization import DEFAULT_INPUT_NORMALIZATION
+from nemu.shards import dataset_fingerprint, read_manifest
 
 METRIC_KEYS = ("accuracy", "hamming_loss", "micro_f1", "macro_f1", "subset_accuracy")
+
+
+RUNS_DIR = "runs"
+
+
+def model_slug(name: str) -> str:
+    """A model name as a folder name: lower case, runs of other characters as one '-' (``HHMPN w/o F2F`` ->
+    ``hhmpn-w-o-f2f``, ``ML-GCN`` -> ``ml-gcn``)."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "model"
+
+
+def run_folder(out_dir: Path, cell: Cell) -> Path:
+    """``OUT/runs/<dataset>/<model-slug>/fold<k>-seed<s>-<modalities joined by + or "all">``: a neural cell's run."""
+    subset = "+".join(cell.modalities) if cell.modalities else "all"
+    return Path(out_dir) / RUNS_DIR / cell.dataset / model_slug(cell.model) / f"fold{cell.fold}-seed{cell.seed}-{subset}"
 
 
 def _reset_peak_rss() -> None:
@@ -102,52 +127,84 @@ def _run_estimator(spec: ModelSpec, config: dict, info: DataInfo, datasets: dict
 
 
 def _run_neural(spec: ModelSpec, config: dict, info: DataInfo, datasets: dict, seed: int, device: str | None,
-                checkpoint: Path | None) -> dict:
-    from hhmpn.engine import seed_everything, train_and_test
+                run_dir: Path | None, root: Path, cell: Cell) -> dict:
+    from hhmpn.engine import make_loaders, predict, seed_everything, train_and_test
+    from hhmpn.runs import CHECKPOINT_FILE, start_run, write_run
 
     seed_everything(seed)  # weight initialisation
     model = spec.factory(config, info)
-    if checkpoint is not None:
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    if run_dir is not None:
+        start_run(run_dir)
     result, test = train_and_test(
         model, datasets, epochs=config["epochs"], lr=config["lr"], batch_size=config["batch_size"],
         clip=config.get("clip", 10.0), threshold=config.get("threshold", 0.5), seed=seed, device=device,
-        checkpoint_path=checkpoint, progress=False, label_names=info.label_names)
+        checkpoint_path=None if run_dir is None else run_dir / CHECKPOINT_FILE, progress=False,
+        label_names=info.label_names)
+    if run_dir is not None:
+        from hhmpn.predict import LoadedRun, write_predictions
+
+        statistics = datasets["train"].normalization
+        write_run(run_dir, model=spec.name, config=config, info=info, fold=cell.fold, seed=seed,
+                  statistics=statistics, data=root, manifest=read_manifest(root),
+                  extra={"extra_columns": list(spec.extra_columns)})
+        # the cell's own test probabilities, in predict's format, from the selected checkpoint
+        loaded = LoadedRun(run_dir, {"labels": info.label_names, "modality_dims": info.modality_dims}, model,
+                           statistics, float(config.get("threshold", 0.5)), device)
+        ids, probabilities = predict(model, make_loaders({"test": datasets["test"]}, config["batch_size"], seed)
+                                     ["test"], device)
+        write_predictions(run_dir / "predictions-test.jsonl", loaded.records(ids, probabilities, datasets["test"]))
     return {"test": test, "valid": result.best_valid, "selected": {"epoch": result.best_epoch},
-            "parameters": result.num_parameters}
+            "parameters": result.num_parameters, "state": result.best_state}
 
 
 def run_cell(cell: Cell, spec: ModelSpec, root: Path, profile: str, *, device: str | None = None,
-             checkpoint_dir: Path | None = None, overrides: dict | None = None) -> dict:
+             checkpoint_dir: Path | None = None, overrides: dict | None = None, out_dir: Path | None = None,
+             input_normalization: str = DEFAULT_INPUT_NORMALIZATION) -> dict:
     """Train and test ``spec`` on ``cell``; returns the record for the results store.
 
     ``overrides`` replaces entries of the profile's configuration (e.g. ``{"epochs": 1}`` for smoke runs).
+    With ``out_dir``, a neural cell writes its run folder ``run_folder(out_dir, cell)`` (path in the record's
+    ``run_dir``). ``checkpoint_dir`` (older layout, kept for the figures until they read run folders) also
+    keeps a bare state_dict of full-modality figure-source cells as ``DIR/dataset/model/fold<k>-seed<s>.pt``.
+    ``input_normalization``: ``"standardize"`` (default, the protocol) or ``"raw"``.
     """
     base = {"key": cell.key, "model": spec.name, "group": spec.group, "dataset": cell.dataset, "fold": cell.fold,
-            "seed": cell.seed}
+            "seed": cell.seed, "input_normalization": input_normalization}
     reason = missing_columns(root, spec.extra_columns)
     if reason is not None:
         return base | {"modalities": list(cell.modalities or modality_names(root)), "status": "not_applicable",
                        "reason": reason}
-    datasets = split_datasets(root, cell.fold, cell.modalities, spec.extra_columns)
+    datasets = split_datasets(root, cell.fold, cell.modalities, spec.extra_columns,
+                              input_normalization=input_normalization)
     info = data_info(cell.dataset, root, datasets)
     base["modalities"] = list(info.modality_dims)
+    base["dataset_fingerprint"] = dataset_fingerprint(read_manifest(root))
     reason = spec.applicable(info)
     if reason is not None:
         return base | {"status": "not_applicable", "reason": reason}
     config = spec.config(profile) | (overrides or {}) | {"seed": cell.seed}
     _reset_peak_rss()
     started = time.perf_counter()
+    run_dir = None
     if spec.kind == "estimator":
         outcome = _run_estimator(spec, config, info, datasets)
     else:
-        checkpoint = None
-        if spec.figure_source and checkpoint_dir is not None and cell.modalities is None:
-            checkpoint = checkpoint_dir / cell.dataset / spec.name / f"fold{cell.fold}-seed{cell.seed}.pt"
-        outcome = _run_neural(spec, config, info, datasets, cell.seed, device, checkpoint)
+        run_dir = run_folder(out_dir, cell) if out_dir is not None else None
+        outcome = _run_neural(spec, config, info, datasets, cell.seed, device, run_dir, root, cell)
+        if spec.figure_source and checkpoint_dir is not None and cell.modalities is None and run_dir is not None:
+            import shutil
+
+            legacy = checkpoint_dir / cell.dataset / spec.name / f"fold{cell.fold}-seed{cell.seed}.pt"
+            legacy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run_dir / "model.pt", legacy)
+        elif spec.figure_source and checkpoint_dir is not None and cell.modalities is None:
+            from hhmpn.engine import save_checkpoint
+
+            save_checkpoint(outcome["state"], checkpoint_dir / cell.dataset / spec.name /
+                            f"fold{cell.fold}-seed{cell.seed}.pt")
     seconds = time.perf_counter() - started
     test = outcome["test"]
-    return base | {
+    record = base | {
         "status": "ok",
         "metrics": {k: float(test[k]) for k in METRIC_KEYS},
         "per_label_f1": {name: float(v["f1"]) for name, v in test["per_label"].items()},
@@ -157,6 +214,9 @@ def run_cell(cell: Cell, spec: ModelSpec, root: Path, profile: str, *, device: s
         "parameters": int(outcome["parameters"]),
         "peak_memory_mb": _peak_rss_mb(),
         "sizes": {split: len(ds) for split, ds in datasets.items()},
-        "settings": {k: v for k, v in config.items()},
+        "settings": {k: v for k, v in config.items()} | {"input_normalization": input_normalization},
         "training_keys": [k for k in TRAINING_KEYS if k in config],
     }
+    if run_dir is not None:
+        record["run_dir"] = str(run_dir)
+    return record

@@ -3,9 +3,15 @@
     python -m hhmpn.train --data OUT --out RUN [--profile quick|paper] [--epochs N]
         [--ablation no_f2f|no_f2l|no_l2l|no_m2l] [--modalities lyrics,audio,...] [--fold K]
 
-Writes ``RUN/model.pt`` (state_dict of the checkpoint with the best validation micro-F1),
-``RUN/run.json`` (what predict needs to rebuild the model) and ``RUN/metrics.json`` (test metrics,
-the selected epoch's validation metrics, the per-epoch history, cost).
+Writes a run folder (``hhmpn.runs``, the same format as run_all's neural cells): ``RUN/model.pt``
+(state_dict of the checkpoint with the best validation micro-F1), ``RUN/run.json`` (what predict needs to
+rebuild the model: registry name ``HHMPN`` or its ablation's, resolved config, dims, labels, fold, seed,
+input normalisation, dataset fingerprint), ``RUN/normalization.json`` (the training split's input
+statistics), ``RUN/train_labels.npy`` and ``RUN/metrics.json`` (test metrics, the selected epoch's
+validation metrics, the per-epoch history, cost).
+
+Inputs follow the benchmark protocol: node features standardised per modality and dimension with the
+training split's statistics (``--input-normalization raw`` feeds the stored features unchanged).
 """
 
 from __future__ import annotations
@@ -19,34 +25,46 @@ from pathlib import Path
 import torch
 from hhmpn.config import HHMPNConfig, profile
 from hhmpn.engine import seed_everything, train_and_test
-from hhmpn.model import ABLATIONS, HHMPN
+from hhmpn.model import ABLATIONS
+from hhmpn.runs import CHECKPOINT_FILE, RUN_FILE, start_run, write_run
 from nemu.loading import split_datasets
+from nemu.normalization import DEFAULT_INPUT_NORMALIZATION, INPUT_NORMALIZATIONS
 
-CHECKPOINT_FILE = "model.pt"
-RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
 
 
-def build_model(modality_dims: dict[str, int], num_labels: int, config: HHMPNConfig) -> HHMPN:
-    return HHMPN(modality_dims, num_labels, **config.model_kwargs())
+def registry_name(config: HHMPNConfig) -> str:
+    """The registry name of this configuration's model: ``HHMPN`` or its ablation's (``HHMPN w/o F2F``)."""
+    from baselines.ours import VARIANTS
+
+    return next(name for name, ablation in VARIANTS.items() if ablation == config.ablation)
 
 
 def train(data: Path, out: Path, config: HHMPNConfig, *, modalities: list[str] | None = None,
-          fold: int | None = None, seed: int = 0, device: str | None = None, progress: bool = True) -> dict:
+          fold: int | None = None, seed: int = 0, device: str | None = None, progress: bool = True,
+          input_normalization: str = DEFAULT_INPUT_NORMALIZATION) -> dict:
     """Train, select on validation micro-F1, evaluate that one checkpoint on test; returns metrics.json."""
+    from baselines.runner import data_info
+    from nemu.shards import read_manifest
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    datasets = split_datasets(data, fold, modalities)
+    datasets = split_datasets(data, fold, modalities, input_normalization=input_normalization)
     train_set = datasets["train"]
+    info = data_info(read_manifest(Path(data)).get("dataset", "data"), Path(data), datasets)
+    start_run(out)
+    name, run_config = registry_name(config), config.to_dict() | {"seed": seed}
     seed_everything(seed)  # weight initialisation
-    model = build_model(train_set.modality_dims, len(train_set.label_names), config)
-    run = {"data": str(data), "fold": fold, "seed": seed, "modalities": list(train_set.modality_dims),
-           "modality_dims": train_set.modality_dims, "labels": train_set.label_names, "config": config.to_dict()}
-    (out / RUN_FILE).write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    # built by the registry's factory, exactly as hhmpn.predict rebuilds it from run.json
+    from baselines.registry import models
+
+    model = models()[name].factory(run_config, info)
     result, test = train_and_test(model, datasets, epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
                                   clip=config.clip, threshold=config.threshold, seed=seed, device=device,
                                   checkpoint_path=out / CHECKPOINT_FILE, progress=progress,
                                   label_names=train_set.label_names)
+    run = write_run(out, model=name, config=run_config, info=info,
+                    fold=fold, seed=seed, statistics=train_set.normalization, data=Path(data),
+                    manifest=read_manifest(Path(data)))
     metrics = {"test": test, "valid": result.best_valid, "best_epoch": result.best_epoch,
                "selection": "single checkpoint with the best validation micro-F1",
                "num_parameters": result.num_parameters, "train_seconds": round(result.train_seconds, 2),
@@ -69,6 +87,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", type=int, help="cross-validation rotation k (test = fold k, valid = fold k+1); "
                                             "default: the published train/valid/test split")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, dropout and shuffling")
+    p.add_argument("--input-normalization", choices=INPUT_NORMALIZATIONS, default=DEFAULT_INPUT_NORMALIZATION,
+                   help="standardize: each modality per dimension with the training split's mean and std "
+                        "(the benchmark protocol); raw: the stored features unchanged")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--threads", type=int, help="torch CPU threads (small models often run faster with 1)")
     for f in fields(HHMPNConfig):
@@ -103,9 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     modalities = [m.strip() for m in args.modalities.split(",")] if args.modalities else None
     try:
         metrics = train(args.data, args.out, config_from_args(args), modalities=modalities, fold=args.fold,
-                        seed=args.seed, device=args.device, progress=not args.no_progress)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"hhmpn.train: error: {exc}", file=sys.stderr)
+                        seed=args.seed, device=args.device, progress=not args.no_progress,
+                        input_normalization=args.input_normalization)
+    except (OSError, ValueError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"hhmpn.train: error: {message}", file=sys.stderr)
         return 2
     print(f"best epoch {metrics['best_epoch']} (validation micro-F1 {metrics['valid']['micro_f1']:.4f})")
     print("test: " + format_metrics(metrics["test"]))

@@ -1,0 +1,165 @@
+"""The run folder: what one trained neural model leaves behind, for every model (HHMPN and the baselines).
+
+Written by ``hhmpn.train`` and by every neural cell of ``baselines.run_all``; read by ``hhmpn.predict``::
+
+    RUN/model.pt            state_dict of the selected (best-validation) checkpoint, weights_only-loadable
+    RUN/run.json            model (registry name), config (resolved, with seed), modality_dims, labels,
+                            fold, seed, input_normalization, dataset, data, dataset_fingerprint, columns
+    RUN/normalization.json  the input-normalisation statistics of the training split (nemu.normalization)
+    RUN/train_labels.npy    the training split's 0/1 label matrix (int8), which some factories build
+                            label graphs from (ML-GCN, KRF); loaded with allow_pickle=False
+
+``run.json`` is written last (atomically), so a folder with a run.json is complete. A model is rebuilt as
+``baselines.registry.models()[run["model"]].factory(run["config"], info)`` with ``info`` from the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from nemu.normalization import NORMALIZATION_FILE, NodeStatistics, check_setting
+
+CHECKPOINT_FILE = "model.pt"
+RUN_FILE = "run.json"
+TRAIN_LABELS_FILE = "train_labels.npy"
+RUN_FORMAT = "mmer-run/1"
+REQUIRED_KEYS = ("model", "config", "modality_dims", "labels", "input_normalization")
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used: missing or unreadable files, or contents that do not fit."""
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def start_run(run_dir: Path) -> Path:
+    """Create the folder and drop an earlier run.json, so the folder counts as complete only when rewritten."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_FILE).unlink(missing_ok=True)
+    return run_dir
+
+
+def write_run(run_dir: Path, *, model: str, config: dict, info, fold: int | None, seed: int,
+              statistics: NodeStatistics, data: Path, manifest: dict, extra: dict | None = None) -> dict:
+    """Write normalization.json, train_labels.npy and (last) run.json; ``info`` is a ``DataInfo``."""
+    from nemu.shards import dataset_fingerprint
+
+    run_dir = Path(run_dir)
+    statistics.save(run_dir / NORMALIZATION_FILE)
+    tmp = run_dir / (TRAIN_LABELS_FILE + ".tmp.npy")
+    np.save(tmp, np.asarray(info.train_labels, dtype=np.int8), allow_pickle=False)
+    os.replace(tmp, run_dir / TRAIN_LABELS_FILE)
+    run = {"format": RUN_FORMAT, "model": model, "config": dict(config), "modality_dims": dict(info.modality_dims),
+           "modalities": list(info.modality_dims), "labels": list(info.label_names), "fold": fold, "seed": seed,
+           "input_normalization": statistics.setting, "dataset": info.dataset, "data": str(data),
+           "dataset_fingerprint": dataset_fingerprint(manifest), "columns": list(info.columns),
+           "files": {"checkpoint": CHECKPOINT_FILE, "normalization": NORMALIZATION_FILE,
+                     "train_labels": TRAIN_LABELS_FILE}} | (extra or {})
+    _write_atomic(run_dir / RUN_FILE, json.dumps(run, indent=2, ensure_ascii=False) + "\n")
+    return run
+
+
+def read_run(run_dir: Path) -> dict:
+    """run.json of a run folder, checked for the keys a rebuild needs; RunFolderError otherwise."""
+    run_dir = Path(run_dir)
+    path = run_dir / RUN_FILE
+    if not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir}: not a run folder (no such directory)")
+    if not path.is_file():
+        raise RunFolderError(f"{run_dir}: not a complete run folder (no {RUN_FILE})")
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunFolderError(f"{path}: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    if not isinstance(run, dict):
+        raise RunFolderError(f"{path}: not a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in run]
+    if missing:
+        raise RunFolderError(f"{path}: lacks {', '.join(missing)} (not written by this toolkit's hhmpn.train or "
+                             "run_all; train it again)")
+    dims, labels = run["modality_dims"], run["labels"]
+    if not (isinstance(dims, dict) and dims and all(isinstance(v, int) and v > 0 for v in dims.values())):
+        raise RunFolderError(f"{path}: modality_dims must map modality names to positive integers")
+    if not (isinstance(labels, list) and labels and all(isinstance(v, str) for v in labels)):
+        raise RunFolderError(f"{path}: labels must be a non-empty list of names")
+    if not isinstance(run["config"], dict):
+        raise RunFolderError(f"{path}: config must be a JSON object")
+    try:
+        check_setting(run["input_normalization"])
+    except ValueError as exc:
+        raise RunFolderError(f"{path}: {exc}") from None
+    return run
+
+
+def read_statistics(run_dir: Path, run: dict) -> NodeStatistics:
+    path = Path(run_dir) / NORMALIZATION_FILE
+    try:
+        statistics = NodeStatistics.load(path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise RunFolderError(str(exc)) from None
+    if statistics.modality_dims != run["modality_dims"]:
+        raise RunFolderError(f"{path}: statistics for {statistics.modality_dims}, the run has {run['modality_dims']}")
+    if statistics.setting != run["input_normalization"]:
+        raise RunFolderError(f"{path}: setting {statistics.setting!r}, run.json says {run['input_normalization']!r}")
+    return statistics
+
+
+def read_train_labels(run_dir: Path, run: dict) -> np.ndarray:
+    path = Path(run_dir) / TRAIN_LABELS_FILE
+    if not path.is_file():
+        raise RunFolderError(f"{path}: missing (the training label statistics the model is rebuilt from)")
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise RunFolderError(f"{path}: unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                             ) from None
+    if labels.ndim != 2 or labels.shape[1] != len(run["labels"]) or not np.isin(labels, (0, 1)).all():
+        raise RunFolderError(f"{path}: not a 0/1 matrix with {len(run['labels'])} label columns "
+                             f"(shape {labels.shape})")
+    return labels.astype(np.int8)
+
+
+def load_state_dict(run_dir: Path) -> dict:
+    """model.pt loaded with ``weights_only=True`` on the CPU; anything else (pickled code) is refused."""
+    import torch
+
+    path = Path(run_dir) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise RunFolderError(f"{path}: missing (no trained weights in this run folder)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for code-running pickles, RuntimeError/EOFError for broken files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunFolderError(f"{path}: refused, not a weights-only state_dict ({reason[:200]})") from None
+    if not (isinstance(state, dict) and state and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                       for k, v in state.items())):
+        raise RunFolderError(f"{path}: not a state_dict (a mapping of parameter names to tensors)")
+    return state
+
+
+def check_state_fits(model, state: dict, path: Path) -> None:
+    """RunFolderError naming the first missing, unexpected or wrongly shaped entry."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (first {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} of another shape (first {k}: {tuple(state[k].shape)} in the file, "
+                         f"{tuple(expected[k].shape)} in the model)")
+        raise RunFolderError(f"{path}: does not fit the model run.json describes: {'; '.join(parts)}")
