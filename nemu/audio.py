@@ -15,17 +15,45 @@ class AudioSettings:
     hop_length: int = 512
     window_seconds: float = 1.0  # one node per window of MFCC frames (mean-pooled)
     max_nodes: int = 300  # longer songs keep evenly spaced windows, so the whole song is covered
+    max_seconds: float = 600.0  # decoding stops here: a header claiming hours (or 1 Hz) cannot cost gigabytes
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class AudioNodes:
+    """One file's audio nodes, its decoded duration and what the limits cut."""
+
+    features: np.ndarray  # (nodes, n_mfcc) float32
+    duration_seconds: float  # decoded, so at most max_seconds
+    seconds_cut: float  # beyond max_seconds (from the file's header; 0 when it does not say)
+    truncated: bool  # decoding stopped at max_seconds
+    windows_cut: int  # windows beyond max_nodes (dropped evenly)
 
 
 class AudioDecodeError(ValueError):
     pass
 
 
-def load_audio(path: Path, sample_rate: int) -> np.ndarray:
-    """Mono float32 samples at ``sample_rate``; raises AudioDecodeError for unreadable or empty files."""
+def _header_seconds(path: Path) -> float | None:
+    """The duration a file's header claims, where soundfile can read it (None otherwise); nothing is decoded."""
+    import soundfile
+
+    try:
+        info = soundfile.info(str(path))
+        return info.frames / info.samplerate if info.samplerate > 0 and info.frames >= 0 else None
+    except Exception:  # not a libsndfile format, or a damaged header: librosa's decoding decides below
+        return None
+
+
+def load_audio(path: Path, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
+    """Mono float32 samples at ``sample_rate``, at most ``max_seconds`` of them decoded.
+
+    Raises AudioDecodeError for unreadable, empty or non-finite audio. ``duration`` stops librosa's
+    decoder after ``max_seconds`` of the file's own samples, before resampling, so the cost is bounded
+    by the limit whatever the header claims (a tiny sample rate, a huge length).
+    """
     import warnings
 
     import librosa
@@ -33,13 +61,15 @@ def load_audio(path: Path, sample_rate: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():  # librosa warns before its audioread fallback; failure is reported below
             warnings.simplefilter("ignore", (UserWarning, FutureWarning))
-            samples, _ = librosa.load(str(path), sr=sample_rate, mono=True)
+            samples, _ = librosa.load(str(path), sr=sample_rate, mono=True, duration=max_seconds)
     except Exception as exc:  # soundfile/audioread raise many types for corrupt files
         raise AudioDecodeError(f"cannot decode audio: {type(exc).__name__}: {exc}") from None
     if samples.size == 0:
         raise AudioDecodeError("audio file holds no samples")
     if not np.all(np.isfinite(samples)):
         raise AudioDecodeError("audio holds NaN or infinite samples")
+    if max_seconds is not None and samples.size > int(np.ceil(max_seconds * sample_rate)) + 1:
+        samples = samples[: int(np.ceil(max_seconds * sample_rate))]  # the resampler may round up by a sample
     return samples
 
 
@@ -63,7 +93,30 @@ def pool_windows(frames: np.ndarray, settings: AudioSettings) -> np.ndarray:
     return windows.astype(np.float32)
 
 
+def audio_nodes(path: Path, settings: AudioSettings) -> AudioNodes:
+    """One audio file's nodes (windows × n_mfcc), decoded duration and what ``max_seconds``/``max_nodes`` cut.
+
+    Raises AudioDecodeError when the file cannot be decoded or its features are not all finite
+    (sample values so large that the power spectrum overflows float32).
+    """
+    samples = load_audio(path, settings.sample_rate, settings.max_seconds)
+    duration = len(samples) / settings.sample_rate
+    truncated = len(samples) >= int(settings.max_seconds * settings.sample_rate)
+    claimed = _header_seconds(path) if truncated else None
+    seconds_cut = max(0.0, claimed - duration) if claimed is not None else 0.0
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught below, as non-finite features
+        frames = mfcc_frames(samples, settings)
+    del samples
+    windows = pool_windows(frames, settings)
+    n_windows = -(-len(frames) // max(1, round(settings.window_seconds * settings.sample_rate / settings.hop_length)))
+    bad = int((~np.isfinite(windows)).sum())
+    if bad:
+        raise AudioDecodeError(f"{bad} of {windows.size} audio feature values are NaN or infinite "
+                               f"(sample values too large for the MFCC's float32 power spectrum)")
+    return AudioNodes(windows, duration, seconds_cut, truncated, max(0, n_windows - len(windows)))
+
+
 def extract_audio(path: Path, settings: AudioSettings) -> tuple[np.ndarray, float]:
     """(nodes × n_mfcc features, duration in seconds) of one audio file."""
-    samples = load_audio(path, settings.sample_rate)
-    return pool_windows(mfcc_frames(samples, settings), settings), len(samples) / settings.sample_rate
+    nodes = audio_nodes(path, settings)
+    return nodes.features, nodes.duration_seconds

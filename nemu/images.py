@@ -16,6 +16,9 @@ import numpy as np
 
 IMAGE_ENCODERS = ("resnet50", "efficientnet-lite0")
 FEATURE_DIMS = {"resnet50": 2048, "efficientnet-lite0": 1280}
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # decoded pixels (width × height); 8K UHD is 33 MP
+RESIZE_SHORT_SIDE = 256  # the transform's Resize; CenterCrop(224) then uses the central part
+_ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 
 
 class ImageWeightsUnavailable(RuntimeError):
@@ -126,7 +129,7 @@ class ImageEncoder:
             mean, std, interpolation = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), transforms.InterpolationMode.BICUBIC
         self.model = model.eval()
         self.transform = transforms.Compose([
-            transforms.Resize(256, interpolation=interpolation),
+            transforms.Resize(RESIZE_SHORT_SIDE, interpolation=interpolation),
             transforms.CenterCrop(224),
             transforms.ToTensor(),
             transforms.Normalize(mean, std),
@@ -153,20 +156,120 @@ class ImageEncoder:
         model.reset_classifier(0)  # the 1280-d pooled feature
         return model
 
-    def encode(self, paths: list[Path]) -> np.ndarray:
-        """(len(paths), dim) float32 features; raises ImageDecodeError naming the unreadable image's index."""
+    def encode(self, paths: list[Path], max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+        """(len(paths), dim) float32 features; raises ImageDecodeError naming the unreadable image's index.
+
+        Each image is checked against ``max_pixels`` from its header, before any pixel is decoded;
+        JPEGs are decoded at the smallest DCT scale that still covers the network's input
+        (``draft``); every mode becomes 8-bit RGB through ``to_rgb8``; the central square is cut
+        before resizing, so an image of extreme aspect ratio costs no more than a square one.
+        """
         import torch
-        from PIL import Image
 
         if not paths:
             return np.zeros((0, self.settings.dim), dtype=np.float32)
         tensors = []
         for index, path in enumerate(paths):
             try:
-                with Image.open(path) as image:
-                    image.load()
-                    tensors.append(self.transform(image.convert("RGB")))
-            except Exception as exc:  # PIL raises OSError, SyntaxError, DecompressionBombError, ...
+                tensors.append(self.transform(central_square(load_rgb8(path, max_pixels, RESIZE_SHORT_SIDE))))
+            except ImageDecodeError as exc:
+                raise ImageDecodeError(index, str(exc)) from None
+            except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
                 raise ImageDecodeError(index, f"cannot decode image: {type(exc).__name__}: {exc}") from None
         with torch.inference_mode():
             return self.model(torch.stack(tensors)).numpy().astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding any image to 8-bit RGB, with bounded memory
+
+
+
+def load_rgb8(path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, short_side: int = RESIZE_SHORT_SIDE):
+    """Open ``path`` (first frame), refuse more than ``max_pixels`` before decoding, return an 8-bit RGB image."""
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        # The size is checked here, against the flag, before decoding: Pillow's own bomb check (a fixed
+        # 89 MP warning, an error at twice that) would otherwise override --max-image-pixels.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            image = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+        with image:
+            width, height = image.size
+            if width < 1 or height < 1:
+                raise ImageDecodeError(f"image has no pixels ({width}×{height})")
+            if width * height > max_pixels:
+                raise ImageDecodeError(f"image is {width}×{height} = {width * height} pixels, above the "
+                                       f"limit of {max_pixels} (--max-image-pixels)")
+            if image.format == "JPEG" and image.mode in ("RGB", "L", "YCbCr"):
+                image.draft(image.mode, (short_side, short_side))  # never below short_side on either side
+            image.load()
+            return to_rgb8(image)
+
+
+def to_rgb8(image):
+    """An 8-bit RGB copy of a PIL image of any mode, with the data's own range mapped to 0-255.
+
+    - 16-bit integer modes (``I;16``, ``I;16B``, ...): value / 65535 × 255 (Pillow's own RGB conversion
+      clips them at 255, which turns a 16-bit photo into a white square);
+    - ``I`` (32-bit integer): read at the smallest standard depth that holds the data: 8 bits when every
+      value is in 0..255, 16 bits when in 0..65535, otherwise the image's own min..max is stretched to 0..255;
+    - ``F`` (32-bit float): ×255 when every value is in 0..1, as is when in 0..255, otherwise min..max;
+      NaN or infinite pixels are refused (ImageDecodeError), as NaN audio samples are;
+    - alpha (``LA``, ``PA``, ``RGBA``, premultiplied ``La``/``RGBa``, palette images with a transparent
+      entry): composited on white;
+    - ``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, ``RGBX``, ``RGB``: Pillow's conversion.
+    """
+    from PIL import Image
+
+    mode = image.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        gray = Image.fromarray(_rescale_to_uint8(np.asarray(image), mode), mode="L")
+        return gray.convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in _ALPHA_MODES:
+        rgba = image.convert("RGBA") if mode != "La" else image.convert("LA").convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _rescale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    values = values.astype(np.float64)
+    if mode == "F" and not np.all(np.isfinite(values)):
+        raise ImageDecodeError(f"image (mode F) holds {int((~np.isfinite(values)).sum())} NaN or infinite pixels")
+    low, high = float(values.min()), float(values.max())
+    if mode.startswith("I;16"):
+        top = 65535.0
+    elif mode == "I" and low >= 0 and high <= 255:
+        top = 255.0
+    elif mode == "I" and low >= 0 and high <= 65535:
+        top = 65535.0
+    elif mode == "F" and low >= 0 and high <= 1:
+        top = 1.0
+    elif mode == "F" and low >= 0 and high <= 255:
+        top = 255.0
+    else:  # no standard range holds the data: stretch its own range (a constant image becomes black)
+        values, top = values - low, max(high - low, np.finfo(np.float64).tiny)
+    return np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+
+
+def central_square(image):
+    """The central square of an image (side = its short side).
+
+    Resize(256) + CenterCrop(224) only ever looks at the central square's middle, so cutting it first
+    changes nothing the network sees, and a 1×100000 strip is resized to 256×256, not to 256×25.6M.
+    """
+    width, height = image.size
+    side = min(width, height)
+    if width == height:
+        return image
+    left, top = (width - side) // 2, (height - side) // 2
+    return image.crop((left, top, left + side, top + side))

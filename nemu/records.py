@@ -1,19 +1,25 @@
 """Reading and validating the raw NEMu folder (``RAW/records.jsonl`` plus media files).
 
 The raw format (also documented in the README and DATASET_CARD.md): one JSON object per line with
-``id`` (unique non-empty string), ``title``, ``artist`` (strings), ``tags`` (list of strings),
+``id`` (non-empty string, unique after Unicode NFKC normalisation and case folding: see ``id_key``), ``title``, ``artist`` (strings), ``tags`` (list of strings),
 ``lyrics`` (LRC or plain text), ``comments`` (list of strings), ``audio`` (path relative to RAW, or
 null/"" when the song has no audio) and ``images`` (list of paths relative to RAW).
 
 Nothing is dropped silently: every input line ends up as exactly one of
 kept sample, quarantined record (with line number, field and reason) or song without an emotion tag.
-Checks that need only the JSON (encoding, syntax, types, duplicate ids, paths leaving RAW, missing
-files) happen here; a file that exists but cannot be decoded is caught during feature extraction.
+Checks that need only the JSON and the file system (encoding, syntax, types, duplicate ids, paths leaving
+RAW, missing files and anything that is not a readable regular file) happen here; a file that exists but
+cannot be decoded is caught during feature extraction.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import os
+import stat
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,22 +110,97 @@ def _require_utf8(text: str, field_name: str) -> None:
         raise RecordError(field_name, f"not valid UTF-8 text ({exc.reason} at position {exc.start})") from None
 
 
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+)
+
+
+def _os_reason(exc: OSError) -> str:
+    """A specific reason for an OS error on a media path: what went wrong, in words, with its errno name."""
+    words = {
+        errno.ENOENT: "not found", errno.ENOTDIR: "not found (a path component is not a folder)",
+        errno.ELOOP: "symlink loop", errno.ENAMETOOLONG: "name too long for the file system",
+        errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+        errno.EIO: "input/output error",
+    }
+    name = errno.errorcode.get(exc.errno, "OSError")
+    return f"{words.get(exc.errno, exc.strerror or type(exc).__name__)} ({name})"
+
+
 def resolve_media_path(raw_dir: Path, relative: str, field_name: str, suffixes: tuple[str, ...]) -> Path:
-    """The absolute path of a media file, refusing paths that leave RAW and unknown file types."""
+    """The absolute path of a readable regular media file under RAW; RecordError with a specific reason otherwise.
+
+    Refused, each with its own reason: paths leaving RAW (absolute, ``..``, or a symlink pointing out),
+    unknown file types, a NUL byte, a name too long for the file system, a symlink loop, a missing file,
+    something that is not a regular file (a directory, a FIFO - never opened, so it cannot block the build -,
+    a device or socket) and a file that cannot be read (permission denied).
+    """
     if not relative.strip():
         raise RecordError(field_name, "empty path")
+    if "\x00" in relative:
+        raise RecordError(field_name, f"path {relative!r} contains a NUL byte")
     candidate = Path(relative)
     if candidate.is_absolute():
         raise RecordError(field_name, f"path {relative!r} leaves RAW (absolute paths are not allowed)")
     root = raw_dir.resolve()
-    resolved = (root / candidate).resolve()  # follows symlinks, so a link pointing out is caught too
+    try:
+        resolved = (root / candidate).resolve()  # follows symlinks, so a link pointing out is caught too
+    except RuntimeError:  # pathlib reports a symlink loop met while resolving this way (Python 3.11)
+        raise RecordError(field_name, f"file {relative!r}: symlink loop (ELOOP)") from None
+    except OSError as exc:
+        raise RecordError(field_name, f"file {relative!r}: {_os_reason(exc)}") from None
     if not resolved.is_relative_to(root):
         raise RecordError(field_name, f"path {relative!r} leaves RAW")
     if resolved.suffix.lower() not in suffixes:
         raise RecordError(field_name, f"path {relative!r} has unsupported type (expected {', '.join(suffixes)})")
-    if not resolved.is_file():
-        raise RecordError(field_name, f"file {relative!r} not found")
+    try:
+        info = os.stat(resolved)
+    except FileNotFoundError:
+        raise RecordError(field_name, f"file {relative!r} not found") from None
+    except OSError as exc:
+        raise RecordError(field_name, f"file {relative!r}: {_os_reason(exc)}") from None
+    for is_kind, kind in _FILE_KINDS:
+        if is_kind(info.st_mode):
+            raise RecordError(field_name, f"file {relative!r} is {kind}, not a regular file")
+    if not stat.S_ISREG(info.st_mode):
+        raise RecordError(field_name, f"file {relative!r} is not a regular file")
+    if not os.access(resolved, os.R_OK):
+        raise RecordError(field_name, f"file {relative!r}: permission denied (EACCES)")
     return resolved
+
+
+def read_media_bytes_digest(path: Path, field_name: str, relative: str) -> str:
+    """sha256 of a media file, opened without blocking and checked to be a regular file once open.
+
+    The check on the open descriptor closes the gap between validation and extraction: a file swapped
+    for a FIFO or a directory meanwhile is refused, not waited on. RecordError names the field.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise RecordError(field_name, f"file {relative!r}: cannot open: {_os_reason(exc)}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise RecordError(field_name, f"file {relative!r} is not a regular file")
+        digest = hashlib.sha256()
+        with os.fdopen(descriptor, "rb", closefd=False) as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    except OSError as exc:
+        raise RecordError(field_name, f"file {relative!r}: cannot read: {_os_reason(exc)}") from None
+    finally:
+        os.close(descriptor)
+
+
+def id_key(record_id: str) -> str:
+    """The form ids are compared in: NFKC-normalised (which includes NFC), case-folded, outer whitespace dropped.
+
+    Two ids with the same key name the same song ("Ａ1", "a1", "A\u030a" and "\u00c5" style variants), so the
+    second is a duplicate: kept apart they would put one song's content in two splits.
+    """
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", record_id).casefold()).strip()
 
 
 def _parse_record(obj: object, line: int, raw_dir: Path) -> RawRecord:
@@ -171,7 +252,7 @@ def read_records(raw_dir: Path) -> ReadResult:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no {RECORDS_FILE} in the raw folder {raw_dir}")
     result = ReadResult()
-    first_line_of: dict[str, int] = {}
+    first_seen: dict[str, tuple[str, int]] = {}  # id_key -> (id as written, line)
     for number, raw in iter_lines(path):
         result.input_count += 1
         try:
@@ -185,12 +266,19 @@ def read_records(raw_dir: Path) -> ReadResult:
         except json.JSONDecodeError as exc:
             result.quarantined.append(Quarantined(None, number, "line", f"malformed JSON: {exc.msg} (column {exc.colno})"))
             continue
+        except RecursionError:  # json's C parser recurses once per nesting level
+            result.quarantined.append(Quarantined(None, number, "line", "malformed JSON: nested too deeply"))
+            continue
         record_id = obj.get("id") if isinstance(obj, dict) and isinstance(obj.get("id"), str) else None
         try:
             record = _parse_record(obj, number, raw_dir)
-            if record.id in first_line_of:
-                raise RecordError("id", f"duplicate id {record.id!r} (first seen on line {first_line_of[record.id]})")
-            first_line_of[record.id] = number
+            key = id_key(record.id)
+            if key in first_seen:
+                other, other_line = first_seen[key]
+                same = "" if other == record.id else (
+                    f", id {other!r}: the same after Unicode normalisation and case folding")
+                raise RecordError("id", f"duplicate id {record.id!r} (first seen on line {other_line}{same})")
+            first_seen[key] = (record.id, number)
             if not record.labels:
                 result.without_emotion.append(record.id)
                 continue

@@ -14,18 +14,41 @@ N_FOLDS = 10
 SPLITS = ("train", "valid", "test")
 
 
-def assign_folds(label_matrix: np.ndarray, seed: int, n_folds: int = N_FOLDS) -> np.ndarray:
-    """Fold index per row of a (samples × labels) 0/1 matrix; deterministic for a given ``seed``."""
+def assign_folds(label_matrix: np.ndarray, seed: int, n_folds: int = N_FOLDS,
+                 groups: np.ndarray | None = None) -> np.ndarray:
+    """Fold index per row of a (samples × labels) 0/1 matrix; deterministic for a given ``seed``.
+
+    ``groups`` (one integer per row) keeps rows of one group in one fold: songs whose media are
+    byte-identical are one song for the split, or the same content would sit in train and test. The
+    groups are stratified as units, each carrying the union of its rows' labels; without ``groups``
+    every row is its own group and the result is the plain row-level stratification.
+    """
     from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
+    label_matrix = np.asarray(label_matrix)
     n = len(label_matrix)
-    if n < n_folds:
-        raise ValueError(f"{n} samples cannot fill {n_folds} cross-validation folds; at least {n_folds} are needed")
-    folds = np.full(n, -1, dtype=np.int8)
+    if groups is None:
+        groups = np.arange(n)
+    groups = np.asarray(groups)
+    if groups.shape != (n,):
+        raise ValueError(f"groups has shape {groups.shape}, expected ({n},)")
+    # One unit per group, in order of first appearance (deterministic, and the identity without groups).
+    _, first, unit_of_row = np.unique(groups, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    unit_of_row = rank[unit_of_row.ravel()]
+    n_units = len(order)
+    if n_units < n_folds:
+        raise ValueError(f"{n_units} samples (songs with byte-identical media counted once) cannot fill "
+                         f"{n_folds} cross-validation folds; at least {n_folds} are needed")
+    unit_labels = np.zeros((n_units, label_matrix.shape[1] if label_matrix.ndim == 2 else 0), dtype=np.int8)
+    np.maximum.at(unit_labels, unit_of_row, label_matrix.astype(np.int8))
+    unit_folds = np.full(n_units, -1, dtype=np.int8)
     splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    for fold, (_, test_index) in enumerate(splitter.split(np.zeros((n, 1)), label_matrix)):
-        folds[test_index] = fold
-    return folds
+    for fold, (_, test_index) in enumerate(splitter.split(np.zeros((n_units, 1)), unit_labels)):
+        unit_folds[test_index] = fold
+    return unit_folds[unit_of_row]
 
 
 def cv_rotation(k: int, n_folds: int = N_FOLDS) -> dict[str, list[int]]:

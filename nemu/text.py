@@ -149,10 +149,30 @@ def load_word_vectors(path: Path, fmt: str = "auto"):
         raise FileNotFoundError(f"--word-vectors: {path} does not exist")
     fmt = detect_vector_format(path) if fmt == "auto" else fmt
     try:
-        return KeyedVectors.load_word2vec_format(
+        vectors = KeyedVectors.load_word2vec_format(
             str(path), binary=fmt == "word2vec-binary", no_header=fmt == "glove", unicode_errors="replace")
     except Exception as exc:  # gensim raises a mix of ValueError/EOFError/UnicodeError on bad files
         raise ValueError(f"--word-vectors: cannot read {path} as {fmt} vectors: {exc}") from exc
+    check_finite_vectors(vectors, path, header_lines=0 if fmt == "glove" else 1)
+    return vectors
+
+
+def check_finite_vectors(vectors, path: Path, header_lines: int = 0) -> None:
+    """Refuse word vectors with NaN or infinite values, naming their words and rows.
+
+    A row is the vector's 1-based position in the file; for text files it is the line number when
+    every word is unique (``header_lines`` counts the word2vec header).
+
+    Such a row would make every node holding that word NaN/inf and reach training unnoticed; dropping
+    words silently would change the vocabulary, so the file is refused and the user decides.
+    """
+    finite = np.isfinite(vectors.vectors).all(axis=1)
+    if finite.all():
+        return
+    bad = np.flatnonzero(~finite)
+    shown = ", ".join(f"row {i + 1 + header_lines} {vectors.index_to_key[i]!r}" for i in bad[:10])
+    more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+    raise ValueError(f"--word-vectors: {path}: {len(bad)} vector(s) hold NaN or infinite values: {shown}{more}")
 
 
 def embed_nodes(token_lists: Sequence[Sequence[str]], vectors) -> tuple[np.ndarray, int]:
@@ -162,8 +182,8 @@ def embed_nodes(token_lists: Sequence[Sequence[str]], vectors) -> tuple[np.ndarr
     without = 0
     for i, tokens in enumerate(token_lists):
         known = [vectors.key_to_index[t] for t in tokens if t in vectors.key_to_index]
-        if known:
-            out[i] = vectors.vectors[known].mean(axis=0)
+        if known:  # summed in float64: float32 vectors near the type's limit would overflow to inf
+            out[i] = vectors.vectors[known].mean(axis=0, dtype=np.float64)
         else:
             without += 1
     return out, without
