@@ -9,9 +9,13 @@ SEED ?= 0
 
 .PHONY: setup demo test bench
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt
+# The pinned requirements first (reproducible), then the project itself in editable mode, so `import nemu` and the
+# console scripts (nemu-build, hhmpn-train, ...; pyproject.toml) work from any folder. --no-deps: the pins above
+# already hold every dependency; --no-build-isolation: build with the pinned setuptools, offline.
+$(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 setup: $(BIN)/.installed

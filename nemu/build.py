@@ -311,7 +311,8 @@ def build(options: BuildOptions) -> BuildSummary:
     for (record, features), label_row, fold in tqdm(zip(kept, label_matrix, folds), total=len(kept),
                                                     desc="embedding text", disable=not options.progress,
                                                     file=sys.stderr):
-        row = {"id": record.id, "labels": list(record.labels), "label_vector": label_row.tolist(),
+        row = {"id": record.id, "labels": list(record.labels),
+               "label_ids": np.flatnonzero(label_row).tolist(), "label_vector": label_row.tolist(),
                "fold": int(fold), "title": record.title, "artist": record.artist, "tags": list(record.tags),
                "audio": features["audio"], "images": features["images"],
                "duration_seconds": features["duration_seconds"], "audio_path": record.audio,

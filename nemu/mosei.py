@@ -90,8 +90,8 @@ from tqdm.auto import tqdm
 
 from nemu.card import render_dataset_card
 from nemu.shards import (
-    FORMAT_VERSION, MANIFEST_FILE, Modality, atomic_write_bytes, build_schema, sha256_file, shard_name,
-    with_manifest, write_manifest,
+    FORMAT_VERSION, LABEL_IDS, MANIFEST_FILE, Modality, atomic_write_bytes, build_schema, label_ids, sha256_file,
+    shard_name, with_manifest, write_manifest,
 )
 from nemu.splits import N_FOLDS, SPLITS, assign_folds
 from nemu.statistics import table1_statistics
@@ -956,6 +956,7 @@ def _chunk_table(chunk: list[Sample], source, schema: pa.Schema) -> pa.Table:
     columns = {
         "id": [s.id for s in chunk],
         "labels": [[name for name, v in zip(LABELS, s.label_vector) if v] for s in chunk],
+        LABEL_IDS: [label_ids(s.label_vector) for s in chunk],
         "label_vector": [s.label_vector for s in chunk],
         "fold": [s.fold for s in chunk],
         "duration_seconds": [s.duration for s in chunk],

@@ -6,6 +6,10 @@
 - one column per modality: list<fixed_size_list<float32, dim>> (a sample's nodes; may be empty),
 - ``duration_seconds`` float32, plus dataset-specific columns (texts, tokens, source paths, ...).
 
+``label_ids`` list<int64> holds the same labels as ``labels``, as indices into the label names: Hugging Face
+``datasets`` reads it as a list of ``ClassLabel`` (the names travel in each shard's schema metadata under
+``huggingface``, datasets' own key), while ``labels`` stays plain strings for pandas, polars and DuckDB users.
+
 ``OUT/manifest.json`` lists the label names (the order of ``label_vector``), the modalities and their
 dims, the extractor settings, the counts and the sha256 of every shard; the same facts (all but the
 shard digests, which cannot contain themselves) are in each shard's schema metadata under
@@ -25,6 +29,8 @@ import pyarrow.parquet as pq
 
 MANIFEST_FILE = "manifest.json"
 SCHEMA_METADATA_KEY = b"mmer.manifest"
+HF_METADATA_KEY = b"huggingface"  # the key datasets reads its features from (Features.from_arrow_schema)
+LABEL_IDS = "label_ids"
 FORMAT_VERSION = 1
 
 
@@ -47,6 +53,9 @@ def build_schema(num_labels: int, modalities: list[Modality], extra_fields: list
     fields = [
         pa.field("id", pa.string(), nullable=False),
         pa.field("labels", pa.list_(pa.string()), nullable=False),
+        # nullable (never null in practice): datasets applies its metadata features only to a field equal to
+        # the one they describe, and datasets' fields are nullable
+        pa.field(LABEL_IDS, pa.list_(pa.int64())),
         pa.field("label_vector", pa.list_(pa.int8(), num_labels), nullable=False),
         pa.field("fold", pa.int8(), nullable=False),
         *(pa.field(m.name, node_features_type(m.dim), nullable=False) for m in modalities),
@@ -56,9 +65,52 @@ def build_schema(num_labels: int, modalities: list[Modality], extra_fields: list
     return pa.schema(fields)
 
 
+def label_ids(label_vector) -> list[int]:
+    """The ``label_ids`` value of one sample: the indices of the labels present in its 0/1 ``label_vector``."""
+    return [index for index, present in enumerate(label_vector) if present]
+
+
+# Arrow value types and the names datasets' ``Value`` gives them
+_HF_DTYPES = {pa.string(): "string", pa.large_string(): "large_string", pa.bool_(): "bool", pa.int8(): "int8",
+              pa.int16(): "int16", pa.int32(): "int32", pa.int64(): "int64", pa.uint8(): "uint8",
+              pa.float16(): "float16", pa.float32(): "float32", pa.float64(): "float64"}
+
+
+def _hf_feature(arrow_type: pa.DataType) -> dict | None:
+    """datasets' serialised feature (``Features.to_dict`` form) for an Arrow type; None where it has none.
+
+    Lists are written as ``Sequence`` (with ``length`` for a fixed size), which every datasets release reads
+    (datasets >= 4 turns it into ``List``), so the fixed feature sizes survive ``load_dataset``."""
+    if arrow_type in _HF_DTYPES:
+        return {"dtype": _HF_DTYPES[arrow_type], "_type": "Value"}
+    if pa.types.is_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type):
+        inner = _hf_feature(arrow_type.value_type)
+        if inner is None:
+            return None
+        sized = {"length": arrow_type.list_size} if pa.types.is_fixed_size_list(arrow_type) else {}
+        return {"feature": inner, **sized, "_type": "Sequence"}
+    return None
+
+
+def hf_features(schema: pa.Schema, label_names: list[str]) -> dict:
+    """The Hugging Face ``datasets`` features of a shard schema: every column as datasets would infer it from
+    the Arrow types (fixed-size lists keep their length), and ``label_ids`` a list of ``ClassLabel`` with the
+    label names, in column order."""
+    features = {}
+    for field in schema:
+        if field.name == LABEL_IDS:
+            features[field.name] = {"feature": {"names": list(label_names), "_type": "ClassLabel"}, "_type": "Sequence"}
+        elif (feature := _hf_feature(field.type)) is not None:
+            features[field.name] = feature
+    return features
+
+
 def with_manifest(schema: pa.Schema, facts: dict) -> pa.Schema:
-    """The schema carrying the manifest's facts as metadata, so a plain pyarrow read keeps them."""
-    return schema.with_metadata({SCHEMA_METADATA_KEY: canonical_json(facts).encode("utf-8")})
+    """The schema carrying the manifest's facts as metadata, so a plain pyarrow read keeps them, and datasets'
+    own features metadata (key ``huggingface``), so ``datasets`` reads ``label_ids`` as ``ClassLabel``s."""
+    huggingface = {"info": {"features": hf_features(schema, facts["labels"])}}
+    return schema.with_metadata({SCHEMA_METADATA_KEY: canonical_json(facts).encode("utf-8"),
+                                 HF_METADATA_KEY: json.dumps(huggingface, ensure_ascii=False).encode("utf-8")})
 
 
 def manifest_from_schema(schema: pa.Schema) -> dict:
