@@ -19,11 +19,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nemu.shards import read_manifest, sha256_file
-from nemu.splits import SPLITS
+from nemu.splits import SPLITS, split_key
 
 
 def shard_paths(root: Path, manifest: dict, split: str | None) -> list[Path]:
-    splits = SPLITS if split is None else (split,)
+    splits = SPLITS if split is None else (split_key(split),)  # "validation" and "valid" name one split
     unknown = [s for s in splits if s not in manifest["shards"]]
     if unknown:
         raise ValueError(f"{root}: no split {unknown[0]!r}; the dataset has {', '.join(manifest['shards'])}")

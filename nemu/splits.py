@@ -11,7 +11,18 @@ from __future__ import annotations
 import numpy as np
 
 N_FOLDS = 10
-SPLITS = ("train", "valid", "test")
+SPLITS = ("train", "valid", "test")  # the split folders and the manifest's keys
+VALIDATION = "validation"  # what Hugging Face datasets calls the valid split; accepted everywhere as its name
+# The split names users write (command lines, MMERDataset, nemu.load) -> the folder/manifest key
+SPLIT_ALIASES = {"train": "train", VALIDATION: "valid", "valid": "valid", "test": "test"}
+SPLIT_CHOICES = ("train", VALIDATION, "test")  # what --help offers; "valid" is accepted too (the old name)
+HF_SPLIT_NAMES = {"train": "train", "valid": VALIDATION, "test": "test"}  # folder -> the dataset card's split
+
+
+def split_key(name: str) -> str:
+    """The folder/manifest key of a split name: "validation" (the name datasets uses) and "valid" are the same
+    split; other names are returned unchanged, for the caller to refuse with the splits the dataset has."""
+    return SPLIT_ALIASES.get(name, name)
 
 
 def assign_folds(label_matrix: np.ndarray, seed: int, n_folds: int = N_FOLDS,
