@@ -22,10 +22,15 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from nemu import labels as nemu_labels
-from nemu.audio import AudioDecodeError, AudioSettings, extract_audio
+from nemu.audio import AudioDecodeError, AudioSettings, audio_nodes
 from nemu.card import render_dataset_card
-from nemu.images import FEATURE_DIMS, ImageDecodeError, ImageEncoder, ImageSettings, resolve_image_settings
-from nemu.records import RawRecord, Quarantined, ReadResult, read_records, resolve_media_path, AUDIO_SUFFIXES, IMAGE_SUFFIXES
+from nemu.images import (
+    DEFAULT_MAX_IMAGE_PIXELS, FEATURE_DIMS, ImageDecodeError, ImageEncoder, ImageSettings, resolve_image_settings,
+)
+from nemu.records import (
+    AUDIO_SUFFIXES, IMAGE_SUFFIXES, Quarantined, RawRecord, ReadResult, RecordError, read_media_bytes_digest,
+    read_records, resolve_media_path,
+)
 from nemu.shards import (
     FORMAT_VERSION, Modality, atomic_write_bytes, build_schema, canonical_json, sha256_file, with_manifest,
     write_manifest, write_split,
@@ -34,7 +39,7 @@ from nemu.splits import N_FOLDS, SPLITS, assign_folds, split_of_fold
 from nemu.statistics import table1_statistics
 from nemu.text import clean_lyrics, comment_nodes, embed_nodes, load_word_vectors, tokenize, train_word_vectors
 
-CACHE_VERSION = 2  # bump when extraction code changes what it produces
+CACHE_VERSION = 3  # bump when extraction code changes what it produces
 WORD_VECTOR_DIM = 300
 TEXT_MODALITIES = ("lyrics", "comments")
 QUARANTINE_FILE = "quarantine.jsonl"
@@ -43,6 +48,35 @@ TRAINED_VECTORS_FILE = "word_vectors.bin"
 
 class BuildError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class RecordLimits:
+    """Per-record resource limits; each is a build_nemu flag and is recorded in the manifest.
+
+    Audio has its own two, in AudioSettings: ``max_seconds`` (decoding stops there) and ``max_nodes``.
+    What a limit cuts from a kept record is counted (``CUT_COUNTS``) in the summary and the manifest.
+    """
+
+    max_images: int = 16  # distinct images per record; byte-identical copies count once
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # decoded width × height, checked before decoding
+    max_lyric_lines: int = 256  # the first lines are kept (lyrics are sequential)
+    max_comment_nodes: int = 512  # the first comment nodes are kept
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# What the limits cut from kept records (summed in the summary and the manifest's "limits").
+CUT_COUNTS = (
+    "duplicate_images",  # an image listed twice in one record, or byte-identical to another of its images
+    "images_over_limit",  # images beyond max_images (not read)
+    "lyric_lines_over_limit",
+    "comment_nodes_over_limit",
+    "audio_windows_over_limit",  # windows beyond max_audio_nodes (evenly spaced ones are kept)
+    "audio_files_truncated",  # audio decoded only up to max_audio_seconds
+    "audio_seconds_cut",  # seconds beyond max_audio_seconds, where the file's header gives its length
+)
 
 
 @dataclass
@@ -62,6 +96,7 @@ class BuildOptions:
     row_group_rows: int = 100
     cache_dir: Path | None = None  # default OUT/.cache
     progress: bool = True
+    limits: RecordLimits = field(default_factory=RecordLimits)
 
 
 @dataclass
@@ -74,13 +109,23 @@ class BuildSummary:
     from_cache: int
     splits: dict[str, int]
     out_dir: Path
+    cut_by_limits: dict[str, float] = field(default_factory=dict)  # CUT_COUNTS, summed over kept records
+    duplicate_media: list[list[str]] = field(default_factory=list)  # ids of songs with byte-identical media
 
     def __str__(self) -> str:
-        return (
+        text = (
             f"input {self.input} = kept {self.kept} + quarantined {self.quarantined} + without emotion tag "
             f"{self.without_emotion_tag}\nfeatures: {self.extracted} records extracted, {self.from_cache} from cache\n"
             f"splits: " + ", ".join(f"{s} {n}" for s, n in self.splits.items()) + f"\nwritten to {self.out_dir}"
         )
+        cut = {name: n for name, n in self.cut_by_limits.items() if n}
+        if cut:
+            text += "\ncut by limits: " + ", ".join(f"{name.replace('_', ' ')} {n:g}" for name, n in cut.items())
+        if self.duplicate_media:
+            text += (f"\nbyte-identical media under different ids (each group kept in one fold): "
+                     + "; ".join(", ".join(group) for group in self.duplicate_media[:5])
+                     + (f"; and {len(self.duplicate_media) - 5} more groups" if len(self.duplicate_media) > 5 else ""))
+        return text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,27 +134,69 @@ class BuildSummary:
 _WORKER: dict = {}
 
 
-def _init_worker(raw_dir: str, cache_dir: str, audio: AudioSettings, image: ImageSettings, max_comment_chars: int):
+def _init_worker(raw_dir: str, cache_dir: str, audio: AudioSettings, image: ImageSettings, max_comment_chars: int,
+                 limits: RecordLimits = RecordLimits()):
     import torch
 
     # One thread per process: parallelism comes from the workers, and single-threaded kernels make
     # the features bit-identical whatever the worker count.
     torch.set_num_threads(1)
     _WORKER.update(raw_dir=Path(raw_dir), cache_dir=Path(cache_dir), audio=audio, image=image,
-                   max_comment_chars=max_comment_chars, encoder=None)
+                   max_comment_chars=max_comment_chars, limits=limits, encoder=None)
 
 
-def _settings_fingerprint(audio: AudioSettings, image: ImageSettings, max_comment_chars: int) -> dict:
+def _settings_fingerprint(audio: AudioSettings, image: ImageSettings, max_comment_chars: int,
+                          limits: RecordLimits = RecordLimits()) -> dict:
     return {"cache_version": CACHE_VERSION, "audio": audio.to_dict(), "image": image.to_dict(),
-            "max_comment_chars": max_comment_chars, "tokenizer": "jieba"}
+            "max_comment_chars": max_comment_chars, "limits": limits.to_dict(), "tokenizer": "jieba"}
 
 
-def _record_key(record: RawRecord, raw_dir: Path, fingerprint: dict) -> str:
+@dataclass
+class _Media:
+    """A record's media files after resolution, hashing and de-duplication (absolute paths, sha256 digests)."""
+
+    audio: Path | None = None
+    audio_digest: str | None = None
+    images: list[tuple[int, str, Path, str]] = field(default_factory=list)  # (index in record, relative, path, digest)
+    duplicate_images: int = 0
+    images_over_limit: int = 0
+
+
+def _resolve_media(record: RawRecord, raw_dir: Path, max_images: int) -> _Media:
+    """Resolve and hash a record's media; RecordError names the field of the first file that fails.
+
+    An image listed twice, or byte-identical to one already kept, counts once; images beyond
+    ``max_images`` distinct ones are not read at all.
+    """
+    media = _Media()
+    if record.audio is not None:
+        media.audio = resolve_media_path(raw_dir, record.audio, "audio", AUDIO_SUFFIXES)
+        media.audio_digest = read_media_bytes_digest(media.audio, "audio", record.audio)
+    seen_paths: dict[Path, str] = {}
+    for index, relative in enumerate(record.images):
+        if len(media.images) == max_images:
+            media.images_over_limit = len(record.images) - index
+            break
+        field_name = f"images[{index}]"
+        path = resolve_media_path(raw_dir, relative, field_name, IMAGE_SUFFIXES)
+        if path in seen_paths:
+            media.duplicate_images += 1
+            continue
+        digest = seen_paths[path] = read_media_bytes_digest(path, field_name, relative)
+        if any(digest == kept[3] for kept in media.images):
+            media.duplicate_images += 1
+            continue
+        media.images.append((index, relative, path, digest))
+    return media
+
+
+def _record_key(record: RawRecord, media: _Media, fingerprint: dict) -> str:
+    """Cache key: the record's content, the settings, and the bytes of every media file it uses."""
     digest = hashlib.sha256()
     content = {"lyrics": record.lyrics, "comments": record.comments, "audio": record.audio, "images": record.images}
     digest.update(canonical_json({"record": content, "settings": fingerprint}).encode("utf-8"))
-    for relative in ([record.audio] if record.audio else []) + list(record.images):
-        digest.update(sha256_file(raw_dir / relative).encode("ascii"))
+    for file_digest in ([media.audio_digest] if media.audio_digest else []) + [d for *_, d in media.images]:
+        digest.update(file_digest.encode("ascii"))
     return digest.hexdigest()
 
 
@@ -117,8 +204,12 @@ def _cache_path(cache_dir: Path, key: str) -> Path:
     return cache_dir / key[:2] / f"{key}.npz"
 
 
+_TEXT_KEYS = ("lyrics_text", "lyrics_tokens", "comments_text", "comments_tokens")
+_META_KEYS = ("image_paths", "media_digests", "cut")
+
+
 def _save_features(path: Path, features: dict) -> None:
-    texts = {k: features[k] for k in ("lyrics_text", "lyrics_tokens", "comments_text", "comments_tokens")}
+    texts = {k: features[k] for k in _TEXT_KEYS + _META_KEYS}
     buffer = io.BytesIO()
     np.savez(buffer, audio=features["audio"], images=features["images"],
              duration=np.float64(features["duration_seconds"] if features["duration_seconds"] is not None else np.nan),
@@ -126,7 +217,41 @@ def _save_features(path: Path, features: dict) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _load_features(path: Path) -> dict | None:
+def _is_string_list(value, nested: bool = False) -> bool:
+    if not isinstance(value, list):
+        return False
+    return all(_is_string_list(v) if nested else isinstance(v, str) for v in value)
+
+
+def _features_problem(features: dict, audio_dim: int, image_dim: int) -> str | None:
+    """Why ``features`` do not have the shape a record's features must have (None when they do)."""
+    for modality in ("lyrics", "comments"):
+        texts, tokens = features.get(f"{modality}_text"), features.get(f"{modality}_tokens")
+        if not _is_string_list(texts) or not _is_string_list(tokens, nested=True) or len(texts) != len(tokens):
+            return f"{modality} texts and tokens are not two lists of one length"
+    for modality, dim in (("audio", audio_dim), ("images", image_dim)):
+        array = features.get(modality)
+        if not isinstance(array, np.ndarray) or array.dtype != np.float32 or array.ndim != 2 or array.shape[1] != dim:
+            return f"{modality} features are not a float32 (nodes, {dim}) matrix"
+        if not np.isfinite(array).all():
+            return f"{modality} features hold NaN or infinite values"
+    if not _is_string_list(features.get("image_paths")) or len(features["image_paths"]) != len(features["images"]):
+        return "image paths do not match the image features"
+    duration = features.get("duration_seconds")
+    if duration is not None and not (isinstance(duration, float) and np.isfinite(duration) and duration >= 0):
+        return "duration is not a finite non-negative number"
+    digests = features.get("media_digests")
+    if not isinstance(digests, dict) or set(digests) != {"audio", "images"} or not _is_string_list(digests["images"]):
+        return "media digests are missing"
+    cut = features.get("cut")
+    if not isinstance(cut, dict) or set(cut) != set(CUT_COUNTS) or \
+            not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in cut.values()):
+        return "limit counts are missing"
+    return None
+
+
+def _load_features(path: Path, audio_dim: int | None = None, image_dim: int | None = None) -> dict | None:
+    """A cache entry's features, or None when it is torn, unreadable or not of the expected shape (recomputed)."""
     try:
         with np.load(path, allow_pickle=False) as data:
             features = json.loads(str(data["texts"]))
@@ -135,60 +260,142 @@ def _load_features(path: Path) -> dict | None:
             duration = float(data["duration"])
     except Exception:  # a cache entry torn by a crash is just recomputed
         return None
+    if not isinstance(features, dict):
+        return None
     features["duration_seconds"] = None if np.isnan(duration) else duration
+    audio_dim = features["audio"].shape[-1] if audio_dim is None and features["audio"].ndim == 2 else audio_dim
+    image_dim = features["images"].shape[-1] if image_dim is None and features["images"].ndim == 2 else image_dim
+    if audio_dim is None or image_dim is None or _features_problem(features, audio_dim, image_dim) is not None:
+        return None
     return features
 
 
-def _extract_text(record: RawRecord, max_comment_chars: int) -> dict:
+def _extract_text(record: RawRecord, max_comment_chars: int, limits: RecordLimits = RecordLimits()) -> dict:
+    """Lyric-line and comment nodes with their tokens, at most ``max_lyric_lines`` / ``max_comment_nodes``."""
     lyric_lines = clean_lyrics(record.lyrics)
     comments = comment_nodes(record.comments, max_comment_chars)
+    cut = {"lyric_lines_over_limit": max(0, len(lyric_lines) - limits.max_lyric_lines),
+           "comment_nodes_over_limit": max(0, len(comments) - limits.max_comment_nodes)}
+    lyric_lines, comments = lyric_lines[: limits.max_lyric_lines], comments[: limits.max_comment_nodes]
     return {
         "lyrics_text": lyric_lines,
         "lyrics_tokens": [tokenize(line) for line in lyric_lines],
         "comments_text": comments,
         "comments_tokens": [tokenize(c) for c in comments],
+        "cut": cut,
     }
 
 
+def _quarantine(record: RawRecord, field_name: str, reason: str):
+    return "quarantined", record, Quarantined(record.id, record.line, field_name, reason), False
+
+
 def extract_record(record: RawRecord) -> tuple[str, RawRecord, dict | Quarantined, bool]:
-    """("ok", record, features, from_cache) or ("quarantined", record, Quarantined, False)."""
+    """("ok", record, features, from_cache) or ("quarantined", record, Quarantined, False).
+
+    Every failure of this record's data is this record's: a media path that cannot be resolved,
+    opened or read (with its specific OS reason), a decoder error of any type, non-finite features
+    in any modality, or no node in any modality quarantine the record and the build goes on. Only
+    writing the cache entry (the output folder's problem, not the record's) can raise.
+    """
     state = _WORKER
-    raw_dir: Path = state["raw_dir"]
-    fingerprint = _settings_fingerprint(state["audio"], state["image"], state["max_comment_chars"])
+    limits: RecordLimits = state.get("limits", RecordLimits())
+    fingerprint = _settings_fingerprint(state["audio"], state["image"], state["max_comment_chars"], limits)
     try:
-        key = _record_key(record, raw_dir, fingerprint)
-    except OSError as exc:  # the file vanished or is unreadable since validation
-        return "quarantined", record, Quarantined(record.id, record.line, "media", f"cannot read: {exc}"), False
-    path = _cache_path(state["cache_dir"], key)
+        media = _resolve_media(record, state["raw_dir"], limits.max_images)
+    except RecordError as exc:
+        return _quarantine(record, exc.field, exc.reason)
+    path = _cache_path(state["cache_dir"], _record_key(record, media, fingerprint))
     if path.is_file():
-        cached = _load_features(path)
+        cached = _load_features(path, state["audio"].n_mfcc, state["image"].dim)
         if cached is not None:
             return "ok", record, cached, True
-    features = _extract_text(record, state["max_comment_chars"])
-    if record.audio is not None:
-        try:
-            audio_path = resolve_media_path(raw_dir, record.audio, "audio", AUDIO_SUFFIXES)
-            features["audio"], features["duration_seconds"] = extract_audio(audio_path, state["audio"])
-        except AudioDecodeError as exc:
-            return "quarantined", record, Quarantined(record.id, record.line, "audio", f"{record.audio}: {exc}"), False
-    else:
-        features["audio"] = np.zeros((0, state["audio"].n_mfcc), dtype=np.float32)
-        features["duration_seconds"] = None
-    if state["encoder"] is None:
+    if state["encoder"] is None:  # loading the model is not this record's business: its errors are not caught
         state["encoder"] = ImageEncoder(state["image"])
     try:
-        paths = [resolve_media_path(raw_dir, p, f"images[{i}]", IMAGE_SUFFIXES) for i, p in enumerate(record.images)]
-        features["images"] = state["encoder"].encode(paths)
-    except ImageDecodeError as exc:
-        index, reason = exc.args
-        return "quarantined", record, Quarantined(
-            record.id, record.line, f"images[{index}]", f"{record.images[index]}: {reason}"), False
+        features = _extract_features(record, media, state, limits)
+    except RecordError as exc:
+        return _quarantine(record, exc.field, exc.reason)
+    except Exception as exc:  # a library failing on this record's data (MemoryError included) is the record's
+        return _quarantine(record, "record", f"feature extraction failed: {type(exc).__name__}: {str(exc)[:300]}")
     _save_features(path, features)
     return "ok", record, features, False
 
 
+def _extract_features(record: RawRecord, media: _Media, state: dict, limits: RecordLimits) -> dict:
+    """Every modality's nodes, validated; RecordError names the field (modality or media file) that fails."""
+    try:
+        features = _extract_text(record, state["max_comment_chars"], limits)
+    except Exception as exc:
+        raise RecordError("lyrics/comments", f"text processing failed: {type(exc).__name__}: {exc}") from None
+    cut = dict.fromkeys(CUT_COUNTS, 0) | features["cut"]
+    audio: AudioSettings = state["audio"]
+    if media.audio is not None:
+        try:
+            nodes = audio_nodes(media.audio, audio)
+        except AudioDecodeError as exc:
+            raise RecordError("audio", f"{record.audio}: {exc}") from None
+        except Exception as exc:  # MemoryError, resampler errors on absurd sample rates, ...
+            raise RecordError("audio", f"{record.audio}: cannot decode audio: {type(exc).__name__}: {str(exc)[:300]}") from None
+        features["audio"], features["duration_seconds"] = nodes.features, nodes.duration_seconds
+        cut.update(audio_windows_over_limit=nodes.windows_cut, audio_files_truncated=int(nodes.truncated),
+                   audio_seconds_cut=round(nodes.seconds_cut, 3))
+    else:
+        features["audio"] = np.zeros((0, audio.n_mfcc), dtype=np.float32)
+        features["duration_seconds"] = None
+    try:
+        features["images"] = state["encoder"].encode([path for _, _, path, _ in media.images], limits.max_image_pixels)
+    except ImageDecodeError as exc:
+        position, reason = exc.args
+        index, relative = media.images[position][:2]
+        raise RecordError(f"images[{index}]", f"{relative}: {reason}") from None
+    features["image_paths"] = [relative for _, relative, _, _ in media.images]
+    features["media_digests"] = {"audio": media.audio_digest, "images": [d for *_, d in media.images]}
+    cut.update(duplicate_images=media.duplicate_images, images_over_limit=media.images_over_limit)
+    features["cut"] = cut
+    for modality in ("audio", "images"):
+        bad = int((~np.isfinite(features[modality])).sum())
+        if bad:
+            raise RecordError(modality, f"{bad} {modality} feature values are NaN or infinite")
+    sizes = {"lyric lines": len(features["lyrics_text"]), "comment nodes": len(features["comments_text"]),
+             "audio windows": len(features["audio"]), "images": len(features["images"])}
+    if not any(sizes.values()):
+        raise RecordError("record", "no node in any modality (" + ", ".join(f"0 {name}" for name in sizes) + ")")
+    problem = _features_problem(features, audio.n_mfcc, state["image"].dim)
+    if problem is not None:  # a bug, not bad data; said rather than written into the shards
+        raise RecordError("record", f"extracted features are malformed: {problem}")
+    return features
+
+
+def _duplicate_media(kept: list[tuple[RawRecord, dict]]) -> tuple[list[list[str]], np.ndarray]:
+    """Groups of ids whose media are byte-identical, and a group index per kept record (for the folds).
+
+    Two songs are the same recording when their audio files are byte-identical, or, for songs
+    without audio, when their sets of images are; text alone does not group. Such songs stay in one
+    fold, so one recording cannot sit in train and in test.
+    """
+    first_of: dict[tuple, int] = {}
+    group_of = np.arange(len(kept))
+    members: dict[int, list[str]] = {}
+    for position, (record, features) in enumerate(kept):
+        digests = features["media_digests"]
+        signature = ("audio", digests["audio"]) if digests["audio"] else \
+            ("images", tuple(sorted(digests["images"]))) if digests["images"] else None
+        if signature is None:
+            continue
+        if signature in first_of:
+            group_of[position] = first_of[signature]
+            members[first_of[signature]].append(record.id)
+        else:
+            first_of[signature] = position
+            members[position] = [record.id]
+    groups = [ids for ids in members.values() if len(ids) > 1]
+    return groups, group_of
+
+
 def _run_extraction(records: list[RawRecord], options: BuildOptions, image: ImageSettings, cache_dir: Path):
-    init_args = (str(options.raw_dir), str(cache_dir), options.audio, image, options.max_comment_chars)
+    init_args = (str(options.raw_dir), str(cache_dir), options.audio, image, options.max_comment_chars,
+                 options.limits)
     bar = dict(total=len(records), desc="extracting features", unit="song", disable=not options.progress,
                file=sys.stderr)
     if options.workers <= 1:
@@ -303,7 +510,8 @@ def build(options: BuildOptions) -> BuildSummary:
     corpus = [tokens for _, f in kept for m in TEXT_MODALITIES for tokens in f[f"{m}_tokens"]]
     vectors, vectors_info = _word_vectors(options, corpus)
     label_matrix = np.array([[name in r.labels for name in nemu_labels.LABEL_NAMES] for r, _ in kept], dtype=np.int8)
-    folds = assign_folds(label_matrix, options.seed)
+    duplicate_media, media_group = _duplicate_media(kept)  # byte-identical media: one song for the split
+    folds = assign_folds(label_matrix, options.seed, groups=media_group)
 
     modalities = _modalities(vectors.vector_size, options.audio, image)
     rows_by_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
@@ -316,7 +524,7 @@ def build(options: BuildOptions) -> BuildSummary:
                "fold": int(fold), "title": record.title, "artist": record.artist, "tags": list(record.tags),
                "audio": features["audio"], "images": features["images"],
                "duration_seconds": features["duration_seconds"], "audio_path": record.audio,
-               "image_paths": list(record.images)}
+               "image_paths": list(features["image_paths"])}
         for modality in TEXT_MODALITIES:
             row[f"{modality}_text"] = features[f"{modality}_text"]
             row[f"{modality}_tokens"] = features[f"{modality}_tokens"]
@@ -345,6 +553,11 @@ def build(options: BuildOptions) -> BuildSummary:
                        "rule": "test = fold 0, valid = fold 1, train = folds 2-9 (rotation 0 of 10-fold CV)"},
         },
         "counts": counts,
+        "limits": {"per_record": options.limits.to_dict() | {"max_audio_seconds": options.audio.max_seconds,
+                                                              "max_audio_nodes": options.audio.max_nodes},
+                   "cut": {name: round(sum(f["cut"][name] for _, f in kept), 3) for name in CUT_COUNTS}},
+        "duplicate_media": {"rule": "same audio bytes, or for songs without audio the same image bytes; "
+                                    "each group is kept in one fold", "groups": duplicate_media},
     }
     schema = build_schema(len(nemu_labels.LABEL_NAMES), modalities, EXTRA_FIELDS)
     tables = {split: _rows_table(rows, schema, modalities) for split, rows in rows_by_split.items()}
@@ -359,4 +572,5 @@ def build(options: BuildOptions) -> BuildSummary:
     write_manifest(options.out_dir, manifest)
     return BuildSummary(input=counts["input"], kept=len(kept), quarantined=len(quarantined),
                         without_emotion_tag=len(read.without_emotion), extracted=extracted, from_cache=from_cache,
-                        splits={s: t.num_rows for s, t in tables.items()}, out_dir=options.out_dir)
+                        splits={s: t.num_rows for s, t in tables.items()}, out_dir=options.out_dir,
+                        cut_by_limits=facts["limits"]["cut"], duplicate_media=duplicate_media)

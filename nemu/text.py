@@ -121,6 +121,7 @@ def train_word_vectors(sentences: list[list[str]], dim: int, seed: int, epochs: 
         epochs=epochs,
         hashfxn=stable_hash,
     )
+    check_finite_vectors(model.wv, Path("word vectors trained on the corpus"))
     return model.wv
 
 

@@ -8,8 +8,18 @@ import sys
 from pathlib import Path
 
 from nemu.audio import AudioSettings
-from nemu.build import BuildError, BuildOptions, build
+from nemu.build import BuildError, BuildOptions, RecordLimits, build
 from nemu.images import IMAGE_ENCODERS, ImageWeightsUnavailable
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its error messages
+    return parse
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,8 +47,23 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds of MFCC frames mean-pooled into one audio node")
     p.add_argument("--max-audio-nodes", type=int, default=AudioSettings.max_nodes,
                    help="cap on audio nodes per song; longer songs keep evenly spaced windows")
+    p.add_argument("--max-audio-seconds", type=_positive(float), default=AudioSettings.max_seconds,
+                   help="audio is decoded up to this many seconds (the rest is cut and counted); bounds the "
+                        "decoding whatever the file's header claims")
     p.add_argument("--max-comment-chars", type=int, default=64,
                    help="comments longer than this are split into one node per sentence")
+    limits = RecordLimits()
+    p.add_argument("--max-images", type=_positive(int), default=limits.max_images,
+                   help="distinct images per record (byte-identical copies in one record count once); "
+                        "further images are not read, and counted")
+    p.add_argument("--max-image-pixels", type=_positive(int), default=limits.max_image_pixels,
+                   help="decoded pixels (width x height, read from the header before decoding) above which "
+                        "the record is quarantined")
+    p.add_argument("--max-lyric-lines", type=_positive(int), default=limits.max_lyric_lines,
+                   help="lyric-line nodes per song; the first ones are kept, the rest counted")
+    p.add_argument("--max-comment-nodes", type=_positive(int), default=limits.max_comment_nodes,
+                   help="comment nodes (comments or their sentences) per song; the first ones are kept, the rest "
+                        "counted")
     p.add_argument("--shard-rows", type=int, default=1000, help="rows per Parquet shard")
     p.add_argument("--row-group-rows", type=int, default=100, help="rows per Parquet row group (streaming unit)")
     p.add_argument("--cache-dir", type=Path, default=None,
@@ -55,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         raw_dir=args.raw, out_dir=args.out, seed=args.seed, workers=max(1, args.workers),
         word_vectors=args.word_vectors, word_vectors_format=args.word_vectors_format,
         image_encoder=args.image_encoder, image_weights=args.image_weights,
-        audio=AudioSettings(window_seconds=args.audio_window, max_nodes=args.max_audio_nodes),
+        audio=AudioSettings(window_seconds=args.audio_window, max_nodes=args.max_audio_nodes,
+                            max_seconds=args.max_audio_seconds),
+        limits=RecordLimits(max_images=args.max_images, max_image_pixels=args.max_image_pixels,
+                            max_lyric_lines=args.max_lyric_lines, max_comment_nodes=args.max_comment_nodes),
         max_comment_chars=args.max_comment_chars, strict=args.strict, rows_per_shard=args.shard_rows,
         row_group_rows=args.row_group_rows, cache_dir=args.cache_dir, progress=not args.no_progress)
     try:
