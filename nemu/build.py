@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from nemu import labels as nemu_labels
 from nemu.audio import AudioDecodeError, AudioSettings, audio_nodes
-from nemu.card import render_dataset_card
+from nemu.card import write_dataset_card
 from nemu.images import (
     DEFAULT_MAX_IMAGE_PIXELS, FEATURE_DIMS, ImageDecodeError, ImageEncoder, ImageSettings, resolve_image_settings,
 )
@@ -568,7 +568,7 @@ def build(options: BuildOptions) -> BuildSummary:
         shards[split] = write_split(tables[split].cast(schema), options.out_dir, split, options.rows_per_shard,
                                     options.row_group_rows)
     manifest = facts | {"shards": shards}
-    (options.out_dir / "DATASET_CARD.md").write_text(render_dataset_card(manifest), encoding="utf-8")
+    write_dataset_card(options.out_dir, manifest, schema)  # README.md, the card datasets.load_dataset reads
     write_manifest(options.out_dir, manifest)
     return BuildSummary(input=counts["input"], kept=len(kept), quarantined=len(quarantined),
                         without_emotion_tag=len(read.without_emotion), extracted=extracted, from_cache=from_cache,

@@ -1,11 +1,22 @@
-"""DATASET_CARD.md for a built dataset, after the Hugging Face dataset-card template.
+"""The dataset card of a built dataset, ``OUT/README.md``, after the Hugging Face dataset-card template.
 
-The YAML header (configs, data_files, splits) and every number in the card come from the build's
-manifest, so the card cannot drift from the shards it describes.
+``README.md`` is the file Hugging Face ``datasets`` (and the Hub) read: its YAML header (configs with the
+data files of each split, ``dataset_info`` with the features and each split's size, the licence) makes
+``datasets.load_dataset(OUT)`` open the folder as it is, with splits train / validation / test. The
+header and every number in the card come from the build's manifest and shard schema, so the card cannot
+drift from the shards it describes.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
+import pyarrow as pa
+
+from nemu.shards import hf_features
+from nemu.splits import HF_SPLIT_NAMES, SPLITS
 from nemu.statistics import PAPER_TABLE1
 
 DESCRIPTIONS = {
@@ -49,24 +60,119 @@ SECTIONS = {
 def _curation_counts(counts: dict) -> str:
     """Counts of a build without NEMu's input/kept/quarantined bookkeeping, one line each."""
     return "Counts:\n\n" + "\n".join(
-        f"- {key}: {value if isinstance(value, str) else __import__('json').dumps(value, ensure_ascii=False)}"
+        f"- {key}: {value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)}"
         for key, value in counts.items())
 
 
-def _yaml_header(manifest: dict) -> str:
-    stats = manifest["statistics"]
-    lines = ["---", f"pretty_name: {manifest['dataset']}", "license: other",
-             f"language:\n- {'zh' if manifest['dataset'] == 'NEMu' else 'en'}",
-             "task_categories:\n- audio-classification\n- text-classification\n- image-classification",
-             "tags:\n- emotion-recognition\n- multi-label\n- multi-modal",
-             "configs:", "- config_name: default", "  data_files:"]
-    for split in manifest["shards"]:
-        lines += [f"  - split: {split}", f"    path: {split}/{split}-*.parquet"]
-    lines += ["dataset_info:", "  splits:"]
-    for split, count in stats["splits"].items():
-        lines += [f"  - name: {split}", f"    num_examples: {count}"]
-    lines.append("---")
-    return "\n".join(lines)
+CARD_FILE = "README.md"
+
+# license: other needs a license_name (the Hub's rule); the card's text says what it means
+LICENCES = {
+    "NEMu": {"license_name": "nemu-research-only",
+             "text": "The raw content (lyrics, comments, audio, images) belongs to its rights holders on NetEase "
+                     "Cloud Music; the features and labels are for non-commercial research use only."},
+    "MOSEI": {"license_name": "cmu-mosei-terms",
+              "text": "CMU-MOSEI's terms of use apply to the features and labels (see the CMU-MultimodalSDK)."},
+}
+
+
+_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_./*-]*")
+_YAML_WORDS = {"y", "n", "yes", "no", "on", "off", "true", "false", "null"}  # YAML 1.1 reads these as non-strings
+
+
+def _yaml_scalar(value) -> str:
+    """A YAML scalar: simple words plain, every other string JSON-quoted (a JSON string is a YAML string), so
+    no label or dataset name can change the header's structure."""
+    if isinstance(value, str) and _PLAIN.fullmatch(value) and value.lower() not in _YAML_WORDS:
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _yaml_key(key) -> str:
+    text = str(key)
+    return text if text.isidentifier() else _yaml_scalar(text)
+
+
+def _yaml_lines(value, indent: int = 0) -> list[str]:
+    """Block-style YAML of nested dicts, lists and scalars."""
+    pad = " " * indent
+    lines: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, (dict, list)) and item:
+                lines.append(f"{pad}{_yaml_key(key)}:")
+                lines += _yaml_lines(item, indent + 2)
+            else:
+                lines.append(f"{pad}{_yaml_key(key)}: {_yaml_scalar(item) if item or item == 0 else '[]'}")
+    else:
+        for item in value:
+            if isinstance(item, (dict, list)) and item:
+                inner = _yaml_lines(item, indent + 2)
+                lines.append(f"{pad}- {inner[0].lstrip()}")
+                lines += inner[1:]
+            else:
+                lines.append(f"{pad}- {_yaml_scalar(item)}")
+    return lines
+
+
+def _yaml_feature(feature: dict):
+    """datasets' serialised feature (Features.to_dict form) in the dataset card's YAML form."""
+    kind = feature["_type"]
+    if kind == "Value":
+        return {"dtype": feature["dtype"]}
+    if kind == "ClassLabel":
+        return {"class_label": {"names": {str(i): name for i, name in enumerate(feature["names"])}}}
+    inner = _yaml_feature(feature["feature"])
+    # "sequence" (not datasets >= 4's "list"): every datasets release reads it, lengths included
+    out = {"sequence": inner["dtype"] if set(inner) == {"dtype"} else inner}
+    if "length" in feature:
+        out["length"] = feature["length"]
+    return out
+
+
+def _split_bytes(folder: Path | None, entries: list[dict]) -> int:
+    return sum(int(entry["bytes"]) if "bytes" in entry else (Path(folder) / entry["path"]).stat().st_size
+               for entry in entries) if folder is not None else 0
+
+
+def card_metadata(manifest: dict, schema: pa.Schema | None = None, folder: Path | None = None) -> dict:
+    """The card's YAML header as a dict: licence, configs (one data_files entry per split, under the names
+    datasets uses: train, validation, test) and dataset_info (features from the shard schema, and each
+    split's num_examples and num_bytes, the shards' size on disk)."""
+    name = manifest["dataset"]
+    splits = [s for s in SPLITS if s in manifest["shards"]] + [s for s in manifest["shards"] if s not in SPLITS]
+    info: dict = {"config_name": "default"}
+    if schema is not None:
+        info["features"] = [{"name": column, **_yaml_feature(feature)}
+                            for column, feature in hf_features(schema, manifest["labels"]).items()]
+    sizes = {split: _split_bytes(folder, manifest["shards"][split]) for split in splits}
+    info["splits"] = [{"name": HF_SPLIT_NAMES.get(split, split), "num_bytes": sizes[split],
+                       "num_examples": sum(int(entry["rows"]) for entry in manifest["shards"][split])}
+                      for split in splits]
+    info["download_size"] = info["dataset_size"] = sum(sizes.values())
+    return {
+        "pretty_name": name,
+        "license": "other",
+        "license_name": LICENCES.get(name, LICENCES["NEMu"])["license_name"],
+        "language": ["zh" if name == "NEMu" else "en"],
+        "task_categories": ["audio-classification", "text-classification", "image-classification"],
+        "tags": ["emotion-recognition", "multi-label", "multi-modal"],
+        "configs": [{"config_name": "default", "default": True,
+                     "data_files": [{"split": HF_SPLIT_NAMES.get(split, split), "path": f"{split}/{split}-*.parquet"}
+                                    for split in splits]}],
+        "dataset_info": info,
+    }
+
+
+def _yaml_header(manifest: dict, schema: pa.Schema | None = None, folder: Path | None = None) -> str:
+    return "\n".join(["---", *_yaml_lines(card_metadata(manifest, schema, folder)), "---"])
+
+
+def write_dataset_card(folder: Path, manifest: dict, schema: pa.Schema | None = None) -> Path:
+    """Write ``folder/README.md`` (the card, with the features of ``schema``); returns its path."""
+    path = Path(folder) / CARD_FILE
+    path.write_text(render_dataset_card(manifest, schema, folder), encoding="utf-8")
+    return path
 
 
 def _table1(manifest: dict) -> str:
@@ -103,7 +209,8 @@ def _modality_table(manifest: dict) -> str:
     return "\n".join(out)
 
 
-def render_dataset_card(manifest: dict) -> str:
+def render_dataset_card(manifest: dict, schema: pa.Schema | None = None, folder: Path | None = None) -> str:
+    """The card's text; ``schema`` (a shard's) adds the features to the YAML, ``folder`` the split sizes."""
     counts, settings = manifest["counts"], manifest["settings"]
     name = manifest["dataset"]
     sections = SECTIONS.get(name, {})
@@ -118,7 +225,7 @@ has a vector (zero feature): {counts.get('text_nodes_without_word_vectors', 0)}.
     text_lines = "\n".join(
         f"- `{c['text']}` list<string> and `{c['tokens']}` list<list<string>>: the {m} nodes' texts and tokens "
         f"(so they can be re-embedded)" for m, c in text_columns.items())
-    return f"""{_yaml_header(manifest)}
+    return f"""{_yaml_header(manifest, schema, folder)}
 
 # Dataset Card for {name} (this build)
 
@@ -130,13 +237,17 @@ This card was generated by the build from its manifest; every number below is co
 
 ## Dataset Structure
 
-{shards} Parquet shard(s) in `train/`, `valid/` and `test/`; `manifest.json` holds the label order, the
-modalities and their dimensions, the extractor settings, the counts and the sha256 of every shard, and
-the same facts (without shard digests) are in each shard's schema metadata under `mmer.manifest`.
+{shards} Parquet shard(s) in `train/`, `valid/` and `test/` (the split `valid` is named `validation` by
+`datasets.load_dataset(this folder)`, which reads this card; the toolkit accepts both names); `manifest.json`
+holds the label order, the modalities and their dimensions, the extractor settings, the counts and the sha256
+of every shard, and the same facts (without shard digests) are in each shard's schema metadata under
+`mmer.manifest`; datasets' own features (under `huggingface`) make `label_ids` a list of `ClassLabel`.
 
 Columns:
-- `id` string; `labels` list<string>; `label_vector` fixed_size_list<int8, {len(manifest['labels'])}> in the label order below;
-  `fold` int8, 0–9, the cross-validation fold; `duration_seconds` float32 ({sections.get('duration', 'audio length')}).
+- `id` string; `labels` list<string> (the label names); `label_ids` list<int64> (the same labels as indices in
+  the label order below: `ClassLabel`s in `datasets`); `label_vector` fixed_size_list<int8, {len(manifest['labels'])}>
+  in the label order below; `fold` int8, 0–9, the cross-validation fold; `duration_seconds` float32
+  ({sections.get('duration', 'audio length')}).
 - One column per modality, a sample's nodes (possibly none):
 
 {_modality_table(manifest)}
@@ -162,7 +273,7 @@ Splits: {settings['splits']['rule']}; folds by {settings['splits']['method']}, s
 Extractor settings:
 
 ```json
-{__import__('json').dumps(settings, ensure_ascii=False, indent=2, sort_keys=True)}
+{json.dumps(settings, ensure_ascii=False, indent=2, sort_keys=True)}
 ```
 
 ### Annotations
@@ -176,6 +287,10 @@ Extractor settings:
 ## Uses and Limitations
 
 {sections.get('uses', _NEMU_USES)}
+
+## Licence
+
+`license: other` (`{LICENCES.get(name, LICENCES["NEMu"])["license_name"]}`): {LICENCES.get(name, LICENCES["NEMu"])["text"]}
 
 ## Citation
 

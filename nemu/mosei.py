@@ -88,7 +88,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from nemu.card import render_dataset_card
+from nemu.card import write_dataset_card
 from nemu.shards import (
     FORMAT_VERSION, LABEL_IDS, MANIFEST_FILE, Modality, atomic_write_bytes, build_schema, label_ids, sha256_file,
     shard_name, with_manifest, write_manifest,
@@ -1142,6 +1142,6 @@ def build_mosei(options: MoseiOptions) -> MoseiSummary:
     finally:
         source.close()
     manifest = facts | {"shards": shards}
-    (out_dir / "DATASET_CARD.md").write_text(render_dataset_card(manifest), encoding="utf-8")
+    write_dataset_card(out_dir, manifest, schema)
     write_manifest(out_dir, manifest)
     return MoseiSummary(form=form, splits={s: len(samples[s]) for s in SPLITS}, counts=counts, out_dir=out_dir)

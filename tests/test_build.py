@@ -89,7 +89,7 @@ def test_card_and_table1_statistics(built):
     assert stats["one_label"] == n_labels.count(1) and stats["two_or_more_labels"] == sum(n >= 2 for n in n_labels)
     expected_seconds = np.mean([1.5 + 0.25 * (i % 3) for i in range(20)])
     assert stats["mean_duration_seconds"] == pytest.approx(expected_seconds, abs=0.01)
-    card = (out / "DATASET_CARD.md").read_text(encoding="utf-8")
+    card = (out / "README.md").read_text(encoding="utf-8")  # the card datasets.load_dataset reads
     assert card.startswith("---\n") and "config_name: default" in card and "path: train/train-*.parquet" in card
     assert "num_examples: 16" in card and "| Train | 16 | 15125 |" in card
 

@@ -277,7 +277,7 @@ def test_pt_counts_and_vocabulary_mapping(pt_built):
         assert frame["intensities"].isna().all() and frame["dominant_emotion"].isna().all()
         assert frame["duration_seconds"].isna().all() and frame["video_id"].isna().all()
     assert manifest["statistics"]["mean_duration_seconds"] is None
-    card = (out / "DATASET_CARD.md").read_text(encoding="utf-8")
+    card = (out / "README.md").read_text(encoding="utf-8")
     assert "| Train | 8 | 16326 |" in card and "| Test | 4 | 4659 |" in card and "CMU-MOSEI" in card
     assert "pretty_name: MOSEI" in card and "- en" in card
 
