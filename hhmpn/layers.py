@@ -6,6 +6,12 @@ boolean mask over the sender nodes (True = real node). Following PyTorch Geometr
 each layer is split into ``message`` (per-edge terms), ``aggregate`` (sum over senders) and ``update``.
 
 Shapes: B batch, N receiving nodes, S sending nodes, d hidden size.
+
+Cost (issue "training near the hardware limit"): F2F projects every node once per layer (one GEMM for
+W^{v1}, W^{v2}, W^v together) and reuses the projections for every (receiver, sender) modality pair;
+the update UPD_mlp runs once over the nodes of all modalities. The label rounds score all modality
+copies at once. The equations are unchanged: each node's query, key and value are the same vectors
+whichever pair they are used in, and every per-node map is applied to each node exactly as before.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -35,6 +42,40 @@ def masked_uniform(mask: Tensor, shape: torch.Size, dtype: torch.dtype, dim: int
     return weights / count
 
 
+def masked_attention(
+    query: Tensor, key: Tensor, value: Tensor, mask: Tensor, *, fused: bool
+) -> tuple[Tensor, Tensor | None]:
+    """(sum_j alpha_ij value_j, alpha) with alpha = masked_softmax(query_i . key_j / sqrt(d)) over senders j.
+
+    ``query`` (B, N, d), ``key``/``value`` (B, S, d), ``mask`` (B, S) over the senders. The weights are
+    those of eqs. (3)-(4) (d is the key size, the d of eq. 4); a sample without any real sender gets the
+    zero message, as :func:`masked_softmax` gives it. ``fused`` uses
+    ``torch.nn.functional.scaled_dot_product_attention`` (flash/efficient kernels on CUDA) and returns
+    alpha as None; there a row without any real sender would be NaN, so such a sample attends to its
+    (finite) padding and its message is multiplied by 0 -- no NaN in the output or in any gradient.
+    Both paths compute the same function (tests/test_hhmpn_model.py checks it).
+    """
+    if not fused:
+        scores = query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1])  # (4)
+        alpha = masked_softmax(scores, mask[:, None, :].expand_as(scores))  # (3)
+        return alpha @ value, alpha  # (5)
+    present = mask.any(dim=-1)  # (B,)
+    safe = mask | ~present[:, None]
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=safe[:, None, :],
+                                         scale=1.0 / math.sqrt(query.shape[-1]))
+    return out * present[:, None, None].to(out.dtype), None
+
+
+def use_fused_attention(x: Tensor) -> bool:
+    """Whether :func:`masked_attention` takes the fused kernel for ``x``: on accelerators.
+
+    On CPU the fused kernel with a mask was measured slower than the explicit matmul-softmax-matmul
+    for HHMPN's sizes (60-180 nodes, d=256: 54 ms vs 42 ms forward + backward per batch of 64), so
+    the explicit form runs there.
+    """
+    return x.device.type != "cpu"
+
+
 class MPAtt(nn.Module):
     """Attention message function MP_att with the residual sum of eq. (6).
 
@@ -45,6 +86,10 @@ class MPAtt(nn.Module):
 
     With ``attend=False`` the attention of (3)-(4) is removed: W^{v1}, W^{v2} do not exist and every
     receiver weighs the real senders uniformly (alpha_ij = 1/|N(i)|). The w/o-F2L ablation uses this.
+
+    Masks: (B, S) or (B, N, S) for one sender set; (B, C, 1, S) or (B, C, N, S) for C subsets of the
+    same senders (the modality copies of the label rounds), which gives alpha (B, C, N, S) and
+    messages (B, C, N, d) from one scoring of the receivers against all senders.
     """
 
     def __init__(self, d: int, *, attend: bool = True):
@@ -56,24 +101,33 @@ class MPAtt(nn.Module):
             self.w_key = nn.Linear(d, d, bias=False)  # W^{v2}
         self.w_value = nn.Linear(d, d, bias=False)  # W^v
 
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """W^{v1} x, W^{v2} x, W^v x of every node in one GEMM (requires ``attend``)."""
+        weight = torch.cat([self.w_query.weight, self.w_key.weight, self.w_value.weight])
+        return F.linear(x, weight).split(self.d, dim=-1)
+
     def attention(self, receivers: Tensor, senders: Tensor, mask: Tensor) -> Tensor:
-        """alpha of eqs. (3)-(4): (B, N, S); ``mask`` is (B, S) or (B, N, S)."""
+        """alpha of eqs. (3)-(4): (B, N, S), or (B, C, N, S) for a 4-dim mask (see the class docstring)."""
         if mask.dim() == 2:
             mask = mask[:, None, :]
-        shape = torch.Size((receivers.shape[0], receivers.shape[1], senders.shape[1]))
+        shape = torch.Size((*mask.shape[:-2], receivers.shape[-2], senders.shape[-2]))
         if not self.attend:
             return masked_uniform(mask, shape, receivers.dtype)
         # (4): scaled dot product between node-wise linear transforms.
-        scores = self.w_query(receivers) @ self.w_key(senders).transpose(1, 2) / math.sqrt(self.d)
-        return masked_softmax(scores, mask.expand(shape))  # (3)
+        scores = self.w_query(receivers) @ self.w_key(senders).transpose(-1, -2) / math.sqrt(self.d)
+        if len(shape) == 4:
+            scores = scores[:, None]  # the same scores for every sender subset
+        return masked_softmax(scores.expand(shape), mask.expand(shape))  # (3)
 
     def message(self, receivers: Tensor, senders: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-edge pieces of eq. (5): the weights alpha_ij (B, N, S) and the values W^v v_j (B, S, d)."""
+        """Per-edge pieces of eq. (5): the weights alpha_ij (B, [C,] N, S) and the values W^v v_j (B, S, d)."""
         return self.attention(receivers, senders, mask), self.w_value(senders)
 
     @staticmethod
     def aggregate(alpha: Tensor, values: Tensor) -> Tensor:
-        """sum_j alpha_ij W^v v_j (the sums of eqs. 1, 6, 9, 11, 13): (B, N, d)."""
+        """sum_j alpha_ij W^v v_j (the sums of eqs. 1, 6, 9, 11, 13): (B, [C,] N, d)."""
+        if alpha.dim() == 4:
+            values = values[:, None]
         return alpha @ values
 
     def forward(
@@ -83,7 +137,7 @@ class MPAtt(nn.Module):
         alpha, values = self.message(receivers, senders, mask)
         g = self.aggregate(alpha, values)
         if residual:
-            g = receivers + g
+            g = (receivers[:, None] if g.dim() == 4 else receivers) + g
         return g, alpha
 
 
@@ -137,6 +191,10 @@ class F2FLayer(nn.Module):
     Decision (paper ambiguity): eq. (9) has no residual term and eq. (10) would add the |M|d-sized g_i
     to the d-sized update, which does not type-check. We use the node's own state as the residual,
     z_i = v_i + UPD_mlp(g_i), which is the residual of eq. (6) moved to where the sizes agree.
+
+    Cost: the nodes of all modalities are processed packed along one node axis: W^{v1}, W^{v2}, W^v
+    project each node once per layer (not once per modality pair), and UPD_mlp runs once over all
+    nodes. Each (receiver, sender) pair only adds its attention.
     """
 
     def __init__(self, modalities: tuple[str, ...], d: int, dropout: float = 0.0):
@@ -146,22 +204,38 @@ class F2FLayer(nn.Module):
         self.upd = UPDMLP(len(self.modalities) * d, d, dropout)  # W^2_xx, W^r_xx: |M|d -> d
 
     def forward(
-        self, states: dict[str, Tensor], masks: dict[str, Tensor]
-    ) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
-        """Return (new states, attention[receiver][sender] of shape (B, S_receiver, S_sender))."""
-        new_states: dict[str, Tensor] = {}
-        attention: dict[str, dict[str, Tensor]] = {}
-        for receiver in self.modalities:
-            blocks = []
-            attention[receiver] = {}
-            for sender in self.modalities:
-                # (9): sum_{j in N^m(i)} MP_att(v_i, v_j; W^1_xx) for sender modality m.
-                g_m, alpha = self.mp(states[receiver], states[sender], masks[sender], residual=False)
-                blocks.append(g_m)
-                attention[receiver][sender] = alpha
-            g = torch.cat(blocks, dim=-1)  # (9): ⊕ over modalities -> (B, S, |M|d)
-            new_states[receiver] = states[receiver] + self.upd(g)  # (10), residual on v_i (see above)
-        return new_states, attention
+        self, states: dict[str, Tensor], masks: dict[str, Tensor], *, return_attention: bool = True
+    ) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]] | None]:
+        """Return (new states, attention[receiver][sender] of shape (B, S_receiver, S_sender) or None)."""
+        sizes = [states[name].shape[1] for name in self.modalities]
+        packed = torch.cat([states[name] for name in self.modalities], dim=1)
+        new, attention = self.forward_packed(packed, sizes, [masks[name] for name in self.modalities],
+                                             return_attention=return_attention)
+        return dict(zip(self.modalities, new.split(sizes, dim=1))), attention
+
+    def forward_packed(
+        self, x: Tensor, sizes: list[int], masks: list[Tensor], *, return_attention: bool = False
+    ) -> tuple[Tensor, dict[str, dict[str, Tensor]] | None]:
+        """One F2F layer on the packed node states ``x`` (B, sum(sizes), d), modality blocks in order.
+
+        ``masks[m]`` (B, sizes[m]) marks the real senders of modality m. Padded nodes are updated too (as
+        receivers they are harmless) but never send. Returns the new packed states and, if asked, the
+        attention maps (explicit weights; without them the fused kernel may run, see :func:`masked_attention`).
+        """
+        queries, keys, values = self.mp.project(x)  # W^{v1} v_i, W^{v2} v_j, W^v v_j: once per layer
+        keys, values = keys.split(sizes, dim=1), values.split(sizes, dim=1)
+        fused = not return_attention and use_fused_attention(x)
+        blocks = []
+        attention = {receiver: {} for receiver in self.modalities} if return_attention else None
+        for sender, key, value, mask in zip(self.modalities, keys, values, masks):
+            # (9): sum_{j in N^m(i)} MP_att(v_i, v_j; W^1_xx) for sender modality m, every receiver at once.
+            message, alpha = masked_attention(queries, key, value, mask, fused=fused)  # (3)-(5)
+            blocks.append(message)
+            if return_attention:
+                for receiver, block in zip(self.modalities, alpha.split(sizes, dim=1)):
+                    attention[receiver][sender] = block
+        g = torch.cat(blocks, dim=-1)  # (9): ⊕ over modalities -> (B, S, |M|d)
+        return x + self.upd(g), attention  # (10), residual on v_i (see above)
 
 
 class M2LReadout(nn.Module):

@@ -141,10 +141,11 @@ class HHMPN(nn.Module):
         self.output_weight = nn.Parameter(torch.randn(self.num_labels, self.d) / self.d**0.5)
 
     # ------------------------------------------------------------------ inputs
-    def _inputs(self, batch: Mapping) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def _inputs(self, batch: Mapping) -> tuple[Tensor, list[int], list[Tensor]]:
+        """Packed embedded nodes v (B, sum_m S_m, d), modality blocks in ``modalities`` order; sizes S_m; masks."""
         features, masks = batch["features"], batch["masks"]
-        states: dict[str, Tensor] = {}
-        real: dict[str, Tensor] = {}
+        embedded: list[Tensor] = []
+        real: list[Tensor] = []
         for name in self.modalities:
             if name not in features or name not in masks:
                 raise KeyError(f"batch has no modality {name!r} (model modalities: {self.modalities})")
@@ -157,21 +158,27 @@ class HHMPN(nn.Module):
                 raise ValueError(f"masks[{name!r}] shape {tuple(mask.shape)} != features {tuple(x.shape[:2])}")
             # Padded rows are zeroed (torch.where also removes NaN/inf padding) and never sent from.
             x = torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
-            states[name] = self.input_dropout(self.embed[name](x))  # v_i^m = W_x^m x_i^m
-            real[name] = mask
-        return states, real
+            embedded.append(self.embed[name](x))  # v_i^m = W_x^m x_i^m
+            real.append(mask)
+        sizes = [x.shape[1] for x in embedded]
+        return self.input_dropout(torch.cat(embedded, dim=1)), sizes, real
 
-    def encode_features(self, batch: Mapping) -> tuple[dict[str, Tensor], list]:
+    def _encode_packed(self, batch: Mapping, return_attention: bool) -> tuple[Tensor, list[int], list[Tensor], list]:
+        states, sizes, real = self._inputs(batch)
+        f2f_attention = []
+        for layer in self.f2f:
+            states, attention = layer.forward_packed(states, sizes, real, return_attention=return_attention)
+            if return_attention:
+                f2f_attention.append(attention)  # eqs. (9)-(10)
+        return states, sizes, real, f2f_attention
+
+    def encode_features(self, batch: Mapping, *, return_attention: bool = True) -> tuple[dict[str, Tensor], list]:
         """Feature states z^m (B, S_m, d) after F2F, and the F2F attention maps of every layer.
 
         Depends on the features and masks only: nothing flows from the labels into the features.
         """
-        states, real = self._inputs(batch)
-        f2f_attention = []
-        for layer in self.f2f:
-            states, attention = layer(states, real)  # eqs. (9)-(10)
-            f2f_attention.append(attention)
-        return states, f2f_attention
+        states, sizes, _, f2f_attention = self._encode_packed(batch, return_attention)
+        return dict(zip(self.modalities, states.split(sizes, dim=1))), f2f_attention
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Mapping, *, return_f2f_attention: bool = False) -> dict:
@@ -190,11 +197,17 @@ class HHMPN(nn.Module):
             ``modalities``: the modality order; ``feature_states``: modality -> z^m (B, S_m, d);
             ``f2f_attention`` (only if requested): per layer, receiver -> sender -> (B, S_r, S_s).
         """
-        z, f2f_attention = self.encode_features(batch)
-        real = {name: batch["masks"][name].to(torch.bool) for name in self.modalities}
-        batch_size = next(iter(z.values())).shape[0]
+        z, sizes, real, f2f_attention = self._encode_packed(batch, return_f2f_attention)
+        batch_size = z.shape[0]
         n_mod, n_lab = len(self.modalities), self.num_labels
-        present = torch.stack([real[name].any(dim=1) for name in self.modalities], dim=1)  # (B, M)
+        present = torch.stack([mask.any(dim=1) for mask in real], dim=1)  # (B, M)
+        # Copy m of the labels reads the real nodes of modality m only: one mask per copy over the
+        # packed nodes, (B, M, 1, S), so all copies are scored against the nodes in one product.
+        offsets = [sum(sizes[:m]) for m in range(n_mod + 1)]
+        block = torch.zeros(n_mod, offsets[-1], dtype=torch.bool, device=z.device)
+        for m in range(n_mod):
+            block[m, offsets[m]:offsets[m + 1]] = True
+        copy_masks = (block[None] & torch.cat(real, dim=1)[:, None, :])[:, :, None, :]
         all_labels = torch.ones(batch_size * n_mod, n_lab, dtype=torch.bool, device=present.device)
 
         u = self.label_embedding.unsqueeze(0).expand(batch_size, -1, -1)  # u^0 = W_y
@@ -202,14 +215,11 @@ class HHMPN(nn.Module):
         f2l_attention: dict[str, list[Tensor]] = {name: [] for name in self.modalities}
         l2l_attention: dict[str, list[Tensor]] = {name: [] for name in self.modalities}
         for t in range(self.rounds):
-            copies = []
-            for name in self.modalities:
-                # u^{m,t} = u^t: every modality copy restarts from the fused state (see docstring).
-                # (11)-(12): directed feature-to-label message passing within modality m.
-                u_m, alpha = self.f2l[t](u, z[name], real[name])
-                copies.append(u_m)
-                f2l_attention[name].append(alpha)
-            stacked = torch.stack(copies, dim=1)  # (B, M, L, d): u^{m,t'}
+            # u^{m,t} = u^t: every modality copy restarts from the fused state (see docstring).
+            # (11)-(12): directed feature-to-label message passing, copy m reading modality m only.
+            stacked, alpha = self.f2l[t](u, z, copy_masks)  # (B, M, L, d): u^{m,t'}; alpha (B, M, L, S)
+            for index, name in enumerate(self.modalities):
+                f2l_attention[name].append(alpha[:, index, :, offsets[index]:offsets[index + 1]])
             if self.l2l:
                 # (13)-(14): label-to-label message passing among all label pairs, per modality copy.
                 flat = stacked.reshape(batch_size * n_mod, n_lab, self.d)
@@ -233,7 +243,7 @@ class HHMPN(nn.Module):
             ),
             "m2l_weights": torch.stack(m2l_weights, dim=1) if m2l_weights else None,
             "modalities": self.modalities,
-            "feature_states": z,
+            "feature_states": dict(zip(self.modalities, z.split(sizes, dim=1))),
         }
         if return_f2f_attention:
             outputs["f2f_attention"] = f2f_attention

@@ -398,3 +398,150 @@ def test_modalities_missing_from_the_model_are_ignored():
     assert torch.equal(model(batch)["logits"], model(subset)["logits"])
     with pytest.raises(KeyError):
         model({**batch, "features": {"lyrics": batch["features"]["lyrics"]}})
+
+
+# --------------------------------------------------------------------- optimised forward = straightforward reference
+def reference_forward(model, batch):
+    """HHMPN's forward pass written the straightforward way, as the code read before it was optimised:
+    F2F projects the nodes again for every (receiver, sender) modality pair and updates each receiver
+    modality separately; F2L runs once per modality copy. Only MPAtt / UPDMLP calls on single sender sets."""
+    states, real = {}, {}
+    for name in model.modalities:
+        mask = batch["masks"][name].to(torch.bool)
+        x = torch.where(mask[..., None], batch["features"][name], torch.zeros((), dtype=batch["features"][name].dtype))
+        states[name], real[name] = model.input_dropout(model.embed[name](x)), mask
+    f2f_attention = []
+    for layer in model.f2f:
+        new_states, attention = {}, {}
+        for receiver in model.modalities:
+            blocks, attention[receiver] = [], {}
+            for sender in model.modalities:  # (9), one MP_att per pair
+                g_m, alpha = layer.mp(states[receiver], states[sender], real[sender], residual=False)
+                blocks.append(g_m)
+                attention[receiver][sender] = alpha
+            new_states[receiver] = states[receiver] + layer.upd(torch.cat(blocks, dim=-1))  # (10)
+        states = new_states
+        f2f_attention.append(attention)
+    batch_size = next(iter(states.values())).shape[0]
+    present = torch.stack([real[name].any(dim=1) for name in model.modalities], dim=1)
+    u = model.label_embedding.unsqueeze(0).expand(batch_size, -1, -1)
+    out = {"round_logits": [], "m2l": [], "f2l": {n: [] for n in model.modalities}, "l2l": {n: [] for n in model.modalities}}
+    n_mod, n_lab = len(model.modalities), model.num_labels
+    for t in range(model.rounds):
+        copies = []
+        for name in model.modalities:  # (11)-(12), one call per modality copy
+            u_m, alpha = model.f2l[t](u, states[name], real[name])
+            copies.append(u_m)
+            out["f2l"][name].append(alpha)
+        stacked = torch.stack(copies, dim=1)
+        if model.l2l:  # (13)-(14)
+            flat = stacked.reshape(batch_size * n_mod, n_lab, model.d)
+            flat, alpha = model.l2l[t](flat, flat, torch.ones(batch_size * n_mod, n_lab, dtype=torch.bool))
+            stacked = flat.reshape(batch_size, n_mod, n_lab, model.d)
+            for index, name in enumerate(model.modalities):
+                out["l2l"][name].append(alpha.reshape(batch_size, n_mod, n_lab, n_lab)[:, index])
+        u, weights = model.readout[t](stacked, present, u)  # (15)-(16)
+        if weights is not None:
+            out["m2l"].append(weights)
+        out["round_logits"].append(model.project(u))  # (17)
+    return {
+        "logits": out["round_logits"][-1],
+        "round_logits": torch.stack(out["round_logits"], dim=1),
+        "f2l_attention": {n: torch.stack(v, dim=1) for n, v in out["f2l"].items()},
+        "l2l_attention": {n: torch.stack(v, dim=1) for n, v in out["l2l"].items()} if model.l2l else None,
+        "m2l_weights": torch.stack(out["m2l"], dim=1) if out["m2l"] else None,
+        "feature_states": states,
+        "f2f_attention": f2f_attention,
+    }
+
+
+def _assert_outputs_close(got, expected, tol):
+    """Equal to ``tol`` absolutely and relatively (the w/o-M2L sum readout grows the states ~|M|-fold per round)."""
+    for key in ("logits", "round_logits", "m2l_weights"):
+        if expected[key] is None:
+            assert got[key] is None, key
+        else:
+            assert got[key].shape == expected[key].shape, key
+            assert torch.allclose(got[key], expected[key], atol=tol, rtol=tol), key
+    for key in ("f2l_attention", "l2l_attention", "feature_states"):
+        if expected[key] is None:
+            assert got[key] is None, key
+            continue
+        for name, value in expected[key].items():
+            assert got[key][name].shape == value.shape, (key, name)
+            assert torch.allclose(got[key][name], value, atol=tol, rtol=tol), (key, name)
+    assert len(got["f2f_attention"]) == len(expected["f2f_attention"])
+    for layer_got, layer_expected in zip(got["f2f_attention"], expected["f2f_attention"]):
+        for receiver, senders in layer_expected.items():
+            for sender, value in senders.items():
+                assert torch.allclose(layer_got[receiver][sender], value, atol=tol, rtol=tol), (receiver, sender)
+
+
+def _uneven_float_batch():
+    """Modalities of different node counts, padding, an empty modality and a sample with no node at all."""
+    dims = DIMS
+    batch = make_batch(batch_size=4, max_nodes=5, seed=3)
+    batch["features"]["audio"] = batch["features"]["audio"][:, :3]
+    batch["masks"]["audio"] = batch["masks"]["audio"][:, :3].clone()
+    batch["masks"]["images"][1] = False  # sample 1: no image
+    for name in dims:
+        batch["masks"][name][3] = False  # sample 3: nothing at all
+    batch["features"] = {k: v.float() for k, v in batch["features"].items()}
+    batch["labels"] = batch["labels"].float()
+    return batch
+
+
+@pytest.mark.parametrize("ablation", [None, *ABLATIONS])
+def test_optimised_forward_equals_straightforward_reference(ablation):
+    torch.manual_seed(0)
+    model = HHMPN(DIMS, NUM_LABELS, d=16, rounds=3, dropout=0.0, ablation=ablation).eval()
+    batch = _uneven_float_batch()
+    got = model(batch, return_f2f_attention=True)
+    expected = reference_forward(model, batch)
+    _assert_outputs_close(got, expected, tol=1e-5)
+    # the forward without attention maps (the training path) gives the same predictions
+    assert torch.allclose(model(batch)["round_logits"], expected["round_logits"], atol=1e-5, rtol=1e-5)
+
+
+def test_optimised_gradients_equal_straightforward_reference():
+    torch.manual_seed(0)
+    model = HHMPN(DIMS, NUM_LABELS, d=16, rounds=3, dropout=0.0).train()
+    batch = _uneven_float_batch()
+    grads = torch.autograd.grad(model.loss(model(batch), batch), list(model.parameters()))
+    reference = torch.autograd.grad(model.loss(reference_forward(model, batch), batch), list(model.parameters()))
+    for (name, _), got, expected in zip(model.named_parameters(), grads, reference):
+        assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4), name
+
+
+def test_fused_attention_equals_explicit_and_is_safe_for_empty_senders():
+    from hhmpn.layers import masked_attention
+
+    g = torch.Generator().manual_seed(0)
+    query = torch.randn(3, 5, 8, generator=g, requires_grad=True)
+    key = torch.randn(3, 4, 8, generator=g, requires_grad=True)
+    value = torch.randn(3, 4, 8, generator=g, requires_grad=True)
+    mask = torch.tensor([[True, True, False, True], [False, False, False, False], [True, False, False, False]])
+    explicit, alpha = masked_attention(query, key, value, mask, fused=False)
+    fused, none = masked_attention(query, key, value, mask, fused=True)
+    assert none is None and torch.allclose(fused, explicit, atol=1e-6, rtol=0)
+    assert torch.equal(fused[1], torch.zeros_like(fused[1]))  # no real sender: zero message, not NaN
+    assert torch.all(alpha[:, :, ~mask[0]][0] == 0)
+    grads = torch.autograd.grad(fused.square().sum(), (query, key, value))
+    assert all(torch.isfinite(grad).all() for grad in grads)
+    expected = torch.autograd.grad(explicit.square().sum(), (query, key, value))
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=0) for a, b in zip(grads, expected))
+
+
+def test_model_through_the_fused_kernel_equals_explicit(monkeypatch):
+    """The fused path (taken on accelerators) gives the same model, empty modalities included."""
+    import hhmpn.layers
+
+    torch.manual_seed(0)
+    model = HHMPN(DIMS, NUM_LABELS, d=16, rounds=2, dropout=0.0).train()
+    batch = _uneven_float_batch()
+    explicit = model(batch)["round_logits"]
+    monkeypatch.setattr(hhmpn.layers, "use_fused_attention", lambda x: True)
+    outputs = model(batch)
+    assert torch.allclose(outputs["round_logits"], explicit, atol=1e-5, rtol=0)
+    model.loss(outputs, batch).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
