@@ -1,9 +1,8 @@
-"""The three loading paths: pandas / torch (nemu), pyarrow, Hugging Face datasets."""
+"""Loading through the toolkit: pandas and torch (nemu.load, MMERDataset); the other tools are in test_formats.py."""
 
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.dataset as ds
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -55,23 +54,13 @@ def test_collate_keeps_an_empty_modality_well_formed():
     assert batch["features"]["comments"].shape == (2, 1, 3) and not batch["masks"]["comments"].any()
 
 
-def test_pyarrow_recipe(built):
-    base, _, _ = built
-    table = ds.dataset(base / "out" / "train", format="parquet").to_table()
-    assert table.num_rows == 16
-    assert table.schema.field("audio").type.value_type.list_size == 74
-    assert b"mmer.manifest" in table.schema.metadata
+def test_validation_is_the_valid_split_under_either_name(built):
+    out = built[0] / "out"
+    assert list(nemu.load(out, "validation")["id"]) == list(nemu.load(out, "valid")["id"])
+    assert nemu.MMERDataset(out, "validation").ids == nemu.MMERDataset(out, "valid").ids
+    assert len(nemu.MMERDataset(out, "validation")) == sum(e["rows"] for e in nemu.read_manifest(out)["shards"]["valid"])
+    with pytest.raises(ValueError, match="no split 'Validation'"):  # names are exact; no guessing
+        nemu.load(out, "Validation")
 
 
-def test_hugging_face_datasets_recipe(built, tmp_path):
-    datasets = pytest.importorskip("datasets")
-    base, _, _ = built
-    out = base / "out"
-    loaded = datasets.load_dataset(
-        "parquet", data_files={s: str(out / s / "*.parquet") for s in ("train", "valid", "test")},
-        cache_dir=str(tmp_path / "hf-cache"))
-    assert {s: len(loaded[s]) for s in loaded} == {"train": 16, "valid": 2, "test": 2}
-    row = loaded["train"].with_format("numpy")[0]
-    assert row["audio"].shape[1] == 74 and row["label_vector"].shape == (12,)
-    expected = nemu.load(out, "train").iloc[0]
-    assert row["id"] == expected["id"]
+# pyarrow, Hugging Face datasets, polars and DuckDB: tests/test_formats.py
