@@ -194,6 +194,11 @@ def read_media_bytes_digest(path: Path, field_name: str, relative: str) -> str:
         os.close(descriptor)
 
 
+def _shown(record_id: str) -> str:
+    # Ids equal after normalisation often look identical on screen: the escaped form tells them apart.
+    return repr(record_id) if record_id.isascii() else f"{record_id!r} ({ascii(record_id)})"
+
+
 def id_key(record_id: str) -> str:
     """The form ids are compared in: NFKC-normalised (which includes NFC), case-folded, outer whitespace dropped.
 
@@ -275,9 +280,10 @@ def read_records(raw_dir: Path) -> ReadResult:
             key = id_key(record.id)
             if key in first_seen:
                 other, other_line = first_seen[key]
-                same = "" if other == record.id else (
-                    f", id {other!r}: the same after Unicode normalisation and case folding")
-                raise RecordError("id", f"duplicate id {record.id!r} (first seen on line {other_line}{same})")
+                if other == record.id:
+                    raise RecordError("id", f"duplicate id {record.id!r} (first seen on line {other_line})")
+                raise RecordError("id", f"duplicate id {_shown(record.id)} (first seen on line {other_line}, id "
+                                        f"{_shown(other)}: the same after Unicode normalisation and case folding)")
             first_seen[key] = (record.id, number)
             if not record.labels:
                 result.without_emotion.append(record.id)
