@@ -8,11 +8,15 @@ trained on the corpus); stratified folds; shards, manifest, dataset card and qua
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
+import pickle
+import signal
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +35,7 @@ from nemu.records import (
     AUDIO_SUFFIXES, IMAGE_SUFFIXES, Quarantined, RawRecord, ReadResult, RecordError, read_media_bytes_digest,
     read_records, resolve_media_path,
 )
+from nemu.publish import DatasetPublisher, FolderConflict, FolderLocked
 from nemu.shards import (
     FORMAT_VERSION, Modality, atomic_write_bytes, build_schema, canonical_json, sha256_file, with_manifest,
     write_manifest, write_split,
@@ -408,17 +413,166 @@ def _run_extraction(records: list[RawRecord], options: BuildOptions, image: Imag
         finally:
             torch.set_num_threads(threads)
         return
+    yield from tqdm(_parallel_extraction(records, options.workers, init_args), **bar)
+
+
+KILL_WORKER_ENV = "NEMU_TEST_KILL_WORKER"
+WORKER_ATTEMPTS = 2  # a record whose worker dies is tried once more, then quarantined
+
+
+def _worker_test_hook(record_id: str) -> None:
+    """Test hook: NEMU_TEST_KILL_WORKER=ID makes the worker given record ID SIGKILL itself, as the OOM killer
+    would; ID@FLAG does it only while the file FLAG does not exist (creating it), i.e. once; several such
+    entries are separated by commas. Inert when unset (tests/test_build_integrity.py)."""
+    for wanted in filter(None, os.environ.get(KILL_WORKER_ENV, "").split(",")):
+        target, _, flag = wanted.partition("@")
+        if record_id != target:
+            continue
+        if flag:
+            try:
+                os.close(os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _worker_main(connection, init_args: tuple) -> None:
+    """One extraction process: says "ready" once initialised, then answers (index, record) tasks until None."""
+    _init_worker(*init_args)
+    connection.send(("ready", None, None))
+    while True:
+        try:
+            task = connection.recv()
+        except EOFError:  # the build went away
+            return
+        if task is None:
+            return
+        index, record = task
+        _worker_test_hook(record.id)
+        try:
+            message = ("done", index, extract_record(record))
+        except Exception as exc:  # an error of the environment (the cache cannot be written) or a bug
+            try:
+                pickle.dumps(exc)
+            except Exception:
+                exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+            message = ("error", index, exc)
+        connection.send(message)
+
+
+def _exit_reason(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"signal {-exitcode} ({signal.Signals(-exitcode).name})"
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+@dataclass
+class _Worker:
+    process: multiprocessing.Process
+    connection: object
+    ready: bool = False
+    task: int | None = None  # index of the record it is extracting
+
+
+def _parallel_extraction(records: list[RawRecord], workers: int, init_args: tuple):
+    """extract_record's results from ``workers`` spawned processes, in the order they finish.
+
+    Each worker extracts one record at a time, so when a process dies (SIGKILL from the OOM killer, a crash
+    inside a decoder) its record is known: it is given to a fresh worker once more, and quarantined
+    ("worker died: signal 9 (SIGKILL)") if that one dies too. The build never waits on a dead process:
+    ``multiprocessing.connection.wait`` wakes on each worker's pipe and on its process sentinel. Workers that
+    die before they are ready (a broken environment, not a record) end the build after three in a row.
+    """
     # spawn, not fork: forking a process that has already started torch/OpenMP threads can deadlock.
     context = multiprocessing.get_context("spawn")
-    with context.Pool(options.workers, initializer=_init_worker, initargs=init_args) as pool:
-        yield from tqdm(pool.imap(extract_record, records, chunksize=1), **bar)
+    pending = collections.deque(range(len(records)))
+    attempts: collections.Counter = collections.Counter()
+    pool: list[_Worker] = []
+    failed_starts = 0
+    remaining = len(records)
+
+    def start() -> _Worker:
+        parent, child = context.Pipe()
+        process = context.Process(target=_worker_main, args=(child, init_args), daemon=True)
+        process.start()
+        child.close()
+        return _Worker(process, parent)
+
+    try:
+        while remaining:
+            busy = sum(w.task is not None for w in pool)
+            while len(pool) < min(workers, len(pending) + busy):
+                pool.append(start())
+            for worker in pool:
+                if worker.ready and worker.task is None and pending:
+                    worker.task = pending.popleft()
+                    worker.connection.send((worker.task, records[worker.task]))
+            woke = set(multiprocessing.connection.wait(
+                [w.connection for w in pool] + [w.process.sentinel for w in pool]))
+            for worker in list(pool):
+                if worker.connection not in woke and worker.process.sentinel not in woke:
+                    continue
+                message = None
+                try:
+                    if worker.connection.poll():
+                        message = worker.connection.recv()
+                except (EOFError, OSError):
+                    message = None
+                if message is not None:
+                    kind, index, payload = message
+                    if kind == "ready":
+                        worker.ready, failed_starts = True, 0
+                        continue
+                    worker.task = None
+                    if kind == "error":
+                        record = records[index]
+                        payload.add_note(f"while extracting record {record.id!r} (line {record.line})")
+                        raise payload
+                    remaining -= 1
+                    yield payload
+                    continue
+                if worker.process.is_alive():
+                    continue
+                worker.process.join()
+                worker.connection.close()
+                pool.remove(worker)
+                reason = _exit_reason(worker.process.exitcode)
+                if worker.task is None:
+                    failed_starts += not worker.ready
+                    if failed_starts >= 3:
+                        raise BuildError(f"extraction workers die before extracting anything ({reason}); "
+                                         f"try --workers 1 to see the error")
+                    continue
+                attempts[worker.task] += 1
+                if attempts[worker.task] < WORKER_ATTEMPTS:
+                    pending.appendleft(worker.task)
+                    continue
+                record = records[worker.task]
+                remaining -= 1
+                yield "quarantined", record, Quarantined(record.id, record.line, "record",
+                                                         f"worker died: {reason}"), False
+    finally:
+        for worker in pool:
+            try:
+                worker.connection.send(None)
+            except OSError:
+                pass
+        for worker in pool:
+            worker.process.join(timeout=0 if remaining else 10)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.connection.close()
 
 
 # ----------------------------------------------------------------------------------------------
 # Assembling the dataset
 
 
-def _word_vectors(options: BuildOptions, token_corpus: list[list[str]]):
+def _word_vectors(options: BuildOptions, token_corpus: list[list[str]], out_dir: Path):
     """(KeyedVectors, manifest description) from --word-vectors or trained on the corpus."""
     if options.word_vectors is not None:
         vectors = load_word_vectors(options.word_vectors, options.word_vectors_format)
@@ -428,10 +582,11 @@ def _word_vectors(options: BuildOptions, token_corpus: list[list[str]]):
     if not sentences:
         raise BuildError("no lyric or comment tokens to train word vectors on; pass --word-vectors PATH")
     vectors = train_word_vectors(sentences, WORD_VECTOR_DIM, options.seed)
-    target = options.out_dir / TRAINED_VECTORS_FILE
-    tmp = target.with_name(f".{target.name}.tmp")
-    vectors.save_word2vec_format(str(tmp), binary=True)
-    os.replace(tmp, target)
+    target = out_dir / TRAINED_VECTORS_FILE  # the build's staging folder: published with the shards
+    try:
+        vectors.save_word2vec_format(str(target), binary=True)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
     return vectors, {"source": "trained on this corpus (gensim Word2Vec skip-gram, window 5, 10 epochs, one "
                                "worker, fixed seed)", "file": TRAINED_VECTORS_FILE, "format": "word2vec-binary",
                      "dim": vectors.vector_size, "vocabulary": len(vectors.key_to_index),
@@ -480,10 +635,35 @@ def _rows_table(rows: list[dict], schema: pa.Schema, modalities: list[Modality])
     return pa.Table.from_pydict(columns, schema=schema)
 
 
+def _os_error_message(exc: OSError, out_dir: Path) -> str:
+    """One line naming the path: "OUT/.builds/staging-…/train/train-00000-of-00001.parquet: No space left on
+    device" (OUT itself when the library that failed did not say which file)."""
+    if exc.filename is None:
+        return str(exc) if exc.errno is None else f"{out_dir}: {exc.strerror or exc}"
+    paths = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+    return f"{paths}: {exc.strerror or exc}"
+
+
 def build(options: BuildOptions) -> BuildSummary:
-    """Build the dataset described by ``options``; see the module docstring."""
+    """Build the dataset described by ``options`` into OUT; see the module docstring.
+
+    OUT is always one whole dataset (nemu.publish): the build holds OUT's lock, writes into a staging folder
+    and publishes shards, manifest, card and report in one atomic swap, so a failure or a kill at any moment
+    leaves the previous dataset (or the new one). Faults of the environment (a read-only or full disk,
+    permission denied) and a second build into the same OUT raise BuildError with one line naming the path.
+    """
     options.raw_dir, options.out_dir = Path(options.raw_dir), Path(options.out_dir)
-    options.out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with DatasetPublisher(options.out_dir) as publisher:
+            return _build_staged(options, publisher)
+    except (FolderLocked, FolderConflict) as exc:
+        raise BuildError(str(exc)) from exc
+    except OSError as exc:
+        raise BuildError(_os_error_message(exc, options.out_dir)) from exc
+
+
+def _build_staged(options: BuildOptions, publisher: DatasetPublisher) -> BuildSummary:
+    staging = publisher.path  # everything the build writes goes here until publisher.commit()
     cache_dir = Path(options.cache_dir) if options.cache_dir else options.out_dir / ".cache"
     image = resolve_image_settings(options.image_encoder, options.image_weights)
 
@@ -500,15 +680,16 @@ def build(options: BuildOptions) -> BuildSummary:
             quarantined.append(result)
     quarantined.sort(key=lambda q: q.line)
     report = "".join(json.dumps(q.to_json(), ensure_ascii=False) + "\n" for q in quarantined)
-    atomic_write_bytes(options.out_dir / QUARANTINE_FILE, report.encode("utf-8"))
+    atomic_write_bytes(staging / QUARANTINE_FILE, report.encode("utf-8"))
     if options.strict and quarantined:
         first = quarantined[0]
-        raise BuildError(f"--strict: {len(quarantined)} record(s) quarantined, see {options.out_dir / QUARANTINE_FILE}; "
+        rejected = publisher.reject()  # the previous dataset stays as it was, report and all
+        raise BuildError(f"--strict: {len(quarantined)} record(s) quarantined, see {rejected / QUARANTINE_FILE}; "
                          f"first: line {first.line} id {first.id!r} field {first.field}: {first.reason}")
 
     kept.sort(key=lambda item: item[0].id)  # shard content does not depend on line order
     corpus = [tokens for _, f in kept for m in TEXT_MODALITIES for tokens in f[f"{m}_tokens"]]
-    vectors, vectors_info = _word_vectors(options, corpus)
+    vectors, vectors_info = _word_vectors(options, corpus, staging)
     label_matrix = np.array([[name in r.labels for name in nemu_labels.LABEL_NAMES] for r, _ in kept], dtype=np.int8)
     duplicate_media, media_group = _duplicate_media(kept)  # byte-identical media: one song for the split
     folds = assign_folds(label_matrix, options.seed, groups=media_group)
@@ -565,11 +746,12 @@ def build(options: BuildOptions) -> BuildSummary:
     schema = with_manifest(schema, facts)
     shards = {}
     for split in tqdm(SPLITS, desc="writing shards", disable=not options.progress, file=sys.stderr):
-        shards[split] = write_split(tables[split].cast(schema), options.out_dir, split, options.rows_per_shard,
+        shards[split] = write_split(tables[split].cast(schema), staging, split, options.rows_per_shard,
                                     options.row_group_rows)
     manifest = facts | {"shards": shards}
-    write_dataset_card(options.out_dir, manifest, schema)  # README.md, the card datasets.load_dataset reads
-    write_manifest(options.out_dir, manifest)
+    write_dataset_card(staging, manifest, schema)  # README.md, the card datasets.load_dataset reads
+    write_manifest(staging, manifest)
+    publisher.commit()
     return BuildSummary(input=counts["input"], kept=len(kept), quarantined=len(quarantined),
                         without_emotion_tag=len(read.without_emotion), extracted=extracted, from_cache=from_cache,
                         splits={s: t.num_rows for s, t in tables.items()}, out_dir=options.out_dir,

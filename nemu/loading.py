@@ -18,35 +18,63 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nemu.shards import read_manifest, sha256_file
+from nemu.shards import DatasetMismatch, check_shard, published_root, read_manifest, sha256_file
 from nemu.splits import SPLITS, split_key
 
 
-def shard_paths(root: Path, manifest: dict, split: str | None) -> list[Path]:
+def shard_paths(root: Path, manifest: dict, split: str | None, shown_root: Path | None = None) -> list[Path]:
+    """The split's shard paths (all splits when ``split`` is None), each checked cheaply against the manifest:
+    it exists, has the listed size in bytes and the listed row count in its Parquet footer. A folder whose
+    shards do not match its manifest is refused with DatasetMismatch (a ValueError) naming the shard, as
+    ``shown_root/path`` (``root`` by default; nemu.load passes the folder the user named)."""
     splits = SPLITS if split is None else (split_key(split),)  # "validation" and "valid" name one split
     unknown = [s for s in splits if s not in manifest["shards"]]
     if unknown:
-        raise ValueError(f"{root}: no split {unknown[0]!r}; the dataset has {', '.join(manifest['shards'])}")
-    return [Path(root) / entry["path"] for s in splits for entry in manifest["shards"][s]]
+        raise ValueError(f"{shown_root or root}: no split {unknown[0]!r}; the dataset has "
+                         f"{', '.join(manifest['shards'])}")
+    paths = []
+    for s in splits:
+        for entry in manifest["shards"][s]:
+            path = Path(root) / entry["path"]
+            check_shard(path, entry, Path(shown_root or root) / entry["path"])
+            paths.append(path)
+    return paths
 
 
 def verify(root: Path) -> None:
-    """Raise ValueError naming the first shard whose sha256 differs from the manifest's."""
-    manifest = read_manifest(root)
+    """Check every shard against the manifest: the cheap checks of ``shard_paths`` and its sha256.
+    Raises DatasetMismatch (a ValueError) naming the first shard that differs."""
+    generation = published_root(root)
+    manifest = read_manifest(generation)
     for entries in manifest["shards"].values():
         for entry in entries:
-            if sha256_file(Path(root) / entry["path"]) != entry["sha256"]:
-                raise ValueError(f"{Path(root) / entry['path']}: sha256 differs from {root}/manifest.json")
+            path, shown = generation / entry["path"], Path(root) / entry["path"]
+            check_shard(path, entry, shown)
+            if sha256_file(path) != entry["sha256"]:
+                raise DatasetMismatch(f"{shown}: sha256 differs from the one in {root}/manifest.json; "
+                                      f"the shard is damaged or was replaced (rebuild the dataset)")
 
 
 def read_table(root: Path, split: str | None = None, columns: Sequence[str] | None = None,
                folds: Iterable[int] | None = None) -> pa.Table:
-    """One Arrow table of the split's shards (all splits when ``split`` is None), optionally some folds."""
-    manifest = read_manifest(root)
+    """One Arrow table of the split's shards (all splits when ``split`` is None), optionally some folds.
+
+    The folder is resolved once (``published_root``), so the manifest and the shards read are one build's
+    even while a rebuild publishes another; should that rebuild retire the shards mid-read, the read starts
+    again on the new build."""
     filters = [("fold", "in", sorted(set(folds)))] if folds is not None else None
-    tables = [pq.read_table(path, columns=list(columns) if columns else None, filters=filters)
-              for path in shard_paths(root, manifest, split)]
-    return pa.concat_tables(tables)
+    for attempt in range(3):
+        generation = published_root(root)
+        manifest = read_manifest(generation)
+        try:
+            tables = [pq.read_table(path, columns=list(columns) if columns else None, filters=filters)
+                      for path in shard_paths(generation, manifest, split, Path(root))]
+        except (FileNotFoundError, DatasetMismatch):
+            if attempt < 2 and published_root(root) != generation:
+                continue  # a rebuild was published while reading
+            raise
+        return pa.concat_tables(tables)
+    raise AssertionError("unreachable")
 
 
 def load(root: str | Path, split: str | None = "train", columns: Sequence[str] | None = None):

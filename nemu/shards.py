@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,21 +131,58 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+KILL_AT_ENV = "NEMU_TEST_KILL_AT"
+_fault_hits: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Test hook: with NEMU_TEST_KILL_AT=<name> (or <name>:<k>, the k-th time) this process SIGKILLs itself here,
+    as a power cut or the OOM killer would. Inert when the variable is unset (tests/test_build_integrity.py)."""
+    wanted = os.environ.get(KILL_AT_ENV)
+    if not wanted:
+        return
+    _fault_hits[name] = _fault_hits.get(name, 0) + 1
+    if wanted in (name, f"{name}:{_fault_hits[name]}"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _write_all(handle, data: bytes) -> None:
+    handle.write(data)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name beside ``path`` and rename, so readers never see half a file."""
+    """Write to a temporary name beside ``path`` and rename, so readers never see half a file.
+
+    On any failure (disk full, permission denied) the temporary file is removed and the OSError names ``path``."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            _write_all(handle, data)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(exc, OSError) and exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
 
 
 def shard_name(split: str, index: int, count: int) -> str:
     return f"{split}-{index:05d}-of-{count:05d}.parquet"
 
 
+def shard_name_pattern(split: str) -> re.Pattern:
+    return re.compile(rf"{re.escape(split)}-\d{{5}}-of-\d{{5}}\.parquet")
+
+
 def write_split(table: pa.Table, out_dir: Path, split: str, rows_per_shard: int,
                 row_group_rows: int) -> list[dict]:
-    """Write one split's shards atomically; remove shards of an earlier build that are not rewritten."""
+    """Write one split's shards atomically into ``out_dir/split``; their manifest entries (path, rows, bytes,
+    sha256). ``out_dir`` is a build's staging folder (nemu.publish): nothing else in it is touched."""
     split_dir = Path(out_dir) / split
     split_dir.mkdir(parents=True, exist_ok=True)
     count = max(1, -(-table.num_rows // rows_per_shard))
@@ -155,12 +194,11 @@ def write_split(table: pa.Table, out_dir: Path, split: str, rows_per_shard: int,
         # Small row groups so readers can stream a shard without holding all of it in memory.
         pq.write_table(part, sink, row_group_size=row_group_rows, compression="zstd",
                        write_statistics=["id", "fold"])
-        atomic_write_bytes(split_dir / name, sink.getvalue().to_pybytes())
-        written.append({"path": f"{split}/{name}", "rows": part.num_rows, "sha256": sha256_file(split_dir / name)})
-    keep = {Path(entry["path"]).name for entry in written}
-    for stale in split_dir.glob("*.parquet"):
-        if stale.name not in keep:
-            stale.unlink()
+        data = sink.getvalue().to_pybytes()
+        atomic_write_bytes(split_dir / name, data)
+        written.append({"path": f"{split}/{name}", "rows": part.num_rows, "bytes": len(data),
+                        "sha256": hashlib.sha256(data).hexdigest()})
+        fault_point("shard-written")
     return written
 
 
@@ -183,3 +221,38 @@ def read_manifest(root: Path) -> dict:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: format_version {manifest.get('format_version')} is not {FORMAT_VERSION}")
     return manifest
+
+
+class DatasetMismatch(ValueError):
+    """A dataset folder whose shards are not the ones its manifest lists."""
+
+
+def published_root(root: Path) -> Path:
+    """The folder holding the manifest and shards that ``root`` shows now.
+
+    ``root`` itself for a plain folder; for one published by a build (OUT/manifest.json a link into
+    OUT/.builds/, see nemu.publish) the generation folder behind the link, so a reader that resolves once
+    reads one build's manifest and shards even while a rebuild swaps in another."""
+    manifest = Path(root) / MANIFEST_FILE
+    return Path(os.path.realpath(manifest)).parent if manifest.is_symlink() else Path(root)
+
+
+def check_shard(path: Path, entry: dict, shown_as: Path | None = None) -> None:
+    """Cheap check of one shard against its manifest entry: it exists, has the listed size in bytes (when the
+    manifest records it) and the listed row count in its Parquet footer. Raises DatasetMismatch naming it."""
+    shown = shown_as or path
+    try:
+        size = Path(path).stat().st_size
+    except FileNotFoundError:
+        raise DatasetMismatch(f"{shown}: listed in the manifest but missing; the folder is not one whole "
+                              f"dataset (rebuild it)") from None
+    if "bytes" in entry and size != entry["bytes"]:
+        raise DatasetMismatch(f"{shown}: {size} bytes, the manifest lists {entry['bytes']}; the folder is not "
+                              f"the dataset its manifest describes (rebuild it)")
+    try:
+        rows = pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetMismatch(f"{shown}: not a readable Parquet file ({exc}); rebuild the dataset") from None
+    if rows != entry["rows"]:
+        raise DatasetMismatch(f"{shown}: {rows} rows, the manifest lists {entry['rows']}; the folder is not the "
+                              f"dataset its manifest describes (rebuild it)")
