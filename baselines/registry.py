@@ -16,7 +16,9 @@ Two kinds of model share the harness:
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,9 @@ from pathlib import Path
 import numpy as np
 
 GROUPS = ("Classical", "Linguistic", "Non-linguistic", "Multi-modal", "Ours")
+#: Table 2's row order in the paper (Zhang et al., AAAI 2021); models not listed follow in registration order.
+PAPER_ORDER = ("BR", "CC", "LP", "LSAN", "Seq2Set", "KRF", "ML-GCN", "MLEE", "MulT", "CIA", "M3ER", "HHMPN",
+               "HHMPN w/o F2F", "HHMPN w/o F2L", "HHMPN w/o L2L", "HHMPN w/o M2L")
 KINDS = ("estimator", "neural")
 TRAINING_KEYS = ("epochs", "lr", "batch_size", "clip", "threshold")
 
@@ -82,6 +87,9 @@ def register(name: str, *, group: str, citation: str, kind: str, quick: dict, pa
     def decorate(factory: Callable) -> Callable:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
+        clash = next((other for other in _REGISTRY if name_key(other) == name_key(name)), None)
+        if clash is not None:
+            raise ValueError(f"model {name!r} cannot be told apart from {clash!r} (both match {name_key(name)!r})")
         _REGISTRY[name] = ModelSpec(name, group, citation, kind, factory, {"quick": quick, "paper": paper},
                                     applicable or (lambda info: None), figure_source, tuple(extra_columns))
         return factory
@@ -90,17 +98,61 @@ def register(name: str, *, group: str, citation: str, kind: str, quick: dict, pa
 
 
 def models() -> dict[str, ModelSpec]:
-    """Every registered model, in group order then registration order."""
+    """Every registered model, in group order, then the paper's order (``PAPER_ORDER``), then registration order."""
     package = Path(__file__).resolve().parent
     for module in sorted(p.stem for p in package.glob("*.py") if not p.stem.startswith("_")):
         importlib.import_module(f"baselines.{module}")
     for module in MODEL_MODULES:
         importlib.import_module(module)
-    return {spec.name: spec for group in GROUPS for spec in _REGISTRY.values() if spec.group == group}
+    registered = list(_REGISTRY)
+    order = sorted(registered, key=lambda n: (GROUPS.index(_REGISTRY[n].group),
+                                              PAPER_ORDER.index(n) if n in PAPER_ORDER else len(PAPER_ORDER),
+                                              registered.index(n)))
+    return {name: _REGISTRY[name] for name in order}
+
+
+def name_key(name: str) -> str:
+    """What ``--models`` compares: lower case, "w/o" and "without" read as "no", punctuation and spaces dropped
+    (``ML-GCN`` = ``mlgcn``; ``HHMPN w/o F2F`` = ``hhmpn-no-f2f`` = ``HHMPN_no_F2F``)."""
+    text = re.sub(r"w/o|without", " no ", name.lower())
+    return re.sub(r"[^0-9a-z]+", "", text)
+
+
+class UnknownModelError(KeyError, ValueError):
+    """A model name that matches no registered model (a KeyError for lookups, a ValueError for arguments)."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+def resolve(name: str) -> str:
+    """The registered name that ``name`` means (case and punctuation ignored), or UnknownModelError with a
+    "did you mean" suggestion (difflib) and the registered names."""
+    registry = models()
+    if name in registry:
+        return name
+    keys = {name_key(registered): registered for registered in registry}
+    wanted = name_key(name)
+    if wanted in keys:
+        return keys[wanted]
+    close = difflib.get_close_matches(wanted, list(keys), n=3, cutoff=0.6)
+    hint = f" (did you mean {' or '.join(repr(keys[c]) for c in close)}?)" if close else ""
+    raise UnknownModelError(f"unknown model {name!r}{hint}; registered: {', '.join(registry)}")
+
+
+def resolve_names(text: str) -> list[str]:
+    """A comma-separated ``--models`` value as registered names, in the given order, without repeats."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise UnknownModelError(f"no model named in {text!r}; registered: {', '.join(models())}")
+    resolved = []
+    for name in names:
+        registered = resolve(name)
+        if registered not in resolved:
+            resolved.append(registered)
+    return resolved
 
 
 def get(name: str) -> ModelSpec:
-    registry = models()
-    if name not in registry:
-        raise KeyError(f"unknown model {name!r}; registered: {', '.join(registry)}")
-    return registry[name]
+    """The spec of ``name`` (matched as :func:`resolve` does)."""
+    return models()[resolve(name)]

@@ -1,19 +1,40 @@
 """The results store: one JSON line per finished model x dataset x fold x seed (x modality subset) cell.
 
 Each record is appended and flushed to disk the moment its cell finishes, so a killed run loses at
-most the cell in progress; started again, the harness skips every key already stored. A line torn
+most the cell in progress; started again, the harness skips every cell already stored. A line torn
 by a kill (the last one, unparsable) is ignored and that cell is redone.
+
+A cell's identity is its place in the grid (``Cell.key``: model, dataset, fold, seed, modalities) *and*
+what it was computed from: the dataset's fingerprint (``nemu.shards.dataset_fingerprint`` of its
+manifest) and a digest of the model's resolved settings (profile configuration, overrides and the input
+normalisation). A stored record is reused only when all three match, so a rebuilt dataset or a changed
+setting reruns the cell instead of reusing an old number; :func:`stale_reasons` says what changed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 RESULTS_FILE = "results.jsonl"
 FAILURES_FILE = "failures.jsonl"
+#: Per-cell entries of a record's ``settings`` that are part of the grid position, not of the settings.
+POSITION_SETTINGS = ("seed",)
+
+
+def _canonical(obj) -> str:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def settings_digest(settings: Mapping) -> str:
+    """sha256 (first 16 hex digits) of the resolved settings, without the per-cell seed."""
+    relevant = {k: v for k, v in settings.items() if k not in POSITION_SETTINGS}
+    return hashlib.sha256(_canonical(relevant).encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -23,11 +44,57 @@ class Cell:
     fold: int
     seed: int
     modalities: tuple[str, ...] | None = None  # None: all the dataset's modalities
+    fingerprint: str = ""  # the dataset build's fingerprint ("" when not known, e.g. in unit tests)
+    settings: str = ""  # settings_digest of the model's resolved settings
 
     @property
     def key(self) -> str:
+        """The cell's place in the grid (what it is), independent of the data build and settings."""
         subset = "+".join(self.modalities) if self.modalities else "all"
         return f"{self.model}|{self.dataset}|fold={self.fold}|seed={self.seed}|modalities={subset}"
+
+    @property
+    def identity(self) -> str:
+        """The grid place plus what it is computed from: a record is reused only under the same identity."""
+        return f"{self.key}|data={self.fingerprint}|settings={self.settings}"
+
+
+def _short(fingerprint: str | None) -> str:
+    return f"{fingerprint[:8]}.." if fingerprint else "an unrecorded build"
+
+
+def _changed_settings(old: Mapping, new: Mapping) -> list[str]:
+    keys = sorted((set(old) | set(new)) - set(POSITION_SETTINGS))
+    return [f"{k} {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def stale_reasons(records: Iterable[dict], cells: Iterable[Cell], settings: Mapping[str, Mapping],
+                  roots: Mapping[str, Path], store_path: Path) -> list[str]:
+    """Why stored records at the cells' grid places cannot be reused (one message per dataset/model).
+
+    ``settings`` maps model name -> its current resolved settings; ``roots`` dataset name -> its folder.
+    """
+    wanted = {cell.key: cell for cell in cells}
+    current = {r.get("identity") for r in records}
+    by_data: dict[tuple, int] = defaultdict(int)
+    by_settings: dict[str, tuple[int, list[str]]] = {}
+    for record in records:
+        cell = wanted.get(record.get("key"))
+        if cell is None or cell.identity in current:
+            continue
+        if record.get("dataset_fingerprint") != cell.fingerprint:
+            by_data[(cell.dataset, record.get("dataset_fingerprint"), cell.fingerprint)] += 1
+        elif record.get("settings_digest") != cell.settings:
+            count, changes = by_settings.get(cell.model, (0, []))
+            by_settings[cell.model] = (count + 1, changes or _changed_settings(record.get("settings") or {},
+                                                                              settings.get(cell.model, {})))
+    messages = [f"{store_path} has {n} cell(s) for dataset {d} built from fingerprint {_short(old)} but "
+                f"{roots.get(d, d)} is now {_short(new)}: rerunning them"
+                for (d, old, new), n in sorted(by_data.items(), key=lambda item: (item[0][0], -item[1]))]
+    messages += [f"{store_path} has {n} cell(s) of {model} run with other settings "
+                 f"({', '.join(changes) or 'settings digest differs'}): rerunning them"
+                 for model, (n, changes) in sorted(by_settings.items())]
+    return messages
 
 
 class ResultsStore:
@@ -48,12 +115,19 @@ class ResultsStore:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line torn by a kill: its cell is simply redone
-                if record.get("profile") == self.profile:
+                if isinstance(record, dict) and record.get("profile") == self.profile:
                     records.append(record)
         return records
 
     def done(self) -> set[str]:
-        return {record["key"] for record in self.records()}
+        """Identities (``Cell.identity``) of the stored cells; records without one (older stores) match none."""
+        return {record["identity"] for record in self.records() if "identity" in record}
+
+    def current(self, cells: Iterable[Cell]) -> list[dict]:
+        """The stored records of exactly these cells (same grid place, data build and settings); latest wins."""
+        wanted = {cell.identity for cell in cells}
+        latest = {r["identity"]: r for r in self.records() if r.get("identity") in wanted}
+        return list(latest.values())
 
     def _append(self, path: Path, record: dict) -> None:
         line = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
@@ -70,8 +144,13 @@ class ResultsStore:
             handle.seek(-1, os.SEEK_END)
             return handle.read(1) == b"\n"
 
-    def add(self, record: dict) -> None:
+    def add(self, record: dict, cell: Cell | None = None) -> None:
+        """Append ``record``; with ``cell``, stamp it with the cell's identity, fingerprint and settings digest."""
+        if cell is not None:
+            record = record | {"identity": cell.identity, "dataset_fingerprint": cell.fingerprint,
+                               "settings_digest": cell.settings}
         self._append(self.path, record | {"profile": self.profile})
 
     def add_failure(self, cell: Cell, error: str) -> None:
-        self._append(self.out_dir / FAILURES_FILE, {"key": cell.key, "profile": self.profile, "error": error})
+        self._append(self.out_dir / FAILURES_FILE, {"key": cell.key, "identity": cell.identity,
+                                                    "profile": self.profile, "error": error})

@@ -1,11 +1,18 @@
 """Tables 1-4 of the paper from the results store and the dataset manifests (markdown, CSV, LaTeX).
 
-Numbers are mean ± sample standard deviation over folds (seeds are averaged within a fold first).
-Significance: a two-sided paired t-test over folds (scipy.stats.ttest_rel) of HHMPN against MulT (†)
-and against M3ER (‡), per dataset and metric; a marker means p < 0.05 with HHMPN the better of the
-two. With fewer than two common folds no test is possible and no marker is printed.
+Numbers are the mean over CV rotations (folds; seeds are averaged within a fold first), with the sample
+standard deviation ("± std") only where a cell has two or more folds: one fold gives a single number.
+Significance: a two-sided paired t-test over the folds HHMPN shares with MulT (†) and with M3ER (‡), per
+dataset and metric (scipy.stats.ttest_rel); a marker means p < 0.05 with HHMPN the better of the two.
+A test needs at least two common folds: with fewer, no test runs, no marker is printed and the tables carry
+no significance footnote.
 A model with no result is absent; a model that cannot run on a dataset (MLEE without dominant-emotion
-annotations) shows "–".
+annotations) shows "–". Rows follow the paper: Table 2 in its order (``baselines.registry.PAPER_ORDER``),
+Table 3 from three modalities down to one in the order L, A, C, V, Table 4 the paper's two blocks.
+
+Every table is written as markdown (display), CSV (numbers only: mean and std in their own columns, in the
+displayed unit) and LaTeX (a ``table`` with caption and label, booktabs rules). ``write_tables`` tabulates
+only records of the current builds (their ``dataset_fingerprint`` equals the manifest's).
 """
 
 from __future__ import annotations
@@ -14,13 +21,14 @@ import csv
 import io
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import ttest_rel
 
 from baselines.registry import GROUPS, models
+from nemu.shards import dataset_fingerprint
 from nemu.statistics import PAPER_TABLE1
 
 METRICS = ("accuracy", "hamming_loss", "micro_f1", "macro_f1")
@@ -29,6 +37,7 @@ LOWER_IS_BETTER = {"hamming_loss"}
 SIGNIFICANCE = (("MulT", "†"), ("M3ER", "‡"))
 SIGNIFICANCE_TEST = "two-sided paired t-test over folds (scipy.stats.ttest_rel), p < 0.05"
 ALPHA = 0.05
+OURS = "HHMPN"
 
 # Table 2 of Zhang et al. (AAAI 2021): (Acc %, HL, miF1 %, maF1 %); None where the paper has "-".
 PAPER_TABLE2 = {
@@ -54,8 +63,12 @@ PAPER_TABLE2 = {
 @dataclass(frozen=True)
 class Summary:
     mean: float
-    std: float
+    std: float | None  # None with a single fold
     per_fold: dict[int, float]
+
+    @property
+    def folds(self) -> int:
+        return len(self.per_fold)
 
 
 def _fold_means(records: Sequence[dict], metric: str) -> dict[int, float]:
@@ -68,7 +81,7 @@ def _fold_means(records: Sequence[dict], metric: str) -> dict[int, float]:
 def summarise(records: Sequence[dict], metric: str) -> Summary:
     per_fold = _fold_means(records, metric)
     values = np.array(list(per_fold.values()))
-    return Summary(float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0, per_fold)
+    return Summary(float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else None, per_fold)
 
 
 def paired_test(ours: Summary, theirs: Summary, metric: str) -> float | None:
@@ -83,25 +96,38 @@ def paired_test(ours: Summary, theirs: Summary, metric: str) -> float | None:
     return float(ttest_rel(a, b).pvalue)
 
 
+def _better(metric: str, ours: float, theirs: float) -> bool:
+    return ours < theirs if metric in LOWER_IS_BETTER else ours > theirs
+
+
 def significance_markers(ours: Summary, others: dict[str, Summary], metric: str) -> str:
     marks = ""
     for name, mark in SIGNIFICANCE:
         if name not in others:
             continue
         p = paired_test(ours, others[name], metric)
-        better = ours.mean < others[name].mean if metric in LOWER_IS_BETTER else ours.mean > others[name].mean
-        if p is not None and p < ALPHA and better:
+        if p is not None and p < ALPHA and _better(metric, ours.mean, others[name].mean):
             marks += mark
     return marks
 
 
+def _scale(metric: str, scale: bool = True) -> float:
+    return 1.0 if metric in LOWER_IS_BETTER or not scale else 100.0
+
+
+def _number(metric: str, value: float | None, scale: bool = True) -> float | None:
+    """A value in the displayed unit (percent, or HL as is), rounded as displayed plus one digit."""
+    if value is None:
+        return None
+    return round(value * _scale(metric, scale), 4 if metric in LOWER_IS_BETTER else 2)
+
+
 def _format(metric: str, value: float, std: float | None = None, scale: bool = True) -> str:
-    if metric in LOWER_IS_BETTER:
-        text = f"{value:.3f}"
-        return text if std is None else f"{text} ± {std:.3f}"
-    factor = 100 if scale else 1
-    text = f"{value * factor:.1f}"
-    return text if std is None else f"{text} ± {std * factor:.1f}"
+    """``mean`` or ``mean ± std`` (std None: one fold, no spread to show)."""
+    digits = 3 if metric in LOWER_IS_BETTER else 1
+    factor = _scale(metric, scale)
+    text = f"{value * factor:.{digits}f}"
+    return text if std is None else f"{text} ± {std * factor:.{digits}f}"
 
 
 def _index(records: Sequence[dict]):
@@ -117,38 +143,92 @@ def _index(records: Sequence[dict]):
     return ok, not_applicable
 
 
+def _folds_note(counts: dict[str, list[int]]) -> str:
+    """How many folds stand behind the numbers: one sentence, naming the models whose count differs."""
+    if not counts:
+        return "No results."
+    sets = [tuple(v) for v in counts.values()]
+    common = max(set(sets), key=lambda f: (sets.count(f), len(f), f))  # the most usual; ties: the most folds
+    text = (f"Mean ± sample std over {len(common)} CV rotations (folds {', '.join(map(str, common))})"
+            if len(common) > 1 else f"One CV rotation (fold {common[0]}): a single number per cell, no spread "
+                                    f"and no significance test")
+    others = {name: folds for name, folds in counts.items() if tuple(folds) != common}
+    if others:
+        text += "; " + "; ".join(f"{name}: {len(f)} fold(s) ({', '.join(map(str, f))})"
+                                 for name, f in others.items())
+    return text + "."
+
+
 @dataclass
 class RenderedTable:
+    """A table in three forms: ``rows`` for display (markdown/LaTeX), ``csv_rows`` numbers for analysis."""
+
     name: str
     header: list[str]
     rows: list[list[str]]
     notes: list[str]
+    caption: str = ""
+    csv_header: list[str] = field(default_factory=list)
+    csv_rows: list[list] = field(default_factory=list)
+    column_groups: list[tuple[str, int]] = field(default_factory=list)  # LaTeX top header: (title, span)
+    latex_header: list[str] | None = None  # second-level LaTeX header (defaults to ``header``)
+    rules_before: set[int] = field(default_factory=set)  # row indices preceded by \midrule in LaTeX
+    label: str = ""
+    extra_csv: dict[str, tuple[list[str], list[list]]] = field(default_factory=dict)  # name -> (header, rows)
 
     def markdown(self) -> str:
         lines = ["| " + " | ".join(self.header) + " |", "|" + "---|" * len(self.header)]
         lines += ["| " + " | ".join(row) + " |" for row in self.rows]
-        return "\n".join(lines) + ("\n\n" + "\n".join(self.notes) if self.notes else "") + "\n"
+        text = "\n".join(lines) + "\n"
+        if self.caption:
+            text = f"**{self.caption}**\n\n" + text
+        return text + ("\n" + "\n".join(self.notes) + "\n" if self.notes else "")
 
-    def csv(self) -> str:
+    @staticmethod
+    def _csv_text(header: list[str], rows: list[list]) -> str:
         buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(self.header)
-        writer.writerows([[cell.replace("**", "") for cell in row] for row in self.rows])
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows([["" if value is None else value for value in row] for row in rows])
         return buffer.getvalue()
 
-    def latex(self) -> str:
-        def tex(cell: str) -> str:
-            cell = cell.replace("±", r"$\pm$").replace("%", r"\%").replace("†", r"$^\dagger$")
-            cell = cell.replace("‡", r"$^\ddagger$").replace("–", "--").replace("_", r"\_")
-            if cell.startswith("**") and "**" in cell[2:]:
-                end = cell.index("**", 2)
-                cell = r"\textbf{" + cell[2:end] + "}" + cell[end + 2:]
-            return cell
+    def csv(self) -> str:
+        if self.csv_header:
+            return self._csv_text(self.csv_header, self.csv_rows)
+        return self._csv_text(self.header, [[cell.replace("**", "") for cell in row] for row in self.rows])
 
-        lines = [r"\begin{tabular}{" + "l" * 2 + "r" * (len(self.header) - 2) + "}", r"\toprule",
-                 " & ".join(tex(h) for h in self.header) + r" \\", r"\midrule"]
-        lines += [" & ".join(tex(c) for c in row) + r" \\" for row in self.rows]
+    @staticmethod
+    def tex(cell: str) -> str:
+        cell = cell.replace("\\", r"\textbackslash{}").replace("&", r"\&").replace("#", r"\#")
+        cell = cell.replace("±", r"$\pm$").replace("%", r"\%").replace("†", r"$^\dagger$")
+        cell = cell.replace("‡", r"$^\ddagger$").replace("–", "--").replace("_", r"\_").replace("→", r"$\to$")
+        while cell.count("**") >= 2:
+            start = cell.index("**")
+            end = cell.index("**", start + 2)
+            cell = cell[:start] + r"\textbf{" + cell[start + 2:end] + "}" + cell[end + 2:]
+        return cell
+
+    def latex(self) -> str:
+        columns = len(self.header)
+        lead = columns - sum(span for _, span in self.column_groups)
+        lines = ["% needs \\usepackage{booktabs}", r"\begin{table}[t]", r"\centering", r"\small",
+                 r"\begin{tabular}{" + "l" * min(2, columns) + "r" * max(columns - 2, 0) + "}", r"\toprule"]
+        if self.column_groups:
+            cells, rules, position = [""] * lead, [], lead + 1
+            for title, span in self.column_groups:
+                cells.append(rf"\multicolumn{{{span}}}{{c}}{{{self.tex(title)}}}")
+                rules.append(rf"\cmidrule(lr){{{position}-{position + span - 1}}}")
+                position += span
+            lines += [" & ".join(cells) + r" \\", " ".join(rules)]
+        lines += [" & ".join(self.tex(h) for h in (self.latex_header or self.header)) + r" \\", r"\midrule"]
+        for index, row in enumerate(self.rows):
+            if index in self.rules_before:
+                lines.append(r"\midrule")
+            lines.append(" & ".join(self.tex(c) for c in row) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}"]
+        caption = " ".join([self.caption] + self.notes).strip()
+        lines += [rf"\caption{{{self.tex(caption)}}}", rf"\label{{{self.label or 'tab:' + self.name}}}",
+                  r"\end{table}"]
         return "\n".join(lines) + "\n"
 
     def write(self, out_dir: Path) -> None:
@@ -156,12 +236,26 @@ class RenderedTable:
         (out_dir / f"{self.name}.md").write_text(self.markdown(), encoding="utf-8")
         (out_dir / f"{self.name}.csv").write_text(self.csv(), encoding="utf-8")
         (out_dir / f"{self.name}.tex").write_text(self.latex(), encoding="utf-8")
+        for name, (header, rows) in self.extra_csv.items():
+            (out_dir / f"{name}.csv").write_text(self._csv_text(header, rows), encoding="utf-8")
+
+
+def _ordered(names: list[str], groups: dict[str, str]) -> list[str]:
+    """The paper's order: the registry's order (group, then PAPER_ORDER); unregistered models last in their group."""
+    position = {name: i for i, name in enumerate(models())}
+    return sorted(names, key=lambda n: (GROUPS.index(groups[n]) if groups[n] in GROUPS else len(GROUPS),
+                                        position.get(n, len(position)), n))
+
+
+def full_modalities(records: Sequence[dict], dataset: str) -> list[str]:
+    subsets = [r["modalities"] for r in records if r["dataset"] == dataset and r.get("status") == "ok"]
+    return max(subsets, key=len) if subsets else []
 
 
 def table2(records: Sequence[dict], datasets: dict[str, str], with_paper: bool = False) -> RenderedTable:
-    """Table 2: every model with a result, grouped as in the paper; ``datasets`` maps key -> paper name."""
+    """Table 2: every model with a result, in the paper's order; ``datasets`` maps key -> paper name."""
     ok, not_applicable = _index(records)
-    full = {key: "+".join(_all_modalities(records, key)) for key in datasets}
+    full = {key: "+".join(full_modalities(records, key)) for key in datasets}
     groups = {r["model"]: r.get("group", "Ours") for r in records}
     present = _ordered([name for name in groups if any((name, d, full[d]) in ok or (name, d) in not_applicable
                                                        for d in datasets)], groups)
@@ -175,85 +269,148 @@ def table2(records: Sequence[dict], datasets: dict[str, str], with_paper: bool =
                 best[(d, m)] = min(values) if m in LOWER_IS_BETTER else max(values)
     header = ["Group", "Approach"] + [f"{paper_name} {HEADERS[m]}" for d, paper_name in datasets.items()
                                       for m in METRICS]
-    rows = []
+    csv_header = ["group", "approach"]
+    for paper_name in datasets.values():
+        csv_header.append(f"{paper_name} folds")
+        csv_header += [f"{paper_name} {HEADERS[m]} {part}" for m in METRICS for part in ("mean", "std")]
+        if with_paper:
+            csv_header += [f"{paper_name} {HEADERS[m]} paper" for m in METRICS]
+    rows, csv_rows, rules, tests = [], [], set(), []
     for name in present:
-        row = [groups[name], name]
+        if rows and groups[name] != groups[present[len(rows) - 1]]:
+            rules.add(len(rows))
+        row, csv_row = [groups[name], name], [groups[name], name]
         for d, paper_name in datasets.items():
+            csv_row.append(summaries[(name, d, METRICS[0])].folds if (name, d, METRICS[0]) in summaries else None)
+            paper = (PAPER_TABLE2.get(name) or {}).get(paper_name)
             for m in METRICS:
                 if (name, d, m) not in summaries:
                     row.append("–")
+                    csv_row += [None, None]
                     continue
                 s = summaries[(name, d, m)]
                 cell = _format(m, s.mean, s.std)
                 if np.isclose(s.mean, best[(d, m)]):
                     cell = f"**{cell}**"
-                if name == "HHMPN":
+                if name == OURS:
                     others = {o: summaries[(o, d, m)] for o, _ in SIGNIFICANCE if (o, d, m) in summaries}
+                    for other, mark in SIGNIFICANCE:
+                        if other in others:
+                            p = paired_test(s, others[other], m)
+                            if p is not None:
+                                tests.append([paper_name, HEADERS[m], other,
+                                              len(set(s.per_fold) & set(others[other].per_fold)),
+                                              _number(m, s.mean), _number(m, others[other].mean),
+                                              round(p, 6), _better(m, s.mean, others[other].mean),
+                                              mark if p < ALPHA and _better(m, s.mean, others[other].mean) else ""])
                     cell += significance_markers(s, others, m)
                 if with_paper:
-                    paper = (PAPER_TABLE2.get(name) or {}).get(paper_name)
                     cell += f" ({_format(m, paper[METRICS.index(m)], scale=False)})" if paper else " (–)"
                 row.append(cell)
+                csv_row += [_number(m, s.mean), _number(m, s.std)]
+            if with_paper:
+                csv_row += [paper[METRICS.index(m)] if paper else None for m in METRICS]
         rows.append(row)
-    folds = sorted({r["fold"] for r in records if r.get("status") == "ok"})
-    notes = [f"Mean ± std over {len(folds)} fold(s) ({', '.join(map(str, folds))}); best per column in bold.",
-             f"† / ‡: HHMPN significantly better than MulT / M3ER ({SIGNIFICANCE_TEST}).",
-             "HL: lower is better. Acc is the per-sample Jaccard index (multi-label accuracy), not subset accuracy."]
+        csv_rows.append(csv_row)
+    counts = {name: sorted({fold for (n, d, m), s in summaries.items() if n == name for fold in s.per_fold})
+              for name in present if any(n == name for n, _, _ in summaries)}
+    notes = [_folds_note(counts) + " Best per column in bold."]
+    if tests:
+        notes.append(f"† / ‡: HHMPN significantly better than MulT / M3ER ({SIGNIFICANCE_TEST}; p-values in "
+                     f"table2_significance.csv).")
+    notes.append("HL: lower is better. Acc is the per-sample Jaccard index (multi-label accuracy), not subset "
+                 "accuracy.")
     notes += [f"– {name} on {datasets[d]}: {reason}" for (name, d), reason in sorted(not_applicable.items())
               if d in datasets]
     if with_paper:
         notes.append("In parentheses: the paper's published number (Zhang et al., AAAI 2021, Table 2).")
-    return RenderedTable("table2_with_paper" if with_paper else "table2", header, rows, notes)
+    names = " and ".join(datasets.values())
+    caption = (f"Performance of different approaches to MMER on {names}" +
+               (", beside the paper's numbers" if with_paper else "") + ".")
+    extra = {}
+    if tests and not with_paper:
+        extra["table2_significance"] = (["dataset", "metric", "versus", "common folds", "HHMPN mean",
+                                         "other mean", "p value", "HHMPN better", "marker"], tests)
+    name = "table2_with_paper" if with_paper else "table2"
+    return RenderedTable(name, header, rows, notes, caption=caption, csv_header=csv_header, csv_rows=csv_rows,
+                         column_groups=[(paper_name, len(METRICS)) for paper_name in datasets.values()],
+                         latex_header=["Group", "Approach"] + [HEADERS[m] for _ in datasets for m in METRICS],
+                         rules_before=rules, label=f"tab:{name.replace('_', '-')}", extra_csv=extra)
 
 
-def _ordered(names: list[str], groups: dict[str, str]) -> list[str]:
-    """Paper order: by group, then registration order (models only in old results come last in their group)."""
-    position = {name: i for i, name in enumerate(models())}
-    return sorted(names, key=lambda n: (GROUPS.index(groups[n]) if groups[n] in GROUPS else len(GROUPS),
-                                        position.get(n, len(position)), n))
-
-
-def _all_modalities(records: Sequence[dict], dataset: str) -> list[str]:
-    subsets = [r["modalities"] for r in records if r["dataset"] == dataset and r.get("status") == "ok"]
-    return max(subsets, key=len) if subsets else []
-
-
+#: The paper's modality letters and Table 3's order of them (L, A, C, V); other modalities follow by name.
 ABBREVIATIONS = {"lyrics": "L", "audio": "A", "comments": "C", "images": "V"}
 
 
-def table3(records: Sequence[dict], dataset: str, model: str = "HHMPN") -> RenderedTable:
+def _modality_rank(name: str) -> tuple[int, str]:
+    order = list(ABBREVIATIONS)
+    return (order.index(name), "") if name in order else (len(order), name)
+
+
+def _subset_order(subset: str) -> tuple:
+    """Three modalities down to one; within a size, lexicographic over L, A, C, V (the paper's Table 3)."""
+    parts = sorted(subset.split("+"), key=_modality_rank)
+    return (-len(parts), [_modality_rank(p) for p in parts])
+
+
+def table3(records: Sequence[dict], dataset: str, model: str = OURS, title: str | None = None) -> RenderedTable:
     """Table 3: ``model`` on every proper non-empty subset of the modalities (all of them: Table 2)."""
     ok, _ = _index(records)
-    full = "+".join(_all_modalities(records, dataset))
+    full = "+".join(full_modalities(records, dataset))
     subsets = sorted({key[2] for key in ok if key[0] == model and key[1] == dataset and key[2] != full},
-                     key=lambda s: (-len(s.split("+")), s))
-    header = ["Modalities", "Subset"] + [HEADERS[m] for m in METRICS]
-    rows = []
+                     key=_subset_order)
+    header = ["Modalities"] + [HEADERS[m] for m in METRICS]
+    csv_header = ["modalities", "subset", "folds"] + [f"{HEADERS[m]} {part}" for m in METRICS
+                                                      for part in ("mean", "std")]
+    rows, csv_rows, counts = [], [], {}
     for subset in subsets:
-        parts = subset.split("+")
+        parts = sorted(subset.split("+"), key=_modality_rank)
         label = "-".join(ABBREVIATIONS.get(p, p) for p in parts)
-        rows.append([label, subset] + [_format(m, summarise(ok[(model, dataset, subset)], m).mean,
-                                               summarise(ok[(model, dataset, subset)], m).std) for m in METRICS])
-    notes = [f"{model} on {dataset}; L: lyrics, A: audio, C: comments, V: vision (images)."]
-    return RenderedTable("table3", header, rows, notes)
+        summaries = [summarise(ok[(model, dataset, subset)], m) for m in METRICS]
+        counts[label] = sorted(summaries[0].per_fold)
+        rows.append([label] + [_format(m, s.mean, s.std) for m, s in zip(METRICS, summaries)])
+        csv_rows.append([label, "+".join(parts), summaries[0].folds] +
+                        [value for m, s in zip(METRICS, summaries) for value in (_number(m, s.mean),
+                                                                                  _number(m, s.std))])
+    notes = [_folds_note(counts), "L: lyrics, A: audio, C: comments, V: vision (images); all four modalities: "
+                                  "Table 2. HL: lower is better."]
+    caption = f"Performance of {model} with one, two or three modalities as input on {title or dataset}."
+    return RenderedTable("table3", header, rows, notes, caption=caption, csv_header=csv_header, csv_rows=csv_rows,
+                         rules_before={i for i in range(1, len(rows))
+                                       if len(rows[i][0].split("-")) != len(rows[i - 1][0].split("-"))})
 
 
-def table4(records: Sequence[dict], dataset: str, label_shares: dict[str, float], model: str = "HHMPN",
-           k: int = 3) -> RenderedTable:
-    """Table 4: per-label F1 of ``model`` for the k most and k least frequent labels, with their share."""
+def table4(records: Sequence[dict], dataset: str, label_shares: dict[str, float], model: str = OURS,
+           k: int = 3, title: str | None = None) -> RenderedTable:
+    """Table 4 as the paper: F1 of ``model`` on the k most and the k least frequent labels, with their share.
+
+    Both blocks list labels from the most to the least frequent, as the paper does."""
     ok, _ = _index(records)
-    full = "+".join(_all_modalities(records, dataset))
+    full = "+".join(full_modalities(records, dataset))
     runs = ok.get((model, dataset, full), [])
-    order = sorted(label_shares, key=lambda name: -label_shares[name])
-    header = ["", "Emotion", "% of samples", "F1(%)"]
-    rows = []
-    for title, names in (("Most", order[:k]), ("Fewest", order[-k:][::-1])):
+    order = sorted(label_shares, key=lambda name: (-label_shares[name], name))
+    header = ["Most Emotions", "% of Samples", "Micro F1(%)"]
+    rows, csv_rows, folds = [], [], sorted({r["fold"] for r in runs})
+    for block, names in (("Most", order[:k]), ("Fewest", order[-k:])):
+        if block == "Fewest":
+            rows.append(["**Fewest Emotions**", "**% of Samples**", "**Micro F1(%)**"])
         for name in names:
-            values = [r["per_label_f1"][name] for r in runs]
-            f1 = f"{100 * np.mean(values):.1f}" if values else "–"
-            rows.append([title, name, f"{100 * label_shares[name]:.1f}", f1])
-    notes = [f"{model} on {dataset}: F1 of each label (its 'micro-F1' in the paper), mean over folds."]
-    return RenderedTable("table4", header, rows, notes)
+            per_fold = defaultdict(list)
+            for r in runs:
+                per_fold[r["fold"]].append(r["per_label_f1"][name])
+            values = [float(np.mean(v)) for _, v in sorted(per_fold.items())]
+            mean = float(np.mean(values)) if values else None
+            std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+            f1 = "–" if mean is None else _format("micro_f1", mean, std)
+            rows.append([name, f"{100 * label_shares[name]:.1f}", f1])
+            csv_rows.append([block, name, round(100 * label_shares[name], 2), _number("micro_f1", mean),
+                             _number("micro_f1", std), len(values)])
+    notes = [f"{model} on {title or dataset}: F1 of each label (the paper's 'Micro F1' of a label). "
+             + _folds_note({model: folds} if folds else {})]
+    caption = f"The performance of {model} on the most and fewest emotion labels of {title or dataset}."
+    return RenderedTable("table4", header, rows, notes, caption=caption,
+                         csv_header=["block", "emotion", "% of samples", "F1(%) mean", "F1(%) std", "folds"],
+                         csv_rows=csv_rows, rules_before={k})
 
 
 def table1(manifests: dict[str, dict]) -> RenderedTable:
@@ -272,19 +429,37 @@ def table1(manifests: dict[str, dict]) -> RenderedTable:
                          str(paper["one_label"]), str(paper["two_or_more_labels"]),
                          f"{paper['mean_duration_seconds']}/{paper['duration_unit']}", str(paper["labels"]),
                          str(paper["mean_words_per_sentence"])])
-    return RenderedTable("table1", header, rows, ["Statistics computed from each build's shards (manifest.json)."])
+    return RenderedTable("table1", header, rows, ["Statistics computed from each build's shards (manifest.json)."],
+                         caption="Statistics of the datasets.")
+
+
+def current_build(records: Sequence[dict], manifests: dict[str, dict]) -> list[dict]:
+    """The records computed from the builds described by ``manifests`` (same dataset fingerprint) only."""
+    fingerprints = {key: dataset_fingerprint(manifest) for key, manifest in manifests.items()}
+    return [r for r in records if r.get("dataset") in fingerprints
+            and r.get("dataset_fingerprint") == fingerprints[r["dataset"]]]
 
 
 def write_tables(records: Sequence[dict], manifests: dict[str, dict], out_dir: Path) -> list[Path]:
-    """Write every table the results support; returns the markdown files written."""
+    """Write every table the results of the current builds support; returns the markdown files written."""
+    records = current_build(records, manifests)
     datasets = {key: manifest["dataset"] for key, manifest in manifests.items()}
     tables = [table1(manifests), table2(records, datasets), table2(records, datasets, with_paper=True)]
+    stale = Path(out_dir) / "table2_significance.csv"
+    if stale.exists() and "table2_significance" not in tables[1].extra_csv:
+        stale.unlink()  # an earlier run's p-values must not sit beside a table without tests
     for key, manifest in manifests.items():
         if manifest["dataset"] != "NEMu":
             continue
         shares = {name: v["share"] for name, v in manifest["statistics"]["label_frequencies"].items()}
-        if any(r["model"] == "HHMPN" and r["dataset"] == key and r.get("status") == "ok" for r in records):
-            tables += [table3(records, key), table4(records, key, shares)]
+        if any(r["model"] == OURS and r["dataset"] == key and r.get("status") == "ok" for r in records):
+            subsets = table3(records, key, title=manifest["dataset"])
+            tables += ([subsets] if subsets.rows else []) + [table4(records, key, shares, title=manifest["dataset"])]
     for table in tables:
         table.write(out_dir)
+    written = {t.name for t in tables}
+    for name in ("table3", "table4"):  # an earlier run's table must not sit beside this run's others
+        if name not in written:
+            for suffix in ("md", "csv", "tex"):
+                (Path(out_dir) / f"{name}.{suffix}").unlink(missing_ok=True)
     return [out_dir / f"{t.name}.md" for t in tables]

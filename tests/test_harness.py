@@ -64,18 +64,21 @@ def test_killed_run_resumes_without_redoing_finished_cells(built, tmp_path):
     record = records[0]
     assert {"metrics", "per_label_f1", "run_seconds", "parameters", "peak_memory_mb", "settings"} <= set(record)
     assert set(record["metrics"]) >= {"accuracy", "hamming_loss", "micro_f1", "macro_f1"}
-    for name in ("table1", "table2", "table2_with_paper", "table3", "table4"):
+    for name in ("table1", "table2", "table2_with_paper", "table4"):
         for suffix in ("md", "csv", "tex"):
             assert (out / f"{name}.{suffix}").is_file()
+    assert not (out / "table3.md").exists()  # --no-table3: no subset runs, no empty Table 3
     table = (out / "table2.md").read_text()
     assert "| Classical | BR |" in table and "| Ours | HHMPN w/o L2L |" in table and "LP" not in table
-    assert (out / "figure3_f2l.png").is_file() and (out / "figure4_l2l.png").is_file()
+    assert " ± " in table and "(folds 0, 1)" in table
+    for stem in ("figure3_f2l", "figure4_l2l"):
+        assert (out / f"{stem}.png").is_file() and (out / f"{stem}.pdf").is_file()
 
 
 def _record(model: str, fold: int, micro_f1: float, dataset: str = "nemu", status: str = "ok") -> dict:
     group = {"BR": "Classical", "MulT": "Multi-modal", "M3ER": "Multi-modal"}.get(model, "Ours")
-    record = {"key": Cell(model, dataset, fold, 0).key, "model": model, "group": group, "dataset": dataset, "fold": fold, "seed": 0,
-              "modalities": ["a", "b"], "status": status}
+    record = {"key": Cell(model, dataset, fold, 0).key, "model": model, "group": group, "dataset": dataset,
+              "fold": fold, "seed": 0, "modalities": ["a", "b"], "status": status}
     if status == "ok":
         record |= {"metrics": {"accuracy": micro_f1 - 0.2, "hamming_loss": 1 - micro_f1, "micro_f1": micro_f1,
                                "macro_f1": micro_f1 - 0.1, "subset_accuracy": 0.0},
@@ -120,9 +123,10 @@ def test_table3_and_table4_shapes():
         rec["modalities"] = subset
         records.append(rec)
     rendered = table3(records, "nemu")
-    assert [row[1] for row in rendered.rows] == ["a", "b"]  # the full set belongs to Table 2
+    assert [row[0] for row in rendered.rows] == ["a", "b"]  # the full set belongs to Table 2
     rendered = table4(records, "nemu", {"x": 0.7, "y": 0.2}, k=1)
-    assert rendered.rows == [["Most", "x", "70.0", "50.0"], ["Fewest", "y", "20.0", "25.0"]]
+    assert rendered.rows == [["x", "70.0", "50.0"], ["**Fewest Emotions**", "**% of Samples**", "**Micro F1(%)**"],
+                             ["y", "20.0", "25.0"]]
 
 
 def test_results_store_ignores_a_torn_line(tmp_path):
