@@ -178,10 +178,15 @@ def _resolve_media(record: RawRecord, raw_dir: Path, max_images: int) -> _Media:
         media.audio = resolve_media_path(raw_dir, record.audio, "audio", AUDIO_SUFFIXES)
         media.audio_digest = read_media_bytes_digest(media.audio, "audio", record.audio)
     seen_paths: dict[Path, str] = {}
+    seen_relative: set[str] = set()
     for index, relative in enumerate(record.images):
         if len(media.images) == max_images:
             media.images_over_limit = len(record.images) - index
             break
+        if relative in seen_relative:  # the same path listed again: not even resolved again
+            media.duplicate_images += 1
+            continue
+        seen_relative.add(relative)
         field_name = f"images[{index}]"
         path = resolve_media_path(raw_dir, relative, field_name, IMAGE_SUFFIXES)
         if path in seen_paths:
@@ -323,7 +328,8 @@ def extract_record(record: RawRecord) -> tuple[str, RawRecord, dict | Quarantine
         return _quarantine(record, exc.field, exc.reason)
     except Exception as exc:  # a library failing on this record's data (MemoryError included) is the record's
         return _quarantine(record, "record", f"feature extraction failed: {type(exc).__name__}: {str(exc)[:300]}")
-    _save_features(path, features)
+    if not (path.exists() or path.is_symlink()) or path.is_file():  # something else in its place is left alone
+        _save_features(path, features)
     return "ok", record, features, False
 
 

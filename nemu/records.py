@@ -200,12 +200,14 @@ def _shown(record_id: str) -> str:
 
 
 def id_key(record_id: str) -> str:
-    """The form ids are compared in: NFKC-normalised (which includes NFC), case-folded, outer whitespace dropped.
+    """The form ids are compared in: NFKC-normalised (which includes NFC), case-folded, without invisible
+    format characters (zero-width spaces and joiners, byte-order marks: Unicode category Cf) and outer whitespace.
 
     Two ids with the same key name the same song ("Ａ1", "a1", "A\u030a" and "\u00c5" style variants), so the
     second is a duplicate: kept apart they would put one song's content in two splits.
     """
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", record_id).casefold()).strip()
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", record_id).casefold())
+    return "".join(ch for ch in folded if unicodedata.category(ch) != "Cf").strip()
 
 
 def _parse_record(obj: object, line: int, raw_dir: Path) -> RawRecord:
@@ -238,8 +240,8 @@ def check_media(record: RawRecord, raw_dir: Path) -> None:
     """Raise RecordError when a media path leaves RAW, has an unknown type or does not exist."""
     if record.audio is not None:
         resolve_media_path(raw_dir, record.audio, "audio", AUDIO_SUFFIXES)
-    for i, image in enumerate(record.images):
-        resolve_media_path(raw_dir, image, f"images[{i}]", IMAGE_SUFFIXES)
+    for i, image in enumerate(dict.fromkeys(record.images)):  # a path listed many times is checked once
+        resolve_media_path(raw_dir, image, f"images[{record.images.index(image)}]", IMAGE_SUFFIXES)
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:

@@ -87,6 +87,7 @@ def hostile(tmp_path_factory):
     add("decomposed", song(32, raw) | {"id": "A\u030a-song"})
     add("upper", song(33, raw) | {"id": "CaseSong"})
     add("lower", song(34, raw) | {"id": "casesong"})
+    add("zero_width", song(47, raw) | {"id": "S\u200b001 "})  # s001 with a zero-width space, upper case, a blank
     # --- limits: duplicates of one image, too many images, a strip, a 1 Hz WAV, long texts
     record = add("duplicates", song(35, raw))
     copy = shutil.copy(raw / "images" / "s035-0.png", raw / "images" / "s035-copy.png")
@@ -294,6 +295,8 @@ def test_ids_equal_after_unicode_normalisation_and_case_folding_are_duplicates(h
               f"'{composed}' ('\\xc5-song'): the same after Unicode normalisation and case folding)")
     field, why = reason(hostile, "lower")
     assert field == "id" and f"line {line_of['upper']}, id 'CaseSong'" in why
+    field, why = reason(hostile, "zero_width")
+    assert field == "id" and "(first seen on line 2, id 's001': the same after" in why
     assert composed in hostile["frame"].index and "CaseSong" in hostile["frame"].index
 
 
@@ -324,10 +327,13 @@ def test_cache_entries_of_the_wrong_shape_are_recomputed(tmp_path, hostile):
     for entry in entries[:4]:
         assert _load_features(entry, 74, 1280) is None
     assert _load_features(entries[4], 74, 1280) is not None
+    entries[5].unlink()
+    entries[5].mkdir()  # not a file at all: recomputed, and the directory is left alone
     with pytest.MonkeyPatch.context() as patch:
         real_access = os.access
         patch.setattr(os, "access", lambda p, mode, **kw: not str(p).endswith("secret.png") and real_access(p, mode, **kw))
         summary = build(options(base / "raw", out, audio=AUDIO, limits=LIMITS))
-    # the 4 entries are recomputed, and the record whose decoder was made to fail above now decodes
-    assert (summary.extracted, summary.from_cache) == (5, kept - 4)
+    # the 5 entries are recomputed, and the record whose decoder was made to fail above now decodes
+    assert (summary.extracted, summary.from_cache) == (6, kept - 5)
+    assert entries[5].is_dir()
     assert set(nemu.load(out, None)["id"]) == set(hostile["frame"].index) | {"s026"}
