@@ -29,10 +29,12 @@ Deviations from the paper, and why:
 * **Input tokens** are early-fused modality nodes (sentence vectors, comment vectors, audio frames,
   image features) instead of word embeddings: that is the seed paper's protocol. Embedding dropout
   (0.3 in the authors' code) is applied to the fused nodes.
-* **Node normalisation.** The fused nodes are layer-normalised (``nn.LayerNorm(d)``) before the BiLSTM.
-  The raw modality features differ in scale by three orders of magnitude (sentence means of word vectors
-  ~0.1, MFCC statistics up to a few hundred), which saturates the LSTM gates; word embeddings, LSAN's
-  input, are all of one modest scale. Shared by the three linguistic baselines.
+* **No input normaliser of its own.** The raw modality features differ in scale by three orders of
+  magnitude (sentence means of word vectors ~0.1, MFCC statistics up to a few hundred), which would
+  saturate the LSTM gates; the model gets the benchmark protocol's inputs instead (``split_datasets``:
+  every modality standardised per dimension on the training split, README "The benchmark protocol"),
+  the same as every other model. An earlier version layer-normalised the fused nodes itself; that
+  duplicate normaliser is gone. Shared by the three linguistic baselines.
 * **Label embeddings ``C``** are learned from a random initialisation. The authors load pre-computed
   label embeddings (``data/label_embed.npy``) and keep them fixed (``label_embed.weight.data``); NEMu and
   MOSEI ship no label texts or label-embedding files, and the model only sees node features, not the word
@@ -128,7 +130,6 @@ class LSAN(nn.Module):
         super().__init__()
         self.num_labels, self.hidden = num_labels, hidden
         self.fusion = EarlyFusionSequence(modality_dims, d)
-        self.norm = nn.LayerNorm(d)
         self.dropout = nn.Dropout(dropout)
         self.lstm = nn.LSTM(d, hidden, batch_first=True, bidirectional=True)
         # self-attention: A_s = softmax(W2 tanh(W1 H^T))
@@ -145,7 +146,7 @@ class LSAN(nn.Module):
 
     def forward(self, batch) -> dict:
         nodes, mask = self.fusion(batch)
-        H, mask, _ = run_packed(self.lstm, self.dropout(self.norm(nodes)), mask)  # (B, n, 2k)
+        H, mask, _ = run_packed(self.lstm, self.dropout(nodes), mask)  # (B, n, 2k)
         # self-attention: one distribution over the nodes per label
         scores = self.w2(torch.tanh(self.w1(H))).transpose(1, 2)  # (B, L, n)
         self_attention = masked_softmax(scores, mask[:, None, :], dim=-1)

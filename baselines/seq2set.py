@@ -38,8 +38,9 @@ Deviations from the paper, and why:
 
 * **Input tokens** are early-fused modality nodes instead of word embeddings (seed paper's protocol);
   the fusion width ``d`` plays the word-embedding size.
-* **Node normalisation.** The fused nodes are layer-normalised before the encoder (raw modality
-  features differ in scale by three orders of magnitude and saturate the LSTM gates; see ``baselines.lsan``).
+* **No input normaliser of its own.** The fused nodes are the benchmark protocol's standardised inputs
+  (raw modality features differ in scale by three orders of magnitude and would saturate the LSTM gates;
+  see ``baselines.lsan``); the LayerNorm an earlier version put on the fused nodes duplicated it and is gone.
 * **One learning rate for both phases.** The authors fine-tune with lr 1e-5 after pre-training (their
   ``config.yaml``); the shared engine owns one Adam optimiser with one ``lr`` for all epochs and the
   phase switch happens inside the model, so both phases use ``lr`` (and Adam's moments carry over).
@@ -116,7 +117,6 @@ class Seq2Set(PhasedModule):
 
         hidden = 2 * encoder_hidden  # decoder width = both encoder directions (authors: 256 -> 512)
         self.fusion = EarlyFusionSequence(modality_dims, d)
-        self.norm = nn.LayerNorm(d)
         self.encoder = nn.LSTM(d, encoder_hidden, num_layers=num_layers, batch_first=True, bidirectional=True,
                                dropout=dropout if num_layers > 1 else 0.0)
         self.embedding = nn.Embedding(L + 1, emb_size)
@@ -130,7 +130,7 @@ class Seq2Set(PhasedModule):
 
     def encode(self, batch):
         nodes, mask = self.fusion(batch)
-        context, mask, (h, c) = run_packed(self.encoder, self.dropout(self.norm(nodes)), mask)
+        context, mask, (h, c) = run_packed(self.encoder, self.dropout(nodes), mask)
         B = context.shape[0]
 
         def merge(x):  # (layers*2, B, H) -> (layers, B, 2H): both directions of each layer side by side

@@ -115,7 +115,7 @@ def test_label_attention_uses_each_direction_with_its_own_half_of_the_states():
     with torch.no_grad():
         out = model(batch)
         nodes, mask = model.fusion(batch)
-        H, mask, _ = run_packed(model.lstm, model.norm(nodes), mask)
+        H, mask, _ = run_packed(model.lstm, nodes, mask)
         a_fwd = model.label_embedding @ H[..., :6].transpose(1, 2)
         a_bwd = model.label_embedding @ H[..., 6:].transpose(1, 2)
     assert torch.allclose(out["label_attention"][:, 0], a_fwd * mask[:, None, :], atol=1e-5)
