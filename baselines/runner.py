@@ -214,7 +214,7 @@ def run_cell(cell: Cell, spec: ModelSpec, root: Path, profile: str, *, device: s
         "parameters": int(outcome["parameters"]),
         "peak_memory_mb": _peak_rss_mb(),
         "sizes": {split: len(ds) for split, ds in datasets.items()},
-        "settings": {k: v for k, v in config.items()} | {"input_normalization": input_normalization},
+        "settings": {k: v for k, v in config.items()},  # what the factory got (the input setting is top-level)
         "training_keys": [k for k in TRAINING_KEYS if k in config],
     }
     if run_dir is not None:
