@@ -63,6 +63,14 @@ def _short(fingerprint: str | None) -> str:
     return f"{fingerprint[:8]}.." if fingerprint else "an unrecorded build"
 
 
+def record_settings(record: Mapping) -> dict:
+    """A stored record's resolved settings: the factory's configuration plus the top-level input setting."""
+    settings = dict(record.get("settings") or {})
+    if "input_normalization" in record:
+        settings["input_normalization"] = record["input_normalization"]
+    return settings
+
+
 def _changed_settings(old: Mapping, new: Mapping) -> list[str]:
     keys = sorted((set(old) | set(new)) - set(POSITION_SETTINGS))
     return [f"{k} {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in keys if old.get(k) != new.get(k)]
@@ -86,7 +94,7 @@ def stale_reasons(records: Iterable[dict], cells: Iterable[Cell], settings: Mapp
             by_data[(cell.dataset, record.get("dataset_fingerprint"), cell.fingerprint)] += 1
         elif record.get("settings_digest") != cell.settings:
             count, changes = by_settings.get(cell.model, (0, []))
-            by_settings[cell.model] = (count + 1, changes or _changed_settings(record.get("settings") or {},
+            by_settings[cell.model] = (count + 1, changes or _changed_settings(record_settings(record),
                                                                               settings.get(cell.model, {})))
     messages = [f"{store_path} has {n} cell(s) for dataset {d} built from fingerprint {_short(old)} but "
                 f"{roots.get(d, d)} is now {_short(new)}: rerunning them"
