@@ -28,11 +28,12 @@ Deviations (each forced by our setting or the shared protocol):
    models (its Table 2, note 2: ML-GCN is a representative of "non-sequential modeling"): each
    modality's nodes are mean-pooled (zeros when a sample has none) and followed by a 0/1 "has nodes"
    flag, exactly the column layout of :func:`baselines.early_fusion.mean_pooled`, computed on the
-   batch (:func:`pooled_features`); a learned projection (LayerNorm on each modality's mean, then
-   Linear → LeakyReLU(0.2) → dropout) maps it to width D. The per-modality LayerNorm is ours: the
-   modalities' scales differ by orders of magnitude (word vectors, COVAREP, CNN features), and a
-   zero (absent) mean stays a constant vector, so nothing becomes NaN. ``mean_pooled`` itself is not
-   called because the shared engine feeds batches, not a feature matrix.
+   batch (:func:`pooled_features`); a learned projection (Linear → LeakyReLU(0.2) → dropout) maps it
+   to width D. The modalities' raw scales differ by orders of magnitude (word vectors, COVAREP, CNN
+   features); the inputs are the benchmark protocol's (each modality standardised per dimension on the
+   training split by ``split_datasets``), so the model has no normaliser of its own (the per-modality
+   LayerNorm of an earlier version duplicated it and is gone). ``mean_pooled`` itself is not called
+   because the shared engine feeds batches, not a feature matrix.
 2. **Label embeddings: 50-d GloVe 6B, not 300-d GloVe.** No 300-d vectors can be had offline here. The
    label names (lower-cased) are looked up in a small table shipped in
    ``baselines/resources/label_embeddings_glove6b50d.json``: the 50-d GloVe 6B vectors of the NEMu and
@@ -278,7 +279,6 @@ class MLGCN(nn.Module):
         super().__init__()
         self.modalities = tuple(modality_dims)
         self.dims = dict(modality_dims)
-        self.norms = nn.ModuleDict({m: nn.LayerNorm(dim) for m, dim in modality_dims.items()})
         width = sum(dim + 1 for dim in modality_dims.values())
         self.project = nn.Linear(width, d)
         self.dropout = nn.Dropout(dropout)
@@ -295,13 +295,7 @@ class MLGCN(nn.Module):
 
     def features(self, batch: dict) -> torch.Tensor:
         pooled = pooled_features(batch, self.modalities)
-        blocks, start = [], 0
-        for name in self.modalities:
-            dim = self.dims[name]
-            blocks.append(self.norms[name](pooled[:, start:start + dim]))
-            blocks.append(pooled[:, start + dim:start + dim + 1])
-            start += dim + 1
-        return self.dropout(F.leaky_relu(self.project(torch.cat(blocks, dim=1)), self.negative_slope))
+        return self.dropout(F.leaky_relu(self.project(pooled), self.negative_slope))
 
     def forward(self, batch: dict) -> dict:
         x = self.features(batch)
