@@ -242,7 +242,9 @@ def to_rgb8(image):
 
 
 def _rescale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
-    values = values.astype(np.float64)
+    # float32 holds 16-bit samples exactly and halves the copy of a large image; float data keeps float64,
+    # whose range survives the min-max subtraction of values near float32's limit.
+    values = values.astype(np.float64 if mode == "F" else np.float32)
     if mode == "F" and not np.all(np.isfinite(values)):
         raise ImageDecodeError(f"image (mode F) holds {int((~np.isfinite(values)).sum())} NaN or infinite pixels")
     low, high = float(values.min()), float(values.max())
@@ -257,7 +259,7 @@ def _rescale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
     elif mode == "F" and low >= 0 and high <= 255:
         top = 255.0
     else:  # no standard range holds the data: stretch its own range (a constant image becomes black)
-        values, top = values - low, max(high - low, np.finfo(np.float64).tiny)
+        values, top = values - low, max(high - low, float(np.finfo(np.float32).tiny))
     return np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
 
 
