@@ -22,9 +22,12 @@ Common to all (each a deviation from, or a choice left open by, the cited papers
   ``predict_proba`` is the logistic sigmoid of its margin (binary) or the softmax of its one-vs-rest
   margins (multi-class): not calibrated probabilities, but monotone in the margin and consistent with
   the base's own decisions (margin > 0 <=> score > 0.5; argmax unchanged).
-* **Standardisation.** Features are standardised inside the estimator (``StandardScaler``, fitted on
-  the training data only): the fused blocks (word vectors, MFCC statistics, CNN image features) have
-  very different scales and the base classifiers are regularised.
+* **Standardisation.** In the benchmark (the registered factories) the estimators get the protocol's
+  inputs: node features already standardised per modality and dimension on the training split by
+  ``nemu.loading.split_datasets`` (README, "The benchmark protocol"), mean-pooled; they add no scaler of
+  their own (``standardize=False``), so every model sees the same inputs. Used on their own, the
+  estimators standardise by default (``standardize=True``: ``StandardScaler`` fitted on the training data
+  only), since regularised base classifiers need comparable feature scales.
 * **Labels constant in training** (all 0 or all 1 — rare emotions in small folds) get a constant
   predictor (probability 0 or 1) instead of the base classifier, which refuses a single class.
 * **Threshold.** ``predict`` is ``predict_proba > 0.5`` (except ``LabelPowerset.predict``, which
@@ -513,13 +516,13 @@ _C_GRID = {"C": [0.01, 0.1, 1.0]}
 @register("BR", group="Classical", citation="Shen et al., 2004 (binary relevance)", kind="estimator",
           quick={"grid": _C_GRID}, paper={"grid": _C_GRID})
 def _binary_relevance(config, info):
-    return BinaryRelevance(random_state=config.get("seed", 0))
+    return BinaryRelevance(standardize=False, random_state=config.get("seed", 0))
 
 
 @register("CC", group="Classical", citation="Read et al., 2011 (classifier chains)", kind="estimator",
           quick={"grid": _C_GRID}, paper={"grid": _C_GRID})
 def _classifier_chain(config, info):
-    return ClassifierChains(random_state=config.get("seed", 0))
+    return ClassifierChains(standardize=False, random_state=config.get("seed", 0))
 
 
 # Quick: one C and fewer solver iterations -- 2L multinomial fits per grid point dominate the quick run.
@@ -527,4 +530,5 @@ def _classifier_chain(config, info):
           kind="estimator", quick={"grid": {"C": [0.1]}, "k": 3, "max_iter": 200},
           paper={"grid": _C_GRID, "k": 3, "max_iter": 1000})
 def _rakel(config, info):
-    return RAkEL(k=config.get("k", 3), max_iter=config.get("max_iter"), random_state=config.get("seed", 0))
+    return RAkEL(k=config.get("k", 3), max_iter=config.get("max_iter"), standardize=False,
+                 random_state=config.get("seed", 0))

@@ -67,9 +67,10 @@ Other choices and deviations:
   or 2048 dimensions, against a few hundred songs in the sample) give spurious near-perfect canonical
   correlations on the training songs, and the thresholds fitted there flagged most test songs' images.
 * **Per-modality networks.** One LSTM per modality over its nodes, its outputs mean-pooled over the real
-  nodes (``readout="last"``: its last state), dropout, and the modality's L-unit output layer. Inputs are
-  standardised per feature with running training statistics (``baselines.cia.RunningNorm``; the raw MFCCs
-  span hundreds). The paper's sub-networks and fusion details between time steps could not be checked; a
+  nodes (``readout="last"``: its last state), dropout, and the modality's L-unit output layer. The raw
+  MFCCs span hundreds; the inputs are the benchmark protocol's (each modality standardised per dimension
+  on the training split by ``split_datasets``), so the networks add no normaliser of their own (the
+  running standardisation of an earlier version duplicated it and is gone). The paper's sub-networks and fusion details between time steps could not be checked; a
   fusion between aligned time steps would not apply to unaligned node lists anyway.
 * ``beta`` and the network sizes are not known to us; ``beta = 1``.
 * ``|M| = 1``: no pair, no check, no proxies; the loss weight is 1 (plain BCE).
@@ -88,7 +89,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from baselines.cia import RunningNorm, run_rnn
+from baselines.cia import run_rnn, zero_padding
 from baselines.mult import check_modalities, masked_mean, model_kwargs
 from baselines.registry import DataInfo, register
 
@@ -326,7 +327,6 @@ class M3ER(nn.Module):
         self.beta, self.weighting = float(beta), weighting
         self.check = ModalityCheck(self.modality_dims, components=cca_components, shrinkage=cca_shrinkage,
                                    tau_z=tau_z, n_train=n_train, pca=cca_pca)
-        self.norms = nn.ModuleDict({m: RunningNorm(dim, "standard") for m, dim in self.modality_dims.items()})
         self.input_dropout = nn.Dropout(dropout)
         self.encoders = nn.ModuleDict({m: nn.LSTM(dim, hidden, batch_first=True)
                                        for m, dim in self.modality_dims.items()})
@@ -349,8 +349,6 @@ class M3ER(nn.Module):
         pooled = {m: masked_mean(x, mask) for m, (x, mask) in inputs.items()}
         present = torch.stack([inputs[m][1].any(dim=1) for m in self.modalities], dim=1)
         if self.training:
-            for m, (x, mask) in inputs.items():
-                self.norms[m].update(x, mask)  # the original nodes only, never the proxies
             self.check.accumulate(pooled, {m: present[:, i] for i, m in enumerate(self.modalities)})
         elif self.check.n_train is None and self.check.seen.item() > 0:
             self.check.finish_phase()
@@ -385,7 +383,7 @@ class M3ER(nn.Module):
         logits, available = [], []
         for m in self.modalities:
             x, mask = inputs[m]
-            x = self.input_dropout(self.norms[m].normalise(x, mask))
+            x = self.input_dropout(zero_padding(x, mask))
             states, final = run_rnn(self.encoders[m], x, mask)
             summary = final if self.readout == "last" else masked_mean(states, mask)
             logits.append(self.heads[m](self.dropout(summary)))
