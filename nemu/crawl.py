@@ -76,7 +76,7 @@ from pathlib import Path
 import requests
 from requests.adapters import HTTPAdapter
 from tqdm import tqdm
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError, HTTPError as Urllib3Error, MaxRetryError, NewConnectionError
 from urllib3.util.retry import Retry
 
 from nemu.labels import CHINESE_NAMES, NEMU_LABELS, emotion_labels
@@ -98,6 +98,10 @@ LOG_FILE = "crawl_log.jsonl"
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 PAGE_SIZE = 50  # playlists per /top/playlist page (the API's default); pages are keyed by (tag, offset)
 CHUNK = 1 << 16
+MAX_JSON_BYTES = 64 * 2**20  # a larger API answer is not one the crawler can use
+# What decoding or reading an answer's shapes can raise: any of them is that answer's (that song's) failure.
+# RecursionError: json refuses deeply nested input that way.
+MALFORMED = (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError, UnicodeError)
 # NetEase's generic "no picture" avatar, served as the picture of artists without one: not a poster.
 DEFAULT_AVATAR = "5639395138885805"
 
@@ -147,6 +151,17 @@ def _cannot_connect(exc: requests.RequestException) -> bool:
     return isinstance(exc, requests.ConnectionError) and isinstance(reason, (NewConnectionError, ConnectTimeoutError))
 
 
+def _parsed(parse: Callable[[dict], object], data: dict, url: str | None):
+    """``parse(data)``, any decoding surprise (a wrong type where the API documents another) turned into that
+    answer's FetchError."""
+    try:
+        return parse(data)
+    except FetchError:
+        raise
+    except MALFORMED as exc:
+        raise FetchError(f"malformed answer ({type(exc).__name__}: {str(exc)[:200]})", url) from None
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -171,6 +186,7 @@ class CrawlOptions:
     max_image_bytes: int = 10 * 2**20
     rate: float = 2.0  # requests per second, every attempt counted
     timeout: float = 20.0  # seconds, connect and each read
+    download_deadline: float = 300.0  # seconds for a whole answer or download, however slowly it trickles
     retries: int = 5
     backoff: float = 1.0  # urllib3 backoff_factor: 0 s before the 1st retry, backoff * 2**(n-1) before the n-th
     backoff_max: float = 60.0
@@ -192,6 +208,8 @@ class CrawlOptions:
             raise CrawlError("rate must be positive (requests per second)")
         if not self.timeout > 0:
             raise CrawlError("timeout must be positive (seconds)")
+        if not self.download_deadline > 0:
+            raise CrawlError("download_deadline must be positive (seconds)")
         if not re.match(r"^https?://", self.base_url):
             raise CrawlError(f"base URL {self.base_url!r} must start with http:// or https://")
         self.base_url = self.base_url.rstrip("/")
@@ -508,8 +526,8 @@ class CrawlState:
                 for number, raw in enumerate(handle, start=1):
                     try:
                         self._apply(json.loads(raw))
-                    except (ValueError, KeyError, TypeError) as exc:
-                        log.warning("%s line %d ignored: %s", self.path, number, exc)
+                    except MALFORMED as exc:
+                        log.warning("%s line %d ignored: %s: %s", self.path, number, type(exc).__name__, exc)
         self._handle = self.path.open("ab")
         if fcntl is not None:
             try:
@@ -575,7 +593,7 @@ class Crawler:
     def _get_json(self, path: str, params: dict) -> tuple[dict, str, str]:
         url = self.options.base_url + path
         try:
-            response = self.session.get(url, params=params, timeout=self.options.timeout)
+            response = self.session.get(url, params=params, timeout=self.options.timeout, stream=True)
         except requests.RequestException as exc:
             if _cannot_connect(exc):
                 raise EndpointUnavailable(
@@ -584,17 +602,22 @@ class Crawler:
             raise FetchError(f"request failed: {type(exc).__name__}: {exc}",
                              requests.Request("GET", url, params=params).prepare().url) from None
         fetched_at, full_url = _now(), response.url
-        if response.status_code == 429:
-            raise EndpointUnavailable(
-                f"{full_url} still answers 429 Too Many Requests after {self.options.retries} retries: the endpoint "
-                "is limiting this crawler; wait, lower --rate and run the same command again")
-        if response.status_code != 200:
-            after = f" after {self.options.retries} retries" if response.status_code in RETRY_STATUSES else ""
-            raise FetchError(f"HTTP {response.status_code}{after}", full_url)
+        with response:
+            if response.status_code == 429:
+                raise EndpointUnavailable(
+                    f"{full_url} still answers 429 Too Many Requests after {self.options.retries} retries: the "
+                    "endpoint is limiting this crawler; wait, lower --rate and run the same command again")
+            if response.status_code != 200:
+                after = f" after {self.options.retries} retries" if response.status_code in RETRY_STATUSES else ""
+                raise FetchError(f"HTTP {response.status_code}{after}", full_url)
+            try:
+                body = b"".join(self._read_body(response, full_url, MAX_JSON_BYTES))
+            except requests.RequestException as exc:
+                raise FetchError(f"reading the answer failed: {type(exc).__name__}: {exc}", full_url) from None
         try:
-            data = response.json()
-        except ValueError as exc:
-            raise FetchError(f"malformed JSON ({exc})", full_url) from None
+            data = json.loads(body)
+        except MALFORMED as exc:
+            raise FetchError(f"malformed JSON ({type(exc).__name__}: {str(exc)[:200]})", full_url) from None
         if not isinstance(data, dict):
             raise FetchError(f"expected a JSON object, got {type(data).__name__}", full_url)
         code = data.get("code")
@@ -607,9 +630,31 @@ class Crawler:
         url = None
         try:
             data, url, fetched_at = self._get_json(path, params)
-            return {"ok": True, "value": parse(data), "url": url, "fetched_at": fetched_at}
+            return {"ok": True, "value": _parsed(parse, data, url), "url": url, "fetched_at": fetched_at}
         except FetchError as exc:
             return {"ok": False, "reason": exc.reason, "url": exc.url or url, "fetched_at": _now()}
+
+    def _read_body(self, response, url: str, limit: int):
+        """The body's chunks, read one socket read at a time (``read1``), so that a server trickling bytes is
+        cut off after ``download_deadline`` seconds in all (at most one ``timeout`` later), not only when one
+        read stalls. FetchError names the deadline or the size limit."""
+        deadline = self.options.download_deadline
+        started = time.monotonic()
+        count = 0
+        try:
+            while True:
+                if time.monotonic() - started > deadline:
+                    raise FetchError(f"download deadline exceeded ({count} bytes in {time.monotonic() - started:.1f} s;"
+                                     f" limit {deadline:g} s, --download-deadline)", url)
+                chunk = response.raw.read1(CHUNK, decode_content=True)
+                if not chunk:
+                    return
+                count += len(chunk)
+                if count > limit:
+                    raise FetchError(f"too large (more than {limit} bytes)", url)
+                yield chunk
+        except (Urllib3Error, OSError) as exc:  # read timeout, reset, incomplete body: as requests would raise
+            raise requests.ConnectionError(exc) from exc
 
     def _download(self, url: str, stem: Path, kind: str, expected_size: int | None = None) -> dict:
         """Download ``url`` once (journaled by URL) to ``stem`` + the suffix its magic bytes show."""
@@ -647,7 +692,7 @@ class Crawler:
                     raise FetchError(f"too large ({declared} bytes > limit {limit})", url)
                 content_type = response.headers.get("Content-Type", "?")
                 with part.open("wb") as handle:
-                    for chunk in response.iter_content(CHUNK):
+                    for chunk in self._read_body(response, url, limit + 1):
                         if len(head) < 16:
                             head += chunk[: 16 - len(head)]
                         count += len(chunk)
@@ -705,7 +750,7 @@ class Crawler:
                     params = {"cat": tag, "order": "hot", "limit": PAGE_SIZE, "offset": offset}
                     try:
                         data, url, fetched_at = self._get_json("/top/playlist", params)
-                        playlists, more = parse_playlists(data)
+                        playlists, more = _parsed(parse_playlists, data, url)
                     except FetchError as exc:
                         self._problem(None, f"playlists[{tag}]", f"{exc.reason}; not asked again this run", exc.url)
                         break
@@ -730,7 +775,7 @@ class Crawler:
         params = {"id": pid, "limit": self.options.tracks_per_playlist, "offset": 0}
         try:
             data, url, fetched_at = self._get_json("/playlist/track/all", params)
-            songs = parse_tracks(data)
+            songs = _parsed(parse_tracks, data, url)
         except FetchError as exc:
             self._problem(None, f"playlist[{pid}]", f"{exc.reason}; not asked again this run", exc.url)
             return None
@@ -895,7 +940,7 @@ class Crawler:
                 for raw in handle:
                     try:
                         obj = json.loads(raw)
-                    except ValueError:
+                    except MALFORMED:
                         continue
                     if isinstance(obj, dict) and isinstance(obj.get("id"), str):
                         done.add(obj["id"])

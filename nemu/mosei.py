@@ -35,8 +35,8 @@ Decisions (also recorded in ``manifest.json`` under ``settings``):
 * **Columns.** Modalities ``text`` (300), ``audio`` (74), ``vision`` (35); time steps are nodes, in
   source order (``sequential``). Extra columns: ``video_id``, ``segment_start``, ``segment_end``
   (seconds; null where unknown), ``source_index``, ``sentiment``, ``intensities``,
-  ``dominant_emotion``, ``words``, and per modality ``<m>_positions`` list<int16> and
-  ``<m>_source_steps`` int16 (see padding).
+  ``dominant_emotion``, ``words``, and per modality ``<m>_positions`` list<int32> and
+  ``<m>_source_steps`` int32 (see padding).
 * **Padding.** ``pt``: a time step is padding when it is all-zero in all three modalities (the aligned
   steps are shared); ``pkl``: per modality, a step that is all-zero in that modality (lengths differ:
   50 words vs 500 frames). Padding steps are dropped; ``<m>_positions`` holds the source step of each
@@ -127,6 +127,18 @@ LABEL_ALIASES = {
 SPECIAL_TOKENS = {"<blank>", "<pad>", "<unk>", "<s>", "</s>", "<bos>", "<eos>", "pad", "unk", "bos", "eos",
                   "<mask>", "<null>"}
 
+# Source time steps (positions and padded lengths): int32 holds any sequence a file can hold in memory (2**31 - 1
+# steps of even one float32 is 8 GiB); a longer one is refused naming the file and the column.
+POSITION_TYPE = pa.int32()
+POSITION_MAX = int(np.iinfo(np.int32).max)
+
+
+def _check_positions_fit(steps: int, where: str, modality: str) -> None:
+    if steps > POSITION_MAX:
+        raise MoseiError(f"{where}: {steps} time steps do not fit the {POSITION_TYPE} column {modality}_positions "
+                         f"(at most {POSITION_MAX})")
+
+
 EXTRA_FIELDS = [
     pa.field("video_id", pa.string()),
     pa.field("segment_start", pa.float64()),
@@ -136,8 +148,8 @@ EXTRA_FIELDS = [
     pa.field("intensities", pa.list_(pa.float32(), len(LABELS))),
     pa.field("dominant_emotion", pa.string()),
     pa.field("words", pa.int32()),
-    *(pa.field(f"{m}_positions", pa.list_(pa.int16())) for m in MODALITY_DIMS),
-    *(pa.field(f"{m}_source_steps", pa.int16()) for m in MODALITY_DIMS),
+    *(pa.field(f"{m}_positions", pa.list_(POSITION_TYPE)) for m in MODALITY_DIMS),
+    *(pa.field(f"{m}_source_steps", POSITION_TYPE) for m in MODALITY_DIMS),
 ]
 
 
@@ -442,7 +454,7 @@ class _ArraySource:
             keep = self.keep[split][m][index]
             positions = np.nonzero(keep)[0]
             row[m] = self.arrays[split][m][index][positions]
-            row[f"{m}_positions"] = positions.astype(np.int16).tolist()
+            row[f"{m}_positions"] = positions.astype(np.int32).tolist()
             row[f"{m}_source_steps"] = int(len(keep))
         return row
 
@@ -572,6 +584,7 @@ def _read_pt(path: Path, options: MoseiOptions, counts: dict, bar) -> tuple[dict
             if array.shape[2] != MODALITY_DIMS[m]:
                 raise MoseiError(f"{where} has shape {tuple(array.shape)}; expected (N, T, {MODALITY_DIMS[m]}) "
                                  f"({MODALITY_SOURCES[m]})")
+            _check_positions_fit(array.shape[1], where, m)
             part[key] = None  # free the source copy as we go
             arrays[split][m] = array
         shapes = {PT_KEYS[m]: a.shape[:2] for m, a in arrays[split].items()}
@@ -617,6 +630,7 @@ def _read_pkl(path: Path, options: MoseiOptions, counts: dict, bar) -> tuple[dic
             if array.shape[2] != MODALITY_DIMS[m]:
                 raise MoseiError(f"{where} has shape {tuple(array.shape)}; expected (N, T, {MODALITY_DIMS[m]}) "
                                  f"({MODALITY_SOURCES[m]})")
+            _check_positions_fit(array.shape[1], where, m)
             part[key] = None
             arrays[split][m] = array
         sizes = {PKL_KEYS[m]: len(a) for m, a in arrays[split].items()}

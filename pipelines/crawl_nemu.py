@@ -1,4 +1,4 @@
-"""python -m pipelines.crawl_nemu RAW: collect a raw NEMu folder from a NeteaseCloudMusicApi endpoint.
+"""nemu-crawl --out RAW: collect a raw NEMu folder from a NeteaseCloudMusicApi endpoint.
 
 A thin layer over ``nemu.crawl.crawl``; the method, the endpoints and the resume rules are in that module's
 docstring. For research only: respect NetEase Cloud Music's terms of service and copyright (README.md).
@@ -13,9 +13,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from nemu.crawl import DEFAULT_BASE_URL, DEFAULT_USER_AGENT, LOG_FILE, STATE_FILE, CrawlError, CrawlOptions, crawl, \
-    emotion_tag
+from nemu import cli
 from nemu.labels import CHINESE_NAMES
+
+try:  # requests and urllib3 are the crawl extra: pip install "nemu-hhmpn[crawl]"
+    from nemu.crawl import DEFAULT_BASE_URL, DEFAULT_USER_AGENT, LOG_FILE, STATE_FILE, CrawlError, CrawlOptions, \
+        crawl, emotion_tag
+except ModuleNotFoundError as missing:  # pragma: no cover - only without the extra
+    sys.exit(f"nemu-crawl needs {missing.name}: pip install 'nemu-hhmpn[crawl]' (or -r requirements.txt)")
 
 
 def _tags(text: str) -> tuple[str, ...]:
@@ -27,17 +32,16 @@ def _tags(text: str) -> tuple[str, ...]:
 
 def parser() -> argparse.ArgumentParser:
     defaults = CrawlOptions(raw_dir=Path("."))
-    p = argparse.ArgumentParser(
-        prog="python -m pipelines.crawl_nemu",
+    p = cli.command_parser(
+        "pipelines.crawl_nemu",
         description="Collect NEMu raw records (RAW/records.jsonl + audio/ + images/, the folder "
-                    "`python -m pipelines.build_nemu RAW` reads) from a NeteaseCloudMusicApi-compatible endpoint "
+                    "`nemu-build --raw RAW` reads) from a NeteaseCloudMusicApi-compatible endpoint "
                     "(run one yourself, e.g. Binaryify/NeteaseCloudMusicApi on port 3000). Playlists are listed "
                     "under each emotion tag; a song's labels are the emotion tags of the playlists holding it. "
                     f"Resumable: RAW/{STATE_FILE} journals every answer, so the same command continues a killed "
                     f"crawl without fetching anything twice; problems are logged per song in RAW/{LOG_FILE}. "
-                    "For research only: respect NetEase Cloud Music's terms of service and copyright.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("raw", type=Path, help="raw folder to create or continue (records.jsonl, audio/, images/)")
+                    "For research only: respect NetEase Cloud Music's terms of service and copyright.")
+    cli.add_out(p, "the raw folder to create or continue (records.jsonl, audio/, images/)", positional_alias=True)
     p.add_argument("--tags", type=_tags, default=",".join(CHINESE_NAMES),
                    help="comma-separated emotion tags whose playlists are crawled: NetEase names (伤感,治愈,...) or "
                         "the English label names (Sad,Healing,...); only the 12 NEMu emotion tags")
@@ -58,6 +62,9 @@ def parser() -> argparse.ArgumentParser:
                    help="global limit in requests per second, every attempt counted (retries and media included)")
     p.add_argument("--timeout", type=float, default=defaults.timeout,
                    help="seconds to wait for a connection and for each read, on every request")
+    p.add_argument("--download-deadline", type=float, default=defaults.download_deadline, metavar="SECONDS",
+                   help="seconds in all for one API answer or media download, however slowly the server sends it "
+                        "(--timeout bounds each read only); a download past it is that song's failure")
     p.add_argument("--retries", type=int, default=defaults.retries,
                    help="retries per request on 429/500/502/503/504, connection errors and timeouts")
     p.add_argument("--backoff", type=float, default=defaults.backoff,
@@ -74,7 +81,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bitrate", type=int, default=defaults.bitrate, help="bitrate asked of /song/url (br)")
     p.add_argument("--max-audio-mb", type=float, default=defaults.max_audio_bytes / 2**20,
                    help="audio downloads larger than this are refused (the song is kept without audio)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    cli.add_progress(p)
     return p
 
 
@@ -91,10 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     options = CrawlOptions(
-        raw_dir=args.raw, tags=args.tags, max_songs=args.max_songs, playlists_per_tag=args.playlists_per_tag,
+        raw_dir=args.out, tags=args.tags, max_songs=args.max_songs, playlists_per_tag=args.playlists_per_tag,
         tracks_per_playlist=args.tracks_per_playlist, min_votes=args.min_votes, comments=args.comments,
         posters=args.posters, audio=not args.no_audio, bitrate=args.bitrate,
-        max_audio_bytes=int(args.max_audio_mb * 2**20), rate=args.rate, timeout=args.timeout, retries=args.retries,
+        max_audio_bytes=int(args.max_audio_mb * 2**20), rate=args.rate, timeout=args.timeout,
+        download_deadline=args.download_deadline, retries=args.retries,
         backoff=args.backoff, base_url=args.base_url, user_agent=args.user_agent, progress=not args.no_progress)
     try:
         summary = crawl(options)

@@ -243,6 +243,32 @@ class FakeNetease:
         if fault == "html":
             self.send(h, 200, b"<!DOCTYPE html><html><body>please log in</body></html>", "text/html")
             return
+        if fault == "nested":  # valid JSON nested deeper than Python's json can decode (RecursionError)
+            self.send(h, 200, b'{"code": 200, "lrc": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", "application/json")
+            return
+        if fault == "not-utf8":
+            self.send(h, 200, b'{"code": 200, "lrc": {"lyric": "\xff\xfe\xfa"}}', "application/json")
+            return
+        if fault == "wrong-types":  # every field the API documents, of another type
+            self.send(h, 200, b'{"code": 200, "hotComments": {"content": 1}, "comments": 7, "lrc": [1], '
+                              b'"data": {"url": 3}, "artist": [null]}', "application/json")
+            return
+        if fault == "trickle":  # a correct header, then one byte every 50 ms for up to 20 s
+            body = self.media(path)[0] if path.startswith("/media/") else \
+                json.dumps(self.answer(path, q)).encode("utf-8")
+            h.send_response(200)
+            h.send_header("Content-Type", "application/octet-stream")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            until = time.monotonic() + 20
+            for i in range(len(body)):
+                if time.monotonic() > until:
+                    break
+                h.wfile.write(body[i:i + 1])
+                h.wfile.flush()
+                time.sleep(0.05)
+            h.close_connection = True
+            return
         if path.startswith("/media/"):
             body, content_type = self.media(path)
             if body is None:
@@ -395,7 +421,7 @@ def test_crawl_survives_bad_responses_and_writes_a_folder_that_builds(server, tm
 def test_killed_crawl_resumes_without_fetching_anything_twice(server, tmp_path):
     raw = tmp_path / "raw"
     server.hang_at = ("/lyric", 6)  # the sixth song's first request never answers: the crawl is killed there
-    command = [sys.executable, "-m", "pipelines.crawl_nemu", str(raw), "--tags", ",".join(TAGS), "--max-songs", "16",
+    command = [sys.executable, "-m", "pipelines.crawl_nemu", "--out", str(raw), "--tags", ",".join(TAGS), "--max-songs", "16",
                "--playlists-per-tag", "2", "--rate", "1000", "--timeout", "30", "--retries", "1", "--backoff", "0",
                "--base-url", server.base_url, "--no-progress"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -562,8 +588,8 @@ def test_cli_help_explains_every_flag_and_prints_a_summary(server, tmp_path, cap
                  "--retries", "--base-url", "--user-agent", "--no-audio", "--no-progress", "research"):
         assert flag in text
     with pytest.raises(SystemExit):
-        crawl_nemu.parser().parse_args(["raw", "--tags", "伤感,华语"])  # not an emotion tag
-    code = crawl_nemu.main([str(tmp_path / "raw"), "--tags", "Sad,治愈", "--max-songs", "3", "--playlists-per-tag", "2",
+        crawl_nemu.parser().parse_args(["--out", "raw", "--tags", "伤感,华语"])  # not an emotion tag
+    code = crawl_nemu.main(["--out", str(tmp_path / "raw"), "--tags", "Sad,治愈", "--max-songs", "3", "--playlists-per-tag", "2",
                             "--rate", "1000", "--base-url", server.base_url, "--no-audio", "--no-progress"])
     out = capsys.readouterr().out
     assert code == 0 and "3 records" in out and "3 selected" in out and "requests:" in out
@@ -589,7 +615,54 @@ def test_persistent_429_or_no_endpoint_stops_the_crawl_and_the_next_run_continue
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     started = time.monotonic()
-    code = crawl_nemu.main([str(tmp_path / "raw2"), "--base-url", f"http://127.0.0.1:{port}", "--retries", "0",
+    code = crawl_nemu.main(["--out", str(tmp_path / "raw2"), "--base-url", f"http://127.0.0.1:{port}", "--retries", "0",
                             "--no-progress"])
     assert code == 3 and time.monotonic() - started < 5
     assert "cannot connect" in capsys.readouterr().out
+
+
+def test_undecodable_answers_are_that_songs_failure(server, tmp_path):
+    """Deeply nested JSON (RecursionError in json), bytes that are not UTF-8 and fields of the wrong types fail
+    only the part they answer; the songs are kept without it and the crawl goes on."""
+    raw = tmp_path / "raw"
+    server.fault("/lyric", {"id": 1001}, ["nested*"])
+    server.fault("/lyric", {"id": 1007}, ["not-utf8*"])
+    server.fault("/comment/music", {"id": 1012, "limit": 20}, ["wrong-types*"])
+    server.fault("/song/url", {"id": 1015, "br": 128000}, ["wrong-types*"])
+    server.fault("/artists", {"id": 501}, ["wrong-types*"])
+    server.fault("/playlist/track/all", {"id": 32, "limit": 100, "offset": 0}, ["nested*"])
+    summary = crawl(options(raw, server))
+    records = {r["id"]: r for r in lines(raw / "records.jsonl")}
+    assert summary.stopped is None and not summary.interrupted
+    assert "malformed JSON (RecursionError" in records["1001"]["missing"]["lyrics"]
+    assert "malformed JSON" in records["1007"]["missing"]["lyrics"]
+    assert records["1001"]["lyrics"] == "" and records["1001"]["audio"]  # the rest of the song is kept
+    assert "is not a list" in records["1012"]["missing"]["comments"]
+    assert "data" in records["1015"]["missing"]["audio"]
+    log = list(iter_log(raw))
+    assert any(e["part"] == "playlist[32]" and "RecursionError" in e["reason"] for e in log)
+    assert "1014" not in records  # only in playlist 32, whose track list could not be decoded
+    assert not any("unexpected error" in e["reason"] for e in log)  # each was an answer's failure, not a crash
+    # the failures are journaled: a second run asks none of them again
+    mark = len(server.log)
+    crawl(options(raw, server))
+    assert not [e for e in server.log[mark:] if e[2] in ("/lyric", "/comment/music", "/song/url")]
+
+
+def test_a_trickling_server_is_cut_off_after_the_download_deadline(server, tmp_path):
+    """--timeout bounds each read; a server sending one byte every 50 ms never trips it, so each answer and
+    download also has a total deadline (--download-deadline)."""
+    raw = tmp_path / "raw"
+    server.fault("/media/audio/1001.wav", None, ["trickle*"])
+    server.fault("/lyric", {"id": 1007}, ["trickle*"])
+    started = time.monotonic()
+    summary = crawl(options(raw, server, timeout=2.0, download_deadline=1.0, retries=0))
+    elapsed = time.monotonic() - started
+    records = {r["id"]: r for r in lines(raw / "records.jsonl")}
+    assert "download deadline exceeded" in records["1001"]["missing"]["audio"]
+    assert records["1001"]["audio"] is None and not list((raw / "audio").glob("*.part"))
+    assert "download deadline exceeded" in records["1007"]["missing"]["lyrics"]
+    assert summary.written == 16
+    # two trickles cut at 1 s each (+ at most one 2 s read each) instead of 20 s each
+    assert elapsed < 12, elapsed
+    assert crawl_nemu.parser().parse_args(["--out", "r", "--download-deadline", "5"]).download_deadline == 5.0

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -334,12 +335,12 @@ def test_hhmpn_train_and_run_all_accept_the_result_unchanged(pt_built, tmp_path)
 
 def test_same_input_same_bytes_and_cli(pt_built, tmp_path, capsys):
     base = pt_built[0]
-    assert cli.main([str(base / "train_valid_test.pt"), "--out", str(tmp_path / "again"), "--shard-rows", "5",
+    assert cli.main(["--raw", str(base / "train_valid_test.pt"), "--out", str(tmp_path / "again"), "--shard-rows", "5",
                      "--row-group-rows", "2", "--no-progress"]) == 0
     assert "train 8, valid 3, test 4" in capsys.readouterr().out
     for path in sorted((base / "out").glob("*/*.parquet")):
         assert sha256_file(path) == sha256_file(tmp_path / "again" / path.relative_to(base / "out"))
-    assert cli.main([str(base / "train_valid_test.pt"), "--out", str(tmp_path / "s1"), "--seed", "1",
+    assert cli.main(["--raw", str(base / "train_valid_test.pt"), "--out", str(tmp_path / "s1"), "--seed", "1",
                      "--no-progress"]) == 0
 
 
@@ -580,3 +581,50 @@ def test_pt_vocabulary_errors(tmp_path):
     write_pt(tmp_path / "c.pt", mutate=lambda d: d["dict"]["tgt"].pop("fear"))
     with pytest.raises(MoseiError, match=r"c\.pt: dict\['tgt'\] lacks fear"):
         build_mosei(options(tmp_path / "c.pt", tmp_path / "out"))
+
+
+def test_positions_beyond_int16_are_stored_exactly(tmp_path, pt_built):
+    """A sequence longer than 32767 steps (int16's limit) keeps its true positions; the schema says int32."""
+    long_steps = 40_000
+    real_steps = {0: [0, 33_000, 39_999], 1: [32_768], 2: [5, 39_000]}
+
+    def lengthen(data):
+        n = SPLIT_SIZES["valid"]
+        vision = np.zeros((n, long_steps, DIMS["vision"]), np.float32)
+        for i, steps in real_steps.items():
+            vision[i, steps] = np.arange(1, len(steps) + 1, dtype=np.float32)[:, None]
+        data["valid"]["vision"] = vision
+
+    data = write_pkl(tmp_path / "long.pkl", mutate=lengthen)
+    build_mosei(options(tmp_path / "long.pkl", tmp_path / "out", labels_pt=pt_built[0] / "train_valid_test.pt"))
+    frame = nemu.load(tmp_path / "out", "validation")
+    for i, steps in real_steps.items():
+        row = frame.iloc[i]
+        assert list(row["vision_positions"]) == steps and row["vision_source_steps"] == long_steps
+        padded, mask = restore_padding(np.stack(list(row["vision"])), row["vision_positions"],
+                                       row["vision_source_steps"])
+        np.testing.assert_array_equal(padded, data["valid"]["vision"][i])
+    schema = nemu.read_table(tmp_path / "out", "valid").schema
+    assert schema.field("vision_positions").type == pa.list_(pa.int32())
+    assert schema.field("vision_source_steps").type == pa.int32()
+
+
+def test_a_length_beyond_the_position_type_names_file_and_column():
+    from nemu.mosei import POSITION_MAX, _check_positions_fit
+
+    _check_positions_fit(POSITION_MAX, "x.pt: train/vision", "vision")
+    with pytest.raises(MoseiError, match=r"x\.pt: train/vision: 2147483648 time steps do not fit the int32 "
+                                         r"column vision_positions"):
+        _check_positions_fit(POSITION_MAX + 1, "x.pt: train/vision", "vision")
+
+
+def test_the_built_mosei_folder_is_a_hugging_face_dataset_with_six_class_labels(pt_built, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    out = pt_built[0] / "out"
+    loaded = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf"))
+    assert {s: len(loaded[s]) for s in loaded} == {"train": SPLIT_SIZES["train"],
+                                                   "validation": SPLIT_SIZES["valid"], "test": SPLIT_SIZES["test"]}
+    names = loaded["train"].features["label_ids"].feature.names
+    assert names == list(LABELS) and len(names) == 6
+    for row in loaded["test"]:
+        assert [names[i] for i in row["label_ids"]] == row["labels"]
