@@ -36,6 +36,40 @@ class AudioDecodeError(ValueError):
     pass
 
 
+DECODE_BLOCK_SAMPLES = 1 << 20  # samples (frames × channels) read at a time: 4 MB of float32
+
+
+def _decode_streaming(path: Path, sample_rate: int, max_seconds: float | None) -> tuple[np.ndarray, float | None]:
+    """(mono samples at ``sample_rate``, seconds the header claims) decoded block by block with soundfile.
+
+    Each block is mixed to mono and resampled (soxr's stream, the HQ quality librosa uses) before the
+    next is read, so memory holds the mono output and one block: neither a file of 255 channels that
+    compresses to nothing nor a header claiming any length or rate can make decoding cost more.
+    """
+    import soundfile
+    import soxr
+
+    with soundfile.SoundFile(str(path)) as handle:
+        native, channels = handle.samplerate, handle.channels
+        if native <= 0 or channels <= 0:
+            raise AudioDecodeError(f"header gives {native} Hz and {channels} channels")
+        claimed = handle.frames / native if handle.frames > 0 else None
+        remaining = int(max_seconds * native) if max_seconds is not None else max(handle.frames, 0)
+        block = max(1, DECODE_BLOCK_SAMPLES // channels)
+        stream = soxr.ResampleStream(native, sample_rate, 1, dtype="float32") if native != sample_rate else None
+        pieces = []
+        while remaining > 0:
+            data = handle.read(min(block, remaining), dtype="float32", always_2d=True)
+            if len(data) == 0:
+                break
+            remaining -= len(data)
+            mono = np.ascontiguousarray(data.mean(axis=1, dtype=np.float32))
+            pieces.append(stream.resample_chunk(mono) if stream is not None else mono)
+        if stream is not None:
+            pieces.append(stream.resample_chunk(np.zeros(0, np.float32), last=True))
+    return (np.concatenate(pieces) if pieces else np.zeros(0, np.float32)), claimed
+
+
 def _header_seconds(path: Path) -> float | None:
     """The duration a file's header claims, where soundfile can read it (None otherwise); nothing is decoded."""
     import soundfile
@@ -50,19 +84,26 @@ def _header_seconds(path: Path) -> float | None:
 def load_audio(path: Path, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
     """Mono float32 samples at ``sample_rate``, at most ``max_seconds`` of them decoded.
 
-    Raises AudioDecodeError for unreadable, empty or non-finite audio. ``duration`` stops librosa's
-    decoder after ``max_seconds`` of the file's own samples, before resampling, so the cost is bounded
-    by the limit whatever the header claims (a tiny sample rate, a huge length).
+    Raises AudioDecodeError for unreadable, empty or non-finite audio. Files soundfile reads (wav,
+    flac, ogg, mp3) are decoded block by block (``_decode_streaming``); others go to librosa's
+    audioread fallback with ``duration``. Either way decoding stops after ``max_seconds`` of the
+    file's own samples, so the cost is bounded by the limit whatever the header claims.
     """
     import warnings
 
     import librosa
+    import soundfile
 
     try:
-        with warnings.catch_warnings():  # librosa warns before its audioread fallback; failure is reported below
-            warnings.simplefilter("ignore", (UserWarning, FutureWarning))
-            samples, _ = librosa.load(str(path), sr=sample_rate, mono=True, duration=max_seconds)
-    except Exception as exc:  # soundfile/audioread raise many types for corrupt files
+        try:
+            samples, _ = _decode_streaming(path, sample_rate, max_seconds)
+        except soundfile.LibsndfileError:  # not a format libsndfile knows: librosa tries audioread
+            with warnings.catch_warnings():  # librosa warns before its audioread fallback
+                warnings.simplefilter("ignore", (UserWarning, FutureWarning))
+                samples, _ = librosa.load(str(path), sr=sample_rate, mono=True, duration=max_seconds)
+    except AudioDecodeError:
+        raise
+    except Exception as exc:  # soundfile/soxr/audioread raise many types for corrupt files
         raise AudioDecodeError(f"cannot decode audio: {type(exc).__name__}: {exc}") from None
     if samples.size == 0:
         raise AudioDecodeError("audio file holds no samples")

@@ -277,6 +277,26 @@ def test_audio_decoding_stops_at_the_limit_whatever_the_header_claims(tmp_path):
     assert len(samples) <= 3 * 22050 + 1  # without the limit: 2.2 billion samples (8.8 GB)
 
 
+def test_audio_is_decoded_block_by_block_so_channels_cannot_multiply_memory(tmp_path):
+    import soundfile
+    import tracemalloc
+
+    rate, seconds, channels = 48_000, 60, 8
+    samples = np.zeros((rate * seconds, channels), np.int16)
+    samples[:, 0] = (3000 * np.sin(np.arange(rate * seconds) / 10)).astype(np.int16)
+    soundfile.write(tmp_path / "eight.flac", samples, rate)  # under 1 MB on disk: silence compresses to nothing
+    del samples
+    whole = rate * seconds * channels * 4  # 92 MB: every channel decoded to float32 at once
+    tracemalloc.start()
+    try:
+        mono = load_audio(tmp_path / "eight.flac", 22050, max_seconds=600.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(mono) == 22050 * seconds
+    assert peak < whole / 4, f"decoding peaked at {peak / 1e6:.0f} MB"
+
+
 def test_a_record_without_any_node_is_quarantined_with_its_reason(hostile):
     field, why = reason(hostile, "empty")
     assert field == "record"
