@@ -5,7 +5,7 @@
 2. A build with 2 workers vs 1 worker (fresh caches), wall-clock.
 3. Peak RSS of a whole build at 1x and 10x the sample size (each build in its own process).
 
-    python -m bench.bench_build [--songs 240] [--encoder efficientnet-lite0]
+    python -m bench.bench_build [--songs 240] [--encoder efficientnet-lite0] [--seed 0]
 """
 
 from __future__ import annotations
@@ -83,12 +83,19 @@ def build_extraction_seconds(raw: Path, out: Path, encoder: str) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--songs", type=int, default=240, help="sample size (1x); 10x is built for the RSS figure")
-    parser.add_argument("--encoder", default="efficientnet-lite0", help="image encoder to time")
-    parser.add_argument("--seed", type=int, default=0, help="sample seed")
-    args = parser.parse_args()
+def parser() -> argparse.ArgumentParser:
+    from nemu import cli
+
+    p = cli.command_parser("bench.bench_build", __doc__)
+    p.add_argument("--songs", type=cli.positive_int, default=240, metavar="N",
+                   help="sample size (1x); 10x is built for the RSS figure")
+    p.add_argument("--encoder", default="efficientnet-lite0", help="image encoder to time")
+    cli.add_seed(p, what="of the sample")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     from nemu.sample import make_sample
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,7 +118,8 @@ def main() -> None:
         print(f"peak RSS, 1 worker: {args.songs} songs {one['peak_rss_mb']:.0f} MB, {10 * args.songs} songs "
               f"{ten['peak_rss_mb']:.0f} MB -> ratio {ten['peak_rss_mb'] / one['peak_rss_mb']:.2f} "
               f"(10x build took {ten['seconds']:.0f} s)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

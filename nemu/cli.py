@@ -64,9 +64,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     "(default: X)" unless the help already says what the default is; nothing for flags without one."""
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
-        # the description's own line breaks stay; only lines wider than the terminal are wrapped
-        return "\n".join(textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent)
-                         if len(line) > width else indent + line for line in text.splitlines())
+        # the description's own line breaks stay; long prose lines are wrapped (list items with a hanging
+        # indent), indented lines (commands, tables) are kept as they are
+        lines = []
+        for line in text.splitlines():
+            if len(line) <= width or line[:1].isspace():
+                lines.append(indent + line)
+                continue
+            marker = re.match(r"(\d+\.|[-*]) ", line)
+            hang = " " * len(marker.group(0)) if marker else ""
+            lines.append(textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent + hang))
+        return "\n".join(lines)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -234,9 +242,10 @@ def add_raw(parser: CommandParser, *, positional_alias: bool = True, help: str |
     parser.require("raw", "--raw")
 
 
-def add_data(parser: CommandParser, *, required: bool = True, help: str | None = None, **kwargs) -> None:
+def add_data(parser: CommandParser, *, required: bool = True, more: str = "", **kwargs) -> None:
+    """``--data DATA``: a built dataset folder; ``more`` adds what this command does with it or its default."""
     parser.add_argument("--data", type=Path, metavar="DATA", required=required,
-                        help=help or HELP["data"], **kwargs)
+                        help=HELP["data"] + (f"; {more}" if more else ""), **kwargs)
 
 
 def add_out(parser: CommandParser, what: str, *, required: bool = True, positional_alias: bool = False,
