@@ -357,3 +357,31 @@ def test_cache_entries_of_the_wrong_shape_are_recomputed(tmp_path, hostile):
     assert (summary.extracted, summary.from_cache) == (6, kept - 5)
     assert entries[5].is_dir()
     assert set(nemu.load(out, None)["id"]) == set(hostile["frame"].index) | {"s026"}
+
+
+def test_every_limit_is_a_documented_flag_that_reaches_the_build(monkeypatch, tmp_path):
+    from pipelines import build_nemu
+
+    help_text = " ".join(build_nemu.parser().format_help().split())
+    for flag, default in (("--max-images", "16"), ("--max-image-pixels", "40000000"), ("--max-lyric-lines", "256"),
+                          ("--max-comment-nodes", "512"), ("--max-audio-seconds", "600.0"),
+                          ("--max-audio-nodes", "300")):
+        assert flag in help_text
+        section = help_text.split(flag + " ")[-1]
+        assert f"(default: {default})" in section.split(" --")[0]
+    seen = {}
+
+    def fake_build(options):
+        seen["options"] = options
+        raise build_nemu.BuildError("stop here")
+
+    monkeypatch.setattr(build_nemu, "build", fake_build)
+    code = build_nemu.main([str(tmp_path), "--out", str(tmp_path / "out"), "--max-images", "2",
+                            "--max-image-pixels", "1000", "--max-lyric-lines", "3", "--max-comment-nodes", "4",
+                            "--max-audio-seconds", "5.5", "--no-progress"])
+    assert code == 2
+    options = seen["options"]
+    assert options.limits == RecordLimits(max_images=2, max_image_pixels=1000, max_lyric_lines=3, max_comment_nodes=4)
+    assert options.audio.max_seconds == 5.5
+    with pytest.raises(SystemExit):
+        build_nemu.parser().parse_args([str(tmp_path), "--out", "x", "--max-images", "0"])
