@@ -210,16 +210,20 @@ def figure3(model, dataset, info, root: Path, out_dir: Path, modality: str = "co
     return paths
 
 
-def write_figures(records: list[dict], roots: dict[str, Path], checkpoint_dir: Path, out_dir: Path,
-                  song: str | None = None) -> list[Path]:
-    """Figures from the first HHMPN run (lowest fold and seed) on all modalities of a dataset with comments."""
+def write_figures(records: list[dict], roots: dict[str, Path], out_dir: Path, song: str | None = None,
+                  checkpoint_dir: Path | None = None) -> list[Path]:
+    """Figures from the first HHMPN run (lowest fold and seed) on all modalities of a dataset with comments.
+
+    The model comes from the record's run folder (``run_dir``); ``checkpoint_dir`` is only for stores written
+    before run folders existed (bare state_dicts at ``DIR/dataset/HHMPN/fold<k>-seed<s>.pt``)."""
     for record in sorted(records, key=lambda r: (r["fold"], r["seed"], r["dataset"])):
         if record["model"] != "HHMPN" or record.get("status") != "ok" or "comments" not in record["modalities"]:
             continue
         root = roots.get(record["dataset"])
-        checkpoint = checkpoint_dir / record["dataset"] / "HHMPN" / f"fold{record['fold']}-seed{record['seed']}.pt"
+        checkpoint = (None if checkpoint_dir is None else
+                      checkpoint_dir / record["dataset"] / "HHMPN" / f"fold{record['fold']}-seed{record['seed']}.pt")
         has_run = bool(record.get("run_dir")) and (Path(record["run_dir"]) / "run.json").is_file()
-        if root is None or not (has_run or checkpoint.is_file()):
+        if root is None or not (has_run or (checkpoint is not None and checkpoint.is_file())):
             continue
         if len(record["modalities"]) < len(full_modalities(records, record["dataset"])):
             continue  # a Table 3 subset run

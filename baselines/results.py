@@ -60,7 +60,7 @@ class Cell:
 
 
 def _short(fingerprint: str | None) -> str:
-    return f"{fingerprint[:8]}.." if fingerprint else "an unrecorded build"
+    return f"{fingerprint[:8]}.." if fingerprint else "(not recorded)"
 
 
 def record_settings(record: Mapping) -> dict:

@@ -120,8 +120,8 @@ def _run_one(cell: Cell, root: Path, profile: str, device: str | None, out: Path
 
     try:
         spec = models()[cell.model]
-        return "ok", run_cell(cell, spec, root, profile, device=device, checkpoint_dir=out / "checkpoints",
-                              out_dir=out, input_normalization=input_normalization)
+        return "ok", run_cell(cell, spec, root, profile, device=device, out_dir=out,
+                              input_normalization=input_normalization)
     except Exception as exc:  # one broken cell must not lose the rest of the grid
         return "error", "".join(traceback.format_exception_only(exc)).strip()
 
@@ -170,7 +170,11 @@ def run(datasets: dict[str, Path], model_names: list[str], folds: list[int], see
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    finish(pending.pop(future), future.result())
+                    try:
+                        outcome = future.result()
+                    except Exception as exc:  # the worker process itself died (killed, out of memory)
+                        outcome = ("error", f"worker process died: {type(exc).__name__}: {exc}")
+                    finish(pending.pop(future), outcome)
     bar.close()
     from baselines.figures import write_figures
     from baselines.tables import write_tables
@@ -178,7 +182,7 @@ def run(datasets: dict[str, Path], model_names: list[str], folds: list[int], see
     records = store.current(cells)
     manifests = {name: read_manifest(root) for name, root in datasets.items()}
     tables = write_tables(records, manifests, out)
-    figures = (write_figures(records, datasets, out / "checkpoints", out, song=figure_song)
+    figures = (write_figures(records, datasets, out, song=figure_song)
                if TABLE3_MODEL in model_names else [])
     return {"cells": len(cells), "ran": len(todo), "skipped": len(cells) - len(todo), "failed": failures,
             "tables": tables, "figures": figures, "notices": notices}
@@ -262,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{summary['failed']} failed")
     for path in summary["tables"] + summary["figures"]:
         print(f"wrote {path}")
+    if args.figure_song and not summary["figures"]:
+        print(f"run_all: note: no figure written for --figure-song {args.figure_song}: no finished HHMPN run on "
+              f"all modalities of a dataset with comments", file=sys.stderr)
     return 1 if summary["failed"] else 0
 
 

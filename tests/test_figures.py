@@ -65,7 +65,7 @@ def test_figure_song_flag_chooses_the_song(hhmpn_results, built):
     ids = [json.loads(line)["id"] for line in (built[0] / "raw" / "records.jsonl").read_text().splitlines()]
     stored = ResultsStore(out, "quick").records()
     chosen = sorted(ids)[-1]
-    write_figures(stored, {"nemu": root}, out / "checkpoints", out, song=chosen)
+    write_figures(stored, {"nemu": root}, out, song=chosen)
     assert f"song {chosen}'s comments" in (out / "figure3.md").read_text(encoding="utf-8")
     with pytest.raises(ValueError, match="no such song"):
-        write_figures(stored, {"nemu": root}, out / "checkpoints", out, song="no-such-song")
+        write_figures(stored, {"nemu": root}, out, song="no-such-song")
