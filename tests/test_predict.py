@@ -1,0 +1,192 @@
+"""Run folders: every neural cell of run_all and hhmpn.train leaves one, hhmpn.predict accepts each with the
+cell's own test probabilities, and refuses unusable ones with a one-line error (exit code 2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from baselines.registry import get, models
+from baselines.results import Cell
+from baselines.runner import run_cell, run_folder
+from hhmpn import predict, train
+from hhmpn.predict import load_run
+from hhmpn.runs import RunFolderError
+from nemu.loading import split_datasets
+from nemu.metrics import binarize, evaluate
+
+NEURAL = [name for name, spec in models().items() if spec.kind == "neural"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def predictions(path: Path) -> dict[str, dict]:
+    return {r["id"]: r for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
+
+
+@pytest.fixture(scope="module")
+def cell_runs(built, tmp_path_factory):
+    """One run_all cell of every neural model applicable to NEMu (1 epoch, rotation 2), run folders under OUT."""
+    out = tmp_path_factory.mktemp("cells")
+    root = built[0] / "out"
+    records = {}
+    for name in NEURAL:
+        records[name] = run_cell(Cell(name, "nemu", 2, 0), get(name), root, "quick", overrides={"epochs": 1},
+                                 out_dir=out)
+    return root, out, records
+
+
+@pytest.mark.parametrize("name", NEURAL)
+def test_every_neural_cell_leaves_a_run_folder_predict_accepts(cell_runs, name, tmp_path):
+    root, out, records = cell_runs
+    record = records[name]
+    if record["status"] == "not_applicable":  # MLEE needs MOSEI's dominant emotion; no cell, no folder
+        assert "run_dir" not in record and not run_folder(out, Cell(name, "nemu", 2, 0)).exists()
+        return
+    run_dir = Path(record["run_dir"])
+    assert run_dir == run_folder(out, Cell(name, "nemu", 2, 0))
+    assert {"model.pt", "run.json", "normalization.json", "train_labels.npy"} <= {p.name for p in run_dir.iterdir()}
+    torch.load(run_dir / "model.pt", weights_only=True)
+    output = tmp_path / "p.jsonl"
+    assert predict.main(["--checkpoint", str(run_dir), "--data", str(root), "--split", "test", "--fold", "2",
+                         "--output", str(output)]) == 0
+    ours, cells = predictions(output), predictions(run_dir / "predictions-test.jsonl")
+    assert list(ours) == list(cells) and ours
+    for sample_id, row in ours.items():
+        assert row["predicted"] == cells[sample_id]["predicted"]
+        for label, p in row["probabilities"].items():
+            assert abs(p - cells[sample_id]["probabilities"][label]) <= 1e-6
+    # and the record's test metrics are those of the probabilities predict gives
+    run = load_run(run_dir)
+    dataset = run.dataset(root, None, [2])
+    _, probabilities = run.predict_dataset(dataset)
+    metrics = evaluate(dataset.labels, binarize(probabilities, run.threshold), run.label_names)
+    assert metrics["micro_f1"] == pytest.approx(record["metrics"]["micro_f1"], abs=1e-12)
+
+
+def test_saved_statistics_are_applied_again_by_predict(cell_runs):
+    root, _, records = cell_runs
+    run = load_run(records["HHMPN"]["run_dir"])
+    assert run.statistics.same_as(split_datasets(root, fold=2)["train"].normalization)
+    dataset = run.dataset(root, "test")
+    assert dataset.normalization.same_as(run.statistics)
+    unnormalised = split_datasets(root, fold=4)["test"]  # another rotation's statistics
+    with pytest.raises(RunFolderError, match="not normalised with the run's statistics"):
+        run.predict_dataset(unnormalised)
+
+
+def test_hhmpn_train_writes_the_same_run_folder(built, tmp_path):
+    root = built[0] / "out"
+    run_dir = tmp_path / "run"
+    assert train.main(["--data", str(root), "--out", str(run_dir), "--profile", "quick", "--epochs", "1", "--d", "16",
+                       "--fold", "2", "--ablation", "no_f2l", "--no-progress"]) == 0
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["model"] == "HHMPN w/o F2L" and run["input_normalization"] == "standardize" and run["fold"] == 2
+    assert predict.main(["--checkpoint", str(run_dir), "--data", str(root), "--fold", "2"]) == 0
+    rows = predictions(run_dir / "predictions-test.jsonl")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    labels = np.array([[name in r["labels"] for name in run["labels"]] for r in rows.values()], dtype=float)
+    predicted = np.array([[name in r["predicted"] for name in run["labels"]] for r in rows.values()], dtype=float)
+    assert evaluate(labels, predicted, run["labels"])["micro_f1"] == pytest.approx(metrics["test"]["micro_f1"])
+    raw_dir = tmp_path / "raw"
+    assert train.main(["--data", str(root), "--out", str(raw_dir), "--profile", "quick", "--epochs", "1", "--d", "16",
+                       "--input-normalization", "raw", "--no-progress"]) == 0
+    assert json.loads((raw_dir / "run.json").read_text())["input_normalization"] == "raw"
+    assert load_run(raw_dir).statistics.setting == "raw"
+
+
+class RunsCode:
+    """A pickle that calls a function when loaded: what weights_only=True must refuse."""
+
+    def __reduce__(self):
+        return (os.getpid, ())
+
+
+def _edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _corruptions():
+    def state(change):
+        def apply(run_dir: Path):
+            tensors = torch.load(run_dir / "model.pt", weights_only=True)
+            change(tensors)
+            torch.save(tensors, run_dir / "model.pt")
+        return apply
+
+    def first_key(tensors):
+        return next(iter(tensors))
+
+    return {
+        "missing model.pt": (lambda d: (d / "model.pt").unlink(), "model.pt: missing"),
+        "missing run.json": (lambda d: (d / "run.json").unlink(), "no run.json"),
+        "unparsable run.json": (lambda d: (d / "run.json").write_text('{"model": "HHMPN", '), "run.json: unreadable"),
+        "run.json not an object": (lambda d: (d / "run.json").write_text("[1, 2]"), "not a JSON object"),
+        "run.json without labels": (lambda d: _edit_json(d / "run.json", lambda r: r.pop("labels")), "lacks labels"),
+        "unknown model": (lambda d: _edit_json(d / "run.json", lambda r: r.update(model="NoSuchNet")),
+                          "not registered"),
+        "code-running pickle": (lambda d: torch.save({"w": RunsCode()}, d / "model.pt"), "refused, not a weights-only"),
+        "not a torch file": (lambda d: (d / "model.pt").write_bytes(b"garbage" * 10), "refused, not a weights-only"),
+        "a tensor, not a state_dict": (lambda d: torch.save(torch.zeros(3), d / "model.pt"), "not a state_dict"),
+        "missing key": (state(lambda t: t.pop(first_key(t))), "1 missing"),
+        "unexpected key": (state(lambda t: t.update(extra=torch.zeros(1))), "1 unexpected (first extra)"),
+        "wrong shape": (state(lambda t: t.update({first_key(t): torch.zeros(3, 3, 3)})), "of another shape"),
+        "missing statistics": (lambda d: (d / "normalization.json").unlink(), "no input-normalisation statistics"),
+        "broken statistics": (lambda d: (d / "normalization.json").write_text("{}"), "not valid input-normalisation"),
+        "missing train labels": (lambda d: (d / "train_labels.npy").unlink(), "train_labels.npy: missing"),
+        "another label set": (lambda d: _edit_json(d / "run.json", lambda r: r["labels"].__setitem__(0, "Bored")),
+                              "labels"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_corruptions()))
+def test_predict_refuses_an_unusable_run_folder_in_one_line(cell_runs, case, tmp_path, capsys):
+    root, _, records = cell_runs
+    change, expected = _corruptions()[case]
+    run_dir = tmp_path / "run"
+    shutil.copytree(records["HHMPN"]["run_dir"], run_dir)
+    change(run_dir)
+    capsys.readouterr()
+    code = predict.main(["--checkpoint", str(run_dir), "--data", str(root), "--output", str(tmp_path / "p.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("hhmpn.predict: error: ") and expected in err, err
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_predict_refuses_missing_folders_and_other_data(cell_runs, tmp_path, capsys):
+    root, _, records = cell_runs
+    for argv in (["--checkpoint", str(tmp_path / "nowhere"), "--data", str(root)],
+                 ["--checkpoint", records["HHMPN"]["run_dir"], "--data", str(tmp_path)]):
+        assert predict.main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("hhmpn.predict: error: "), err
+    run = load_run(records["HHMPN"]["run_dir"])
+    other = type("Other", (), {"root": "elsewhere", "label_names": run.label_names,
+                               "modality_dims": run.modality_dims | {"audio": 75}})()
+    with pytest.raises(RunFolderError, match="modality dims"):
+        run.check_dataset(other)
+
+
+def test_train_refuses_an_unusable_output_in_one_line(built, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code = train.main(["--data", str(built[0] / "out"), "--out", str(blocker), "--profile", "quick", "--epochs", "1",
+                       "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("hhmpn.train: error: "), err
