@@ -163,3 +163,20 @@ def test_a_model_needing_dominant_emotion_is_not_applicable_on_nemu(built):
     assert record["status"] == "not_applicable" and "dominant_emotion" in record["reason"]
     rendered = table2([record, _record("BR", 0, 0.4)], {"nemu": "NEMu"})
     assert ["Non-linguistic", "NeedsDominant", "–", "–", "–", "–"] in rendered.rows
+
+
+def test_run_all_defaults_to_five_rotations_for_tables_2_and_3_on_every_core(built, monkeypatch):
+    base, _, _ = built
+    seen = {}
+
+    def fake_run(datasets, model_names, folds, seeds, profile, out, **kw):
+        seen.update(models=model_names, folds=folds, **kw)
+        return {"cells": 0, "ran": 0, "skipped": 0, "failed": 0, "tables": [], "figures": []}
+
+    monkeypatch.setattr(run_all, "run", fake_run)
+    assert run_all.main(["--datasets", f"nemu={base / 'out'}", "--models", "br,hhmpn", "--no-progress"]) == 0
+    assert seen["models"] == ["BR", "HHMPN"]
+    assert seen["folds"] == seen["table3_folds"] == [0, 1, 2, 3, 4]
+    assert seen["jobs"] == run_all.default_jobs() and seen["threads"] == 1
+    assert run_all.main(["--datasets", f"nemu={base / 'out'}", "--profile", "paper", "--table3-folds", "3"]) == 0
+    assert len(seen["folds"]) == 10 and seen["table3_folds"] == [0, 1, 2]
