@@ -12,14 +12,22 @@ Protocol (paper, "Implementation Details"): Adam, gradient clipping at norm 10, 
 epochs, evaluation on the validation set after every epoch, and a single checkpoint -- the epoch with
 the best validation micro-F1 (first such epoch on ties) -- used for every test metric. Thresholds are
 0.5. The test set is never seen by :func:`fit`, and no metric gets its own best epoch.
+
+Speed options of :func:`fit` (and :func:`train_and_test`): ``precision`` "fp32" (default, the exact
+float32 path), "bf16" or "fp16" (``torch.autocast`` on the model's forward pass and loss; fp16 adds a
+gradient scaler; bf16 is the one to use on CPU), and ``compile=True`` (``torch.compile`` of the model's
+forward; with dropout the compiled model draws other dropout masks than eager unless
+``torch._inductor.config.fallback_random`` is set). Per batch the loop only moves the batch, steps and
+keeps the detached loss; losses and validation logits are brought to the CPU once per epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +40,11 @@ from nemu.metrics import DEFAULT_THRESHOLD, binarize, evaluate
 
 #: The only metric used to select the checkpoint, computed on the validation set.
 SELECTION_METRIC = "micro_f1"
+#: ``precision`` options of :func:`fit`: autocast dtype (None = plain float32).
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: ``epoch_metrics`` options of :func:`fit`: every metric each epoch, or only the selection metric
+#: each epoch and every metric once, for the selected epoch.
+EPOCH_METRICS = ("all", "selection")
 
 
 def default_device() -> torch.device:
@@ -70,6 +83,29 @@ def move_batch(batch, device: str | torch.device):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The mixed-precision context for ``precision`` (see :data:`PRECISIONS`); fp32 is no context at all."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {sorted(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def _forward_fn(model: nn.Module, compile: bool) -> Callable:
+    """``model`` itself, or its ``torch.compile``d forward (parameters and train/eval mode are shared)."""
+    return torch.compile(model) if compile else model
+
+
+def _mean(values: list[torch.Tensor], sizes: list[int]) -> float | None:
+    """sum(value * size) / sum(size) with one device-to-host copy; the same float arithmetic as a running sum."""
+    if not values:
+        return None
+    total = 0.0
+    for value, size in zip(torch.stack(values).tolist(), sizes):
+        total += value * size
+    return total / sum(sizes)
 
 
 def save_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
@@ -111,37 +147,58 @@ class TrainResult:
 
 @torch.no_grad()
 def _infer(
-    model: nn.Module, loader: Iterable, device: torch.device, *, with_loss: bool, progress: bool = False
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    *,
+    with_loss: bool,
+    progress: bool = False,
+    precision: str = "fp32",
+    forward: Callable | None = None,
 ) -> tuple[list[str], np.ndarray, np.ndarray | None, float | None]:
-    """Run ``model`` in eval mode over ``loader``: ids, probabilities, labels (or None), mean loss."""
+    """Run ``model`` in eval mode over ``loader``: ids, probabilities, labels (or None), mean loss.
+
+    Logits, labels and losses stay on the device until the end: one sigmoid and one copy to the host.
+    """
     model.eval()
+    forward = model if forward is None else forward
     ids: list[str] = []
-    probabilities, labels = [], []
-    loss_sum, count = 0.0, 0
+    logits, labels, losses, sizes = [], [], [], []
     for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
         batch = move_batch(batch, device)
-        outputs = model(batch)
-        probabilities.append(torch.sigmoid(outputs["logits"]).float().cpu().numpy())
+        with autocast(device, precision):
+            outputs = forward(batch)
+            if with_loss and "labels" in batch:
+                losses.append(model.loss(outputs, batch).detach())
+                sizes.append(batch["labels"].shape[0])
+        logits.append(outputs["logits"])
         ids.extend(batch.get("ids", []))
         if "labels" in batch:
-            labels.append(batch["labels"].float().cpu().numpy())
-            if with_loss:
-                size = batch["labels"].shape[0]
-                loss_sum += float(model.loss(outputs, batch)) * size
-                count += size
-    probs = np.concatenate(probabilities, axis=0) if probabilities else np.zeros((0, 0), np.float32)
-    y = np.concatenate(labels, axis=0) if labels else None
-    mean_loss = loss_sum / count if with_loss and count else None
+            labels.append(batch["labels"])
+    if logits:
+        stacked = torch.cat(logits)
+        if stacked.dtype in (torch.bfloat16, torch.float16):
+            stacked = stacked.float()  # mixed precision: the sigmoid in float32
+        probs = torch.sigmoid(stacked).float().cpu().numpy()
+    else:
+        probs = np.zeros((0, 0), np.float32)
+    y = torch.cat(labels).float().cpu().numpy() if labels else None
+    mean_loss = _mean(losses, sizes) if with_loss else None
     return ids, probs, y, mean_loss
 
 
 def predict(
-    model: nn.Module, loader: Iterable, device: str | torch.device | None = None, *, progress: bool = False
+    model: nn.Module,
+    loader: Iterable,
+    device: str | torch.device | None = None,
+    *,
+    progress: bool = False,
+    precision: str = "fp32",
 ) -> tuple[list[str], np.ndarray]:
     """Sample ids and predicted probabilities sigmoid(logits), shape (N, L), in loader order."""
     device = _device(device)
     model.to(device)
-    ids, probs, _, _ = _infer(model, loader, device, with_loss=False, progress=progress)
+    ids, probs, _, _ = _infer(model, loader, device, with_loss=False, progress=progress, precision=precision)
     return ids, probs
 
 
@@ -154,6 +211,7 @@ def evaluate_loader(
     label_names: Sequence[str] | None = None,
     with_loss: bool = False,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> dict:
     """:func:`nemu.metrics.evaluate` of the model's thresholded predictions on ``loader``.
 
@@ -161,7 +219,8 @@ def evaluate_loader(
     """
     device = _device(device)
     model.to(device)
-    _, probs, labels, loss = _infer(model, loader, device, with_loss=with_loss, progress=progress)
+    _, probs, labels, loss = _infer(model, loader, device, with_loss=with_loss, progress=progress,
+                                    precision=precision)
     if labels is None:
         raise ValueError("evaluate_loader needs batches with 'labels'")
     metrics = evaluate(labels, binarize(probs, threshold), label_names)
@@ -169,6 +228,61 @@ def evaluate_loader(
     if with_loss:
         metrics["loss"] = loss
     return metrics
+
+
+def make_optimizer(model: nn.Module, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    """Adam over the model's parameters (PyTorch's default betas).
+
+    The fused kernel on CUDA; on CPU the default per-tensor loop, which was measured faster there than
+    ``foreach=True`` (8 vs 17 ms per step for 60 256x256 tensors) and gives the same bits.
+    """
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=True if device.type == "cuda" else None)
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    *,
+    clip: float | None = 10.0,
+    precision: str = "fp32",
+    forward: Callable | None = None,
+    scaler: "torch.amp.GradScaler | None" = None,
+    progress: bool = False,
+    desc: str = "train",
+) -> float:
+    """One pass over ``loader`` in train mode: forward, loss, backward, clipping, step. Returns the mean loss.
+
+    ``forward`` is the (possibly compiled) model call; ``scaler`` a gradient scaler for fp16. The
+    detached losses stay on the device and are summed once at the end, in the order a running sum
+    would add them.
+    """
+    model.train()
+    forward = model if forward is None else forward
+    losses, sizes = [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        batch = move_batch(batch, device)
+        with autocast(device, precision):
+            outputs = forward(batch)
+            loss = model.loss(outputs, batch)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients
+        else:
+            loss.backward()
+        if clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        losses.append(loss.detach())
+        sizes.append(len(batch["labels"]))
+    mean = _mean(losses, sizes)
+    return 0.0 if mean is None else mean
 
 
 def fit(
@@ -185,23 +299,38 @@ def fit(
     progress: bool = True,
     threshold: float = DEFAULT_THRESHOLD,
     label_names: Sequence[str] | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
+    epoch_metrics: str = "all",
 ) -> TrainResult:
     """Train ``model`` for exactly ``epochs`` epochs with Adam and keep the best validation micro-F1.
 
     After every epoch the model is evaluated on ``valid_loader`` (probabilities thresholded at
     ``threshold``); the state with the highest validation micro-F1 -- the earliest on ties -- is kept
-    in memory, written to ``checkpoint_path`` (if given) with ``torch.save(state_dict)``, and loaded
-    back into ``model`` at the end, so every later test metric comes from this one checkpoint.
+    in memory, loaded back into ``model`` at the end and written once to ``checkpoint_path`` (if given)
+    with ``torch.save(state_dict)``, so every later test metric comes from this one checkpoint.
     Gradients are clipped to total norm ``clip`` (None disables clipping). ``seed`` seeds Python,
     NumPy and torch before training (dropout, shuffling); seed again before building the model to
     make initialisation reproducible as well.
+
+    ``precision`` ("fp32", "bf16", "fp16") and ``compile`` are the speed options of the module
+    docstring; they apply to training and validation alike. ``epoch_metrics="selection"`` computes
+    only the selection metric after each epoch (``history[i]["valid"]`` then holds ``micro_f1`` and
+    ``threshold``) and every metric once, for the selected epoch (``best_valid``); the default "all"
+    computes every metric after every epoch. The selection is the same either way.
     """
     if epochs < 1:
         raise ValueError("epochs must be >= 1")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {sorted(PRECISIONS)}")
+    if epoch_metrics not in EPOCH_METRICS:
+        raise ValueError(f"unknown epoch_metrics {epoch_metrics!r}; choose from {EPOCH_METRICS}")
     device = _device(device)
     seed_everything(seed)
     model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = make_optimizer(model, lr, device)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    forward = _forward_fn(model, compile)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -209,33 +338,27 @@ def fit(
     best_score, best_epoch = -float("inf"), 0
     best_state: dict[str, torch.Tensor] = {}
     best_valid: dict = {}
+    best_predictions = None
     started = time.perf_counter()
     epoch_bar = tqdm(range(1, epochs + 1), desc="epochs", disable=not progress)
     for epoch in epoch_bar:
         epoch_start = time.perf_counter()
-        model.train()
-        loss_sum, count = 0.0, 0
-        for batch in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=not progress):
-            batch = move_batch(batch, device)
-            outputs = model(batch)
-            loss = model.loss(outputs, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
-            size = len(batch["labels"])
-            loss_sum += float(loss.detach()) * size
-            count += size
+        train_loss = train_epoch(model, train_loader, optimizer, device, clip=clip, precision=precision,
+                                 forward=forward, scaler=scaler, progress=progress, desc=f"epoch {epoch}")
 
-        _, probs, labels, valid_loss = _infer(model, valid_loader, device, with_loss=True)
+        _, probs, labels, valid_loss = _infer(model, valid_loader, device, with_loss=True, precision=precision,
+                                              forward=forward)
         if labels is None:
             raise ValueError("the validation loader must yield batches with 'labels'")
-        valid_metrics = evaluate(labels, binarize(probs, threshold), label_names)
+        predictions = binarize(probs, threshold)
+        if epoch_metrics == "all":
+            valid_metrics = evaluate(labels, predictions, label_names)
+        else:
+            valid_metrics = {SELECTION_METRIC: _micro_f1(labels, predictions)}
         valid_metrics["threshold"] = float(threshold)
         record = {
             "epoch": epoch,
-            "train_loss": loss_sum / max(count, 1),
+            "train_loss": train_loss,
             "valid_loss": valid_loss,
             "valid": valid_metrics,
             "seconds": time.perf_counter() - epoch_start,
@@ -244,16 +367,19 @@ def fit(
         score = valid_metrics[SELECTION_METRIC]
         if score > best_score:  # strict: the earliest epoch wins ties
             best_score, best_epoch, best_valid = score, epoch, valid_metrics
+            best_predictions = (labels, predictions)
             best_state = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
-            if checkpoint_path is not None:
-                save_checkpoint(best_state, checkpoint_path)
         epoch_bar.set_postfix(
             train_loss=f"{record['train_loss']:.4f}",
             valid_miF1=f"{score:.4f}",
             best_epoch=best_epoch,
         )
 
+    if epoch_metrics == "selection":
+        best_valid = {**evaluate(*best_predictions, label_names), "threshold": float(threshold)}
     model.load_state_dict(best_state)
+    if checkpoint_path is not None:
+        save_checkpoint(best_state, checkpoint_path)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     return TrainResult(
         best_epoch=best_epoch,
@@ -264,6 +390,16 @@ def fit(
         train_seconds=time.perf_counter() - started,
         peak_memory_bytes=peak,
     )
+
+
+def _micro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Micro-F1 exactly as :func:`nemu.metrics.evaluate` computes it (scikit-learn, same zero_division)."""
+    from sklearn.metrics import f1_score
+
+    from nemu.metrics import F1_ZERO_DIVISION
+
+    return float(f1_score(y_true.astype(np.int64), y_pred.astype(np.int64), average="micro",
+                          zero_division=F1_ZERO_DIVISION))
 
 
 def make_loaders(datasets: Mapping[str, "torch.utils.data.Dataset"], batch_size: int, seed: int) -> dict:
@@ -296,11 +432,18 @@ def train_and_test(
     checkpoint_path: str | os.PathLike | None = None,
     progress: bool = True,
     label_names: Sequence[str] | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
+    epoch_metrics: str = "all",
 ) -> tuple[TrainResult, dict]:
-    """:func:`fit` on train/valid, then the test metrics of the selected (best-validation) checkpoint."""
+    """:func:`fit` on train/valid, then the test metrics of the selected (best-validation) checkpoint.
+
+    ``precision`` applies to the test predictions too, as to the validation that selected the checkpoint.
+    """
     loaders = make_loaders(datasets, batch_size, seed)
     result = fit(model, loaders["train"], loaders["valid"], epochs=epochs, lr=lr, clip=clip, device=device,
                  seed=seed, checkpoint_path=checkpoint_path, progress=progress, threshold=threshold,
-                 label_names=label_names)
-    test = evaluate_loader(model, loaders["test"], device, threshold=threshold, label_names=label_names)
+                 label_names=label_names, precision=precision, compile=compile, epoch_metrics=epoch_metrics)
+    test = evaluate_loader(model, loaders["test"], device, threshold=threshold, label_names=label_names,
+                           precision=precision)
     return result, test

@@ -1,11 +1,14 @@
 """hhmpn.engine: learning, checkpoint selection on validation micro-F1 only, checkpoints, determinism."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from hhmpn.engine import (
     SELECTION_METRIC,
@@ -56,10 +59,11 @@ def planted_samples(n, seed):
     return samples
 
 
-def collate(samples):
+def collate(samples, pad_to=None):
+    """Pad each modality to the batch's longest node list (or to ``pad_to[name]`` nodes: fixed shapes)."""
     batch = {"features": {}, "masks": {}, "ids": [s["id"] for s in samples]}
     for name, dim in DIMS.items():
-        longest = max(1, max(len(s["features"][name]) for s in samples))
+        longest = pad_to[name] if pad_to else max(1, max(len(s["features"][name]) for s in samples))
         x = torch.zeros(len(samples), longest, dim)
         mask = torch.zeros(len(samples), longest, dtype=torch.bool)
         for row, s in enumerate(samples):
@@ -275,3 +279,111 @@ def test_gradients_are_clipped_to_norm_10(monkeypatch):
     assert seen and all(max_norm == 10.0 for max_norm, _, _ in seen)
     assert seen[0][1] > 10.0  # the raw gradient was larger ...
     assert all(after <= 10.0 + 1e-4 for _, _, after in seen)  # ... and was clipped
+
+
+# --------------------------------------------------------------------- speed options: same results
+def _reference_fit(model, train_loader, valid_loader, *, epochs, lr, clip=10.0, seed=0):
+    """The engine's loop as it read before its per-batch and evaluation overhead was cut: default Adam,
+    a host-side running loss sum per batch, a sigmoid and a host copy per validation batch."""
+    seed_everything(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    history, best_score, best_state = [], -float("inf"), None
+    for epoch in range(1, epochs + 1):
+        model.train()
+        loss_sum, count = 0.0, 0
+        for batch in tqdm(train_loader, disable=True):  # as the engine (the wrapper changes the shuffling draws)
+            outputs = model(batch)
+            loss = model.loss(outputs, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            loss_sum += float(loss.detach()) * len(batch["labels"])
+            count += len(batch["labels"])
+        model.eval()
+        probs, labels, valid_sum, valid_count = [], [], 0.0, 0
+        with torch.no_grad():
+            for batch in tqdm(valid_loader, disable=True):
+                outputs = model(batch)
+                probs.append(torch.sigmoid(outputs["logits"]).float().cpu().numpy())
+                labels.append(batch["labels"].float().cpu().numpy())
+                valid_sum += float(model.loss(outputs, batch)) * batch["labels"].shape[0]
+                valid_count += batch["labels"].shape[0]
+        metrics = evaluate(np.concatenate(labels), binarize(np.concatenate(probs)))
+        history.append((loss_sum / count, valid_sum / valid_count, metrics["micro_f1"]))
+        if metrics["micro_f1"] > best_score:
+            best_score = metrics["micro_f1"]
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return history, best_state
+
+
+def test_fp32_path_is_bit_identical_to_the_straightforward_loop():
+    train, valid = loaders(n_train=96, n_valid=48, batch_size=32)
+    expected_history, expected_state = _reference_fit(tiny_hhmpn(seed=3), train, valid, epochs=3, lr=3e-3, seed=5)
+    result = fit(tiny_hhmpn(seed=3), train, valid, epochs=3, lr=3e-3, seed=5, progress=False, device="cpu")
+    got = [(r["train_loss"], r["valid_loss"], r["valid"]["micro_f1"]) for r in result.history]
+    assert got == expected_history  # exactly: same losses, same order of additions
+    assert set(result.best_state) == set(expected_state)
+    assert all(torch.equal(result.best_state[k], expected_state[k]) for k in expected_state)
+
+
+def test_selection_only_epoch_metrics_select_the_same_checkpoint():
+    train, valid = loaders(n_train=96, n_valid=48, batch_size=32)
+    full = fit(tiny_hhmpn(), train, valid, epochs=3, lr=3e-3, seed=1, progress=False, device="cpu")
+    cheap = fit(tiny_hhmpn(), train, valid, epochs=3, lr=3e-3, seed=1, progress=False, device="cpu",
+                epoch_metrics="selection")
+    assert cheap.best_epoch == full.best_epoch
+    assert all(torch.equal(cheap.best_state[k], v) for k, v in full.best_state.items())
+    assert cheap.best_valid == full.best_valid  # every metric, once, for the selected epoch
+    assert [r["valid"]["micro_f1"] for r in cheap.history] == [r["valid"]["micro_f1"] for r in full.history]
+    assert set(cheap.history[0]["valid"]) == {"micro_f1", "threshold"}
+
+
+def test_unknown_speed_options_are_rejected():
+    train, valid = loaders(n_train=32, n_valid=16)
+    with pytest.raises(ValueError, match="precision"):
+        fit(tiny_hhmpn(), train, valid, epochs=1, lr=1e-3, progress=False, device="cpu", precision="int8")
+    with pytest.raises(ValueError, match="epoch_metrics"):
+        fit(tiny_hhmpn(), train, valid, epochs=1, lr=1e-3, progress=False, device="cpu", epoch_metrics="some")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_close_to_fp32(precision):
+    """bf16/fp16 autocast on CPU: the same training up to the 8-bit (bf16) / 11-bit (fp16) mantissa."""
+    train, valid = loaders(n_train=96, n_valid=48, batch_size=32)
+    reference = fit(tiny_hhmpn(), train, valid, epochs=2, lr=3e-3, seed=0, progress=False, device="cpu")
+    mixed = fit(tiny_hhmpn(), train, valid, epochs=2, lr=3e-3, seed=0, progress=False, device="cpu",
+                precision=precision)
+    for a, b in zip(reference.history, mixed.history):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.03)
+        assert b["valid_loss"] == pytest.approx(a["valid_loss"], rel=0.03)
+    for key, value in reference.best_state.items():
+        if value.is_floating_point():
+            assert mixed.best_state[key].dtype == value.dtype  # master weights stay float32
+            assert torch.allclose(mixed.best_state[key], value, atol=0.02, rtol=0.05), key
+    _, p_ref = predict(tiny_hhmpn().eval(), valid, "cpu")
+    _, p_mixed = predict(tiny_hhmpn().eval(), valid, "cpu", precision=precision)
+    assert p_mixed.dtype == np.float32 and np.abs(p_mixed - p_ref).max() < 0.02
+    assert np.abs(p_mixed - p_ref).max() > 0  # autocast did run in lower precision
+
+
+def test_compiled_training_equals_eager():
+    """torch.compile (inductor, C++ on CPU) gives the eager training to 1e-5. Tiny model, dropout 0: the
+    compiled model draws other dropout masks than eager. Fixed batch shapes keep it to two compilations
+    (training, evaluation): about 40 s of CPU time."""
+    pytest.importorskip("torch._inductor")
+    fixed = functools.partial(collate, pad_to={"a": 5, "b": 4})  # one shape: one graph per mode, no recompiles
+    train = DataLoader(planted_samples(32, 1), batch_size=32, shuffle=True, collate_fn=fixed)
+    valid = DataLoader(planted_samples(16, 2), batch_size=16, collate_fn=fixed)
+
+    def model():
+        seed_everything(0)
+        return HHMPN(DIMS, NUM_LABELS, d=8, rounds=2, dropout=0.0)
+
+    eager = fit(model(), train, valid, epochs=2, lr=3e-3, seed=0, progress=False, device="cpu")
+    compiled = fit(model(), train, valid, epochs=2, lr=3e-3, seed=0, progress=False, device="cpu", compile=True)
+    for a, b in zip(eager.history, compiled.history):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5, abs=1e-6)
+        assert b["valid_loss"] == pytest.approx(a["valid_loss"], rel=1e-5, abs=1e-6)
+    for key, value in eager.best_state.items():
+        assert torch.allclose(compiled.best_state[key], value, atol=1e-5, rtol=1e-5), key
