@@ -103,7 +103,8 @@ def _yaml_lines(value, indent: int = 0) -> list[str]:
                 lines.append(f"{pad}{_yaml_key(key)}:")
                 lines += _yaml_lines(item, indent + 2)
             else:
-                lines.append(f"{pad}{_yaml_key(key)}: {_yaml_scalar(item) if item or item == 0 else '[]'}")
+                empty = "{}" if isinstance(item, dict) else "[]" if isinstance(item, list) else None
+                lines.append(f"{pad}{_yaml_key(key)}: {empty or _yaml_scalar(item)}")
     else:
         for item in value:
             if isinstance(item, (dict, list)) and item:
@@ -111,7 +112,8 @@ def _yaml_lines(value, indent: int = 0) -> list[str]:
                 lines.append(f"{pad}- {inner[0].lstrip()}")
                 lines += inner[1:]
             else:
-                lines.append(f"{pad}- {_yaml_scalar(item)}")
+                empty = "{}" if isinstance(item, dict) else "[]" if isinstance(item, list) else None
+                lines.append(f"{pad}- {empty or _yaml_scalar(item)}")
     return lines
 
 
@@ -142,9 +144,11 @@ def card_metadata(manifest: dict, schema: pa.Schema | None = None, folder: Path 
     name = manifest["dataset"]
     splits = [s for s in SPLITS if s in manifest["shards"]] + [s for s in manifest["shards"] if s not in SPLITS]
     info: dict = {"config_name": "default"}
-    if schema is not None:
-        info["features"] = [{"name": column, **_yaml_feature(feature)}
-                            for column, feature in hf_features(schema, manifest["labels"]).items()]
+    features = hf_features(schema, manifest["labels"]) if schema is not None else {}
+    if schema is not None and len(features) == len(schema):
+        # all columns or none: datasets casts the shards to the card's features, so a column missing from
+        # them (a type datasets has no feature for) would fail the load; without them it reads the shards'
+        info["features"] = [{"name": column, **_yaml_feature(feature)} for column, feature in features.items()]
     sizes = {split: _split_bytes(folder, manifest["shards"][split]) for split in splits}
     info["splits"] = [{"name": HF_SPLIT_NAMES.get(split, split), "num_bytes": sizes[split],
                        "num_examples": sum(int(entry["rows"]) for entry in manifest["shards"][split])}

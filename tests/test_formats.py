@@ -132,3 +132,25 @@ def test_duckdb_recipes_keep_the_fixed_sizes(built):
                    f"FROM read_parquet('{out / 'train' / '*.parquet'}')")
     assert cast.types == ["TINYINT[12]", f"FLOAT[{dims['audio']}][]"]
     con.close()
+
+
+def test_card_yaml_survives_hostile_names():
+    """Label and dataset names with YAML syntax in them (colons, quotes, 'yes', '#') stay strings."""
+    pytest.importorskip("datasets")
+    import yaml
+    from datasets.info import DatasetInfosDict
+
+    from nemu.shards import Modality, build_schema
+
+    labels = ["a: b", "yes", "c'd\"e", "# not a comment", "- item", "null"]
+    schema = build_schema(len(labels), [Modality("audio", 4, "window", True)], [])
+    manifest = {"dataset": "X: [y]", "labels": labels,
+                "shards": {"train": [{"path": "train/t.parquet", "rows": 3, "bytes": 10}],
+                           "valid": [{"path": "valid/v.parquet", "rows": 1, "bytes": 4}], "test": []}}
+    from nemu.card import _yaml_header
+
+    header = yaml.safe_load((_yaml_header(manifest, schema) + "\n").split("---\n")[1])
+    assert header["pretty_name"] == "X: [y]"
+    info = DatasetInfosDict.from_dataset_card_data(header)["default"]
+    assert info.features["label_ids"].feature.names == labels
+    assert {name: s.num_examples for name, s in info.splits.items()} == {"train": 3, "validation": 1, "test": 0}
