@@ -49,6 +49,40 @@ Decisions where the paper is ambiguous (each is also noted where the code makes 
 
 Node order never matters: there is no positional encoding, so each modality's nodes are a set
 (partial time series); sequences are handled as sets of their frames.
+
+The official code differs from the paper
+-----------------------------------------
+Read from MANLP-suda/HHMPN at commit a7e04df (``HHMPN/``, run by ``begin.sh``); we follow the paper,
+and every number this toolkit reports comes from the protocol in ``hhmpn/engine.py``:
+
+* **No L2L.** ``lamp/Decoders.py:GraphDecoder`` builds every label layer with ``no_dec_self_att=True``,
+  so labels never attend to each other: eqs. (13)-(14) are absent (the ``-label_mask prior`` of the
+  run script builds a mask that nothing uses).
+* **F2F is a MulT encoder**, not eqs. (9)-(10): ``lamp/Encoders.py:GraphEncoder.forward`` returns the
+  three outputs of ``lamp/multran.py:MULTModel`` (crossmodal transformers of MulT, Tsai et al. 2019:
+  multi-head attention, LayerNorm, positional embeddings, widths hard-coded to 512, so ``-d_model
+  256`` fails). It is called without padding masks, so padded steps are attended to. The per-modality
+  self-attention stacks the encoder builds are only used inside a string literal (dead code).
+* **Labels per modality, fused once.** Each modality has its own stack of label layers over all
+  rounds, fused once at the end (``MultiAngleFusion``, ``type='angleFus'``), instead of one fused
+  label state per round with M2L (eqs. 15-16).
+* **No intermediate loss in the run.** ``begin.sh`` does not pass ``-int_preds``, so only the final
+  BCE of eq. (18) is trained; with it, eq. (19) would use a detached copy of W^o, and
+  ``GraphDecoder.forward`` appends to lists it never creates.
+* **Per-metric epoch selection.** ``utils/evals.py:Logger.evaluate`` keeps, for every metric
+  separately, the test value of the (latest) epoch with that metric's best validation value, so the
+  reported Acc, HL, miF1 and maF1 can come from four different epochs. We select one checkpoint by
+  validation micro-F1 and report every test metric from it.
+* **"ACC" is subset accuracy.** ``utils/evals.py:compute_metrics`` stores ``eval_ret['Subset
+  accuracy']`` (exact match of the whole label set) as ``ACC``, while the paper's Acc is the
+  multi-label accuracy of its cited works (the per-sample Jaccard index); ``nemu.metrics`` reports
+  both, as ``accuracy`` (Jaccard) and ``subset_accuracy``.
+* Smaller ones: Adam betas (0.9, 0.98), lr 1e-5 with 8-step gradient accumulation of batches of 8,
+  d_model 512 and dropout 0.2 in ``begin.sh`` (see ``hhmpn/config.py`` for ours).
+
+Cost: F2F projects every node once per layer and updates all modalities in one UPD_mlp call, and
+the label rounds score every modality copy in one product (see hhmpn/layers.py); the equations are
+those above, checked against a per-pair reference implementation in tests/test_hhmpn_model.py.
 """
 
 from __future__ import annotations
