@@ -244,8 +244,27 @@ def add_raw(parser: CommandParser, *, positional_alias: bool = True, help: str |
 
 def add_data(parser: CommandParser, *, required: bool = True, more: str = "", **kwargs) -> None:
     """``--data DATA``: a built dataset folder; ``more`` adds what this command does with it or its default."""
-    parser.add_argument("--data", type=Path, metavar="DATA", required=required,
+    kwargs.setdefault("type", Path)
+    parser.add_argument("--data", metavar="DATA", required=required,
                         help=HELP["data"] + (f"; {more}" if more else ""), **kwargs)
+
+
+def dataset_entry(text: str) -> tuple[str, Path]:
+    """A built dataset for a command that reads several: ``PATH`` (named by its manifest's dataset, lower-case:
+    nemu, mosei; by the folder's name when it has no readable manifest yet) or ``NAME=PATH``."""
+    if "=" in text and not Path(text).exists():
+        name, path = text.split("=", 1)
+        if not name or not path:
+            raise argparse.ArgumentTypeError(f"expected PATH or NAME=PATH, got {text!r}")
+        return name, Path(path)
+    path = Path(text)
+    try:
+        import json
+
+        name = str(json.loads((path / "manifest.json").read_text(encoding="utf-8"))["dataset"]).lower()
+    except (OSError, ValueError, KeyError, TypeError):
+        name = path.resolve().name.lower() or "data"
+    return name, path
 
 
 def add_out(parser: CommandParser, what: str, *, required: bool = True, positional_alias: bool = False,
@@ -305,3 +324,16 @@ def add_split(parser: CommandParser, *, default: str = "test") -> None:
 
 def add_progress(parser: CommandParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help=HELP["progress"])
+
+
+def dataset_list(text: str) -> list[tuple[str, Path]]:
+    """argparse type: comma-separated built datasets (``dataset_entry``), each name once."""
+    entries = comma_list(dataset_entry)(text)
+    names = [name for name, _ in entries]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"{text!r}: two datasets named {', '.join(twice)}; name them NAME=PATH")
+    return entries
+
+
+dataset_list.__name__ = "comma-separated dataset list"
