@@ -27,7 +27,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from nemu.splits import N_FOLDS, SPLIT_ALIASES, SPLIT_CHOICES
+from nemu.splits import N_FOLDS, SPLIT_ALIASES, SPLIT_CHOICES, split_key
 
 # console script -> module whose main(argv) it runs (pyproject.toml [project.scripts]; tests/test_cli.py)
 COMMANDS = {
@@ -179,10 +179,10 @@ def comma_list(item=str):
 
 def split_name(text: str) -> str:
     """argparse type: a split name as users write it ('validation' or 'valid', 'train', 'test'), returned as
-    given; nemu.splits.split_key maps it to the folder."""
+    the folder/manifest key (nemu.splits.split_key), so every consumer sees one name."""
     if text not in SPLIT_ALIASES:
         raise argparse.ArgumentTypeError(f"invalid split {text!r} (choose from {', '.join(SPLIT_CHOICES)})")
-    return text
+    return split_key(text)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -64,7 +64,9 @@ def assign_folds(label_matrix: np.ndarray, seed: int, n_folds: int = N_FOLDS,
 
 def cv_rotation(k: int, n_folds: int = N_FOLDS) -> dict[str, list[int]]:
     """Folds in each split for cross-validation run ``k``: test = k, valid = k+1, train = the rest."""
-    test, valid = k % n_folds, (k + 1) % n_folds
+    if not 0 <= k < n_folds:  # a rotation outside the folds is a mistake, never wrapped around
+        raise ValueError(f"cross-validation rotation must be in 0..{n_folds - 1}, got {k}")
+    test, valid = k, (k + 1) % n_folds
     return {"train": [f for f in range(n_folds) if f not in (test, valid)], "valid": [valid], "test": [test]}
 
 

@@ -193,10 +193,19 @@ def test_data_is_never_taken_for_datasets(parsers, capsys):
 
 def test_the_validation_split_has_both_names(parsers):
     predict = parsers["hhmpn-predict"]
-    for name in ("validation", "valid", "test", "train"):
-        assert predict.parse_args(["--run", "r", "--data", "d", "--split", name]).split == name
+    for name, key in (("validation", "valid"), ("valid", "valid"), ("test", "test"), ("train", "train")):
+        assert predict.parse_args(["--run", "r", "--data", "d", "--split", name]).split == key
     with pytest.raises(SystemExit):
         predict.parse_args(["--run", "r", "--data", "d", "--split", "dev"])
+
+
+def test_a_rotation_outside_the_folds_is_refused_not_wrapped():
+    from nemu.splits import cv_rotation
+
+    assert cv_rotation(9) == {"train": list(range(1, 9)), "valid": [0], "test": [9]}
+    for bad in (10, -1):
+        with pytest.raises(ValueError, match=r"0\.\.9"):
+            cv_rotation(bad)
 
 
 def test_comma_list_and_fold_types():
