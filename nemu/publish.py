@@ -325,14 +325,17 @@ class DatasetPublisher:
         then each entry is replaced by its link: files by one rename, folders by an atomic exchange
         (renameat2) where the system has it."""
         manifest = self.out_dir / MANIFEST_FILE
+        legacy = None
         if _exists(manifest) and not manifest.is_symlink():
             try:
-                names = names | set(json.loads(manifest.read_text(encoding="utf-8"))["shards"])
+                legacy = json.loads(manifest.read_text(encoding="utf-8"))
+                names = names | set(legacy["shards"])
             except (OSError, ValueError, KeyError, TypeError):
-                pass
-        real = sorted(n for n in names if _exists(self.out_dir / n) and not (self.out_dir / n).is_symlink())
+                legacy = None
+        real = sorted(n for n in names if _exists(self.out_dir / n) and not (self.out_dir / n).is_symlink()
+                      and self._written_by_a_build(n, legacy))
         if not real:
-            return
+            return  # anything else in the way is refused by commit's conflict check, never deleted
         target = self._current()
         if target is None:
             _remove(self.builds / CURRENT)  # a copied folder, not a link
@@ -364,6 +367,21 @@ class DatasetPublisher:
             self._retire(aside / name, target / name, set())
         shutil.rmtree(aside, ignore_errors=True)
 
+    def _written_by_a_build(self, name: str, legacy: dict | None) -> bool:
+        """Whether the real entry OUT/<name> is a build's output. Split folders are (inside them only the
+        manifest's shards count as the build's); a top-level file only beside a build's real manifest, and
+        word vectors only when that build trained them (not a file the user passed with --word-vectors)."""
+        if (self.out_dir / name).is_dir():
+            return True
+        if legacy is None:  # a takeover killed half-way had already hard-linked the file into current
+            current = self._current()
+            return current is not None and _exists(current / name) and _same_content(self.out_dir / name,
+                                                                                      current / name)
+        if name == "word_vectors.bin":
+            vectors = legacy.get("settings", {}).get("text", {}).get("word_vectors", {})
+            return isinstance(vectors, dict) and vectors.get("source") != "file"
+        return True
+
     def commit(self) -> Path:
         """Publish the staged build as OUT's dataset in one atomic step; returns the generation folder."""
         staged = self.path
@@ -382,26 +400,40 @@ class DatasetPublisher:
         old_names = {entry.name for entry in old.iterdir()} if old is not None else set()
         for name in sorted(names):
             entry = self.out_dir / name
-            if not _exists(entry):
-                _symlink_atomic(entry, link_target(name))  # resolves once current is swapped
-            elif not _is_published_link(entry, name):
+            if _exists(entry) and not _is_published_link(entry, name):
                 raise FolderConflict(f"{entry} is in the way of the build's {name} and was not written by a build; "
                                      f"move it away and build again")
-        if old is not None:
-            _symlink_atomic(self.builds / PREVIOUS, old.name)
-        fault_point("before-swap")
-        _symlink_atomic(self.builds / CURRENT, generation.name)  # the commit point
-        _fsync(self.builds)
+        created = []
+        try:
+            for name in sorted(names):
+                if not _exists(self.out_dir / name):
+                    _symlink_atomic(self.out_dir / name, link_target(name))  # resolves once current is swapped
+                    created.append(self.out_dir / name)
+            if old is not None:
+                _symlink_atomic(self.builds / PREVIOUS, old.name)
+            fault_point("before-swap")
+            _symlink_atomic(self.builds / CURRENT, generation.name)  # the commit point
+        except BaseException:
+            for link in created:  # links to names the previous dataset does not have: they lead nowhere
+                if not link.exists():
+                    link.unlink(missing_ok=True)
+            raise
         self._unpublished = None
+        _fsync(self.builds)
         fault_point("swapped")
-        # Published. What follows only tidies up; a kill here is finished by the next build's _recover.
-        for name in sorted(old_names - names):
-            if _is_published_link(self.out_dir / name, name):
-                (self.out_dir / name).unlink()
-        if old is not None:
-            self._retire(old, generation, build_outputs(old))
-            (self.builds / PREVIOUS).unlink()
-        _remove(self.builds / REJECTED)
+        # Published. What follows only tidies up; a kill or an error here is finished by the next build's
+        # _recover, so it is a warning, not a failed build.
+        try:
+            for name in sorted(old_names - names):
+                if _is_published_link(self.out_dir / name, name):
+                    (self.out_dir / name).unlink()
+            if old is not None:
+                self._retire(old, generation, build_outputs(old))
+                (self.builds / PREVIOUS).unlink()
+            _remove(self.builds / REJECTED)
+        except OSError as exc:
+            warnings.warn(f"{self.out_dir}: the new dataset is published, but tidying up the previous one failed "
+                          f"({exc}); the next build finishes it", stacklevel=2)
         return generation
 
     def reject(self) -> Path:

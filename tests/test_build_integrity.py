@@ -122,6 +122,31 @@ def test_sigkill_at_any_point_leaves_the_old_or_the_new_dataset(tmp_path, raw_an
     assert manifest["shards"]["train"]
 
 
+def test_sigkill_as_soon_as_a_new_shard_appears_leaves_a_whole_dataset(tmp_path, raw_and_cache):
+    """No hook: the build process is killed the moment any new Parquet file shows up anywhere under OUT."""
+    raw, cache, _ = raw_and_cache
+    out = tmp_path / "out"
+    build(_options(raw_and_cache, out, seed=0))
+    before = _snapshot(out)
+    old_files = {p.stat().st_ino for p in out.rglob("*.parquet")}
+    process = subprocess.Popen(_command(raw, out, cache, "--seed", "1"), cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while process.poll() is None and time.time() < deadline:
+        try:
+            if any(p.stat().st_ino not in old_files for p in out.rglob("*.parquet")):
+                process.kill()
+                break
+        except FileNotFoundError:  # a file renamed while listed
+            pass
+    process.wait()
+    manifest = _assert_whole(out, killed=True)
+    if manifest["settings"]["seed"] == 0:
+        assert _snapshot(out) == before
+    build(_options(raw_and_cache, out, seed=1))
+    _assert_whole(out, seed=1)
+
+
 def test_a_real_folder_from_an_older_build_is_taken_over_without_a_gap(tmp_path, raw_and_cache):
     """Real split folders and manifest (an older version's build, or a copy with links followed) become links;
     killed half-way through, the folder still shows the old dataset, and nothing the build did not write is lost."""
@@ -348,6 +373,18 @@ def test_files_the_build_did_not_write_are_never_deleted(tmp_path, raw_and_cache
     assert not any((out / p).exists() for p in old_shards - new_shards)  # the build's own old shards are gone
     assert len(nemu.load(out, None)) == 12
     nemu.verify(out)
+
+
+def test_a_users_file_at_a_build_output_name_is_refused_not_overwritten(tmp_path, raw_and_cache):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.md").write_text("# my own notes\n")
+    with pytest.raises(BuildError, match=r"README.md is in the way"):
+        build(_options(raw_and_cache, out))
+    assert (out / "README.md").read_text() == "# my own notes\n"
+    assert not (out / "manifest.json").exists() and not (out / "train").exists()
+    assert sorted(p.name for p in out.iterdir()) == [BUILDS_DIR, "README.md"]
+    assert sorted(p.name for p in (out / BUILDS_DIR).iterdir()) == ["lock"]
 
 
 def test_a_failed_strict_build_leaves_the_previous_dataset_untouched(tmp_path, raw_and_cache):
