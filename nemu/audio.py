@@ -77,30 +77,21 @@ def _header_seconds(path: Path) -> float | None:
     try:
         info = soundfile.info(str(path))
         return info.frames / info.samplerate if info.samplerate > 0 and info.frames >= 0 else None
-    except Exception:  # not a libsndfile format, or a damaged header: librosa's decoding decides below
+    except Exception:  # a damaged header: the count is simply unknown
         return None
 
 
 def load_audio(path: Path, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
     """Mono float32 samples at ``sample_rate``, at most ``max_seconds`` of them decoded.
 
-    Raises AudioDecodeError for unreadable, empty or non-finite audio. Files soundfile reads (wav,
-    flac, ogg, mp3) are decoded block by block (``_decode_streaming``); others go to librosa's
-    audioread fallback with ``duration``. Either way decoding stops after ``max_seconds`` of the
-    file's own samples, so the cost is bounded by the limit whatever the header claims.
+    Raises AudioDecodeError for unreadable, empty or non-finite audio. Decoding is libsndfile's
+    (wav, flac, ogg, mp3), block by block (``_decode_streaming``), and stops after ``max_seconds``
+    of the file's own samples, so the cost is bounded whatever the header claims. librosa's
+    audioread fallback is not used: it would hand hostile files to whatever decoder the machine has
+    (ffmpeg follows playlists) and make features depend on it.
     """
-    import warnings
-
-    import librosa
-    import soundfile
-
     try:
-        try:
-            samples, _ = _decode_streaming(path, sample_rate, max_seconds)
-        except soundfile.LibsndfileError:  # not a format libsndfile knows: librosa tries audioread
-            with warnings.catch_warnings():  # librosa warns before its audioread fallback
-                warnings.simplefilter("ignore", (UserWarning, FutureWarning))
-                samples, _ = librosa.load(str(path), sr=sample_rate, mono=True, duration=max_seconds)
+        samples, _ = _decode_streaming(path, sample_rate, max_seconds)
     except AudioDecodeError:
         raise
     except Exception as exc:  # soundfile/soxr/audioread raise many types for corrupt files

@@ -19,6 +19,9 @@ FEATURE_DIMS = {"resnet50": 2048, "efficientnet-lite0": 1280}
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # decoded pixels (width × height); 8K UHD is 33 MP
 RESIZE_SHORT_SIDE = 256  # the transform's Resize; CenterCrop(224) then uses the central part
 _ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+# Formats Pillow may decode, whatever the file's suffix (a cover saved as WebP under .jpg is common).
+# The list keeps out plugins that run external programs (EPS runs Ghostscript) or read other files.
+DECODABLE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")  # JPEG includes MPO
 
 
 class ImageWeightsUnavailable(RuntimeError):
@@ -197,7 +200,7 @@ def load_rgb8(path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, short_side
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
-            image = Image.open(path)
+            image = Image.open(path, formats=DECODABLE_FORMATS)
         finally:
             Image.MAX_IMAGE_PIXELS = previous
         with image:

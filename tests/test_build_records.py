@@ -77,6 +77,11 @@ def hostile(tmp_path_factory):
     Image.fromarray(np.array([[0.5, np.nan], [0.1, 0.2]], np.float32)).save(raw / "images" / "nan.png", "TIFF")
     add("nan_pixels", song(28, raw))["images"][0] = "images/nan.png"
     Image.new("RGB", (400, 300), (9, 9, 9)).save(raw / "images" / "big.png")  # 120 000 px > 100 000
+    # formats whose decoders run other programs or follow references are not decoded at all
+    (raw / "images" / "vector.png").write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    add("eps", song(48, raw))["images"][0] = "images/vector.png"
+    (raw / "audio" / "list.mp3").write_text("#EXTM3U\n#EXTINF:1,x\nhttp://127.0.0.1:9/x.mp3\n")
+    add("playlist", song(49, raw))["audio"] = "audio/list.mp3"
     add("too_many_pixels", song(29, raw))["images"][1] = "images/big.png"
     # --- no content, unparsable nesting
     add("empty", song(30, raw) | {"lyrics": "[00:00.00]作词 : 某某\n[00:01.00]……", "comments": ["……", "  "],
@@ -162,6 +167,10 @@ def test_decoder_errors_of_any_type_and_non_finite_data_are_the_records(hostile)
     assert field == "audio" and "MemoryError: injected" in why and why.startswith("audio/s026.wav: ")
     field, why = reason(hostile, "nan_pixels")
     assert field == "images[0]" and "NaN or infinite pixels" in why
+    field, why = reason(hostile, "eps")
+    assert field == "images[0]" and "cannot decode image: UnidentifiedImageError" in why
+    field, why = reason(hostile, "playlist")
+    assert field == "audio" and "cannot decode audio" in why
     field, why = reason(hostile, "too_many_pixels")
     assert field == "images[1]" and "400×300 = 120000 pixels" in why and "--max-image-pixels" in why
 
@@ -269,6 +278,13 @@ def test_an_extreme_aspect_ratio_costs_what_a_square_costs(tmp_path, hostile):
     Image.new("RGB", (64_000, 2), (200, 30, 30)).save(tmp_path / "strip.png")
     tensor = encoder.transform(central_square(load_rgb8(tmp_path / "strip.png")))
     assert tuple(tensor.shape) == (3, 224, 224)  # not 3 x 256 x 8 192 000
+
+
+def test_large_jpegs_are_decoded_at_a_reduced_scale_that_still_covers_the_input(tmp_path):
+    Image.new("RGB", (4096, 2048), (10, 200, 30)).save(tmp_path / "large.jpg", quality=90)
+    image = load_rgb8(tmp_path / "large.jpg")
+    assert image.size == (512, 256)  # 1/8 scale: the short side still >= 256
+    assert np.abs(np.asarray(image).astype(int) - (10, 200, 30)).max() <= 3
 
 
 def test_audio_decoding_stops_at_the_limit_whatever_the_header_claims(tmp_path):
