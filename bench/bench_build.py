@@ -1,7 +1,7 @@
 """Benchmark of NEMu construction, printing ratios measured in one run.
 
-1. Feature-extraction time of the build vs the bare librosa / torchvision calls on the same files
-   (the overhead of validation, tokenising, caching and bookkeeping).
+1. Feature-extraction time of the build vs the bare librosa / torchvision calls on the same files (the
+   overhead of validation, tokenising, caching and bookkeeping).
 2. A build with 2 workers vs 1 worker (fresh caches), wall-clock.
 3. Peak RSS of a whole build at 1x and 10x the sample size (each build in its own process).
 

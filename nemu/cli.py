@@ -64,17 +64,31 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     "(default: X)" unless the help already says what the default is; nothing for flags without one."""
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
-        # the description's own line breaks stay; long prose lines are wrapped (list items with a hanging
-        # indent), indented lines (commands, tables) are kept as they are
-        lines = []
+        # prose lines are re-flowed as paragraphs (a docstring's own line breaks do not survive a narrower
+        # terminal); blank lines, list items ("1. ", "- ") and indented lines (commands, tables) are kept
+        out: list[str] = []
+        paragraph: list[str] = []
+
+        def flush():
+            if paragraph:
+                marker = re.match(r"(\d+\.|[-*]) ", paragraph[0])
+                hang = " " * len(marker.group(0)) if marker else ""
+                out.append(textwrap.fill(" ".join(paragraph), width, initial_indent=indent,
+                                         subsequent_indent=indent + hang))
+                paragraph.clear()
+
         for line in text.splitlines():
-            if len(line) <= width or line[:1].isspace():
-                lines.append(indent + line)
-                continue
-            marker = re.match(r"(\d+\.|[-*]) ", line)
-            hang = " " * len(marker.group(0)) if marker else ""
-            lines.append(textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent + hang))
-        return "\n".join(lines)
+            if paragraph and re.match(r"(\d+\.|[-*]) ", paragraph[0]) and re.match(r" {2,3}\S", line):
+                paragraph.append(line.strip())  # the continuation of a list item
+            elif not line.strip() or line[:1].isspace():
+                flush()
+                out.append(indent + line if line.strip() else "")
+            else:
+                if re.match(r"(\d+\.|[-*]) ", line):
+                    flush()
+                paragraph.append(line.strip())
+        flush()
+        return "\n".join(out)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""

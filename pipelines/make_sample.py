@@ -29,8 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                 positional_alias=True)
     parser.add_argument("--songs", type=cli.positive_int, default=240, metavar="N",
                         help="number of songs to generate (240: about 40 MB, well under a minute)")
-    parser.add_argument("--seed", type=int, default=0, metavar="S",
-                        help="non-negative random seed; a different seed gives a different folder")
+    cli.add_seed(parser, what="non-negative; a different seed gives a different folder")
     parser.add_argument("--overwrite", action="store_true",
                         help="if the folder is not empty, replace its records.jsonl, audio/ and images/ "
                              "(other files in it are left untouched); without it a non-empty folder is refused")
