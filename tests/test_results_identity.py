@@ -93,3 +93,19 @@ def test_run_all_tabulates_only_this_grid_build_and_settings(dataset, tmp_path):
     assert [(r["approach"], r["NEMu folds"]) for r in rows] == [("BR", "1")]
     stored = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert {r["input_normalization"] for r in stored} == {"raw", "standardize"}
+
+
+def test_a_store_from_before_fingerprints_is_rerun_not_reused(dataset, tmp_path):
+    out = tmp_path / "results"
+    out.mkdir()
+    legacy = {"key": "BR|nemu|fold=0|seed=0|modalities=all", "model": "BR", "group": "Classical", "dataset": "nemu",
+              "fold": 0, "seed": 0, "status": "ok", "profile": "quick", "modalities": ["lyrics"],
+              "metrics": {"accuracy": 0.1, "hamming_loss": 0.9, "micro_f1": 0.01, "macro_f1": 0.01}}
+    (out / "results.jsonl").write_text(json.dumps(legacy) + "\n[1, 2]\n", encoding="utf-8")  # and a non-record line
+    summary = _run(dataset, out)
+    assert summary["ran"] == 1
+    assert "built from fingerprint (not recorded) but" in summary["notices"][0]
+    rows = list(csv.DictReader((out / "table2.csv").open(encoding="utf-8")))
+    fresh = ResultsStore(out, "quick").records()[-1]
+    assert "identity" in fresh and "identity" not in ResultsStore(out, "quick").records()[0]
+    assert [float(r["NEMu miF1(%) mean"]) for r in rows] == [round(100 * fresh["metrics"]["micro_f1"], 2)]
