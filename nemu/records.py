@@ -276,6 +276,9 @@ def read_records(raw_dir: Path) -> ReadResult:
         except RecursionError:  # json's C parser recurses once per nesting level
             result.quarantined.append(Quarantined(None, number, "line", "malformed JSON: nested too deeply"))
             continue
+        except ValueError as exc:  # an integer of more than 4300 digits (Python's int/str conversion limit)
+            result.quarantined.append(Quarantined(None, number, "line", f"malformed JSON: {exc}"))
+            continue
         record_id = obj.get("id") if isinstance(obj, dict) and isinstance(obj.get("id"), str) else None
         try:
             record = _parse_record(obj, number, raw_dir)

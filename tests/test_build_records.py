@@ -87,6 +87,7 @@ def hostile(tmp_path_factory):
     add("empty", song(30, raw) | {"lyrics": "[00:00.00]作词 : 某某\n[00:01.00]……", "comments": ["……", "  "],
                                   "audio": None, "images": []})
     add("nested", "[" * 100_000 + "]" * 100_000)
+    add("long_integer", '{"id": "big", "tags": ["Sad"], "plays": ' + "9" * 5000 + "}")
     # --- ids that are one id after normalisation
     add("composed", song(31, raw) | {"id": "\u00c5-song"})
     add("decomposed", song(32, raw) | {"id": "A\u030a-song"})
@@ -319,8 +320,10 @@ def test_a_record_without_any_node_is_quarantined_with_its_reason(hostile):
     assert why == "no node in any modality (0 lyric lines, 0 comment nodes, 0 audio windows, 0 images)"
 
 
-def test_deeply_nested_json_is_that_lines_failure(hostile):
+def test_json_the_parser_cannot_hold_is_that_lines_failure(hostile):
     assert reason(hostile, "nested") == ("line", "malformed JSON: nested too deeply")
+    field, why = reason(hostile, "long_integer")
+    assert field == "line" and why.startswith("malformed JSON: Exceeds the limit (4300 digits)")
 
 
 def test_ids_equal_after_unicode_normalisation_and_case_folding_are_duplicates(hostile):
