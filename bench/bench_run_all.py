@@ -11,8 +11,8 @@ average at the start and the end says how much else the machine was doing.
 
 from __future__ import annotations
 
-import argparse
 import os
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -21,17 +21,18 @@ from pathlib import Path
 TARGET_SECONDS = 15 * 60
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     from baselines.run_all import PROFILE_FOLDS, default_jobs
+    from nemu import cli
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("data/nemu"),
-                        help="built sample (the embedded sample is built there first when missing)")
+    parser = cli.command_parser("bench.bench_run_all", __doc__)
+    cli.add_data(parser, required=False, default=Path("data/nemu"),
+                 more="the embedded sample is built there first when missing")
     parser.add_argument("--folds", type=int, default=PROFILE_FOLDS["quick"],
                         help="CV rotations (default: run_all's quick default, %(default)s)")
     parser.add_argument("--jobs", type=int, default=default_jobs(),
                         help="worker processes (default: the CPU cores available, %(default)s)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     from baselines.registry import models
     from baselines.results import ResultsStore
@@ -57,7 +58,8 @@ def main() -> None:
           f"with {args.jobs} job(s) ({sum(per_model.values()):.0f} s in cells) -> {total / TARGET_SECONDS:.2f} of "
           f"the 15-minute demo target (sample and build not included); load average "
           f"{load_before[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

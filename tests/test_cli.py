@@ -13,7 +13,7 @@ import pytest
 from nemu import cli
 from nemu.cli import COMMANDS, HELP
 
-BENCHMARKS = ("bench.bench_build",)
+BENCHMARKS = ("bench.bench_build", "bench.bench_run_all")
 
 
 class _Grabbed(Exception):
