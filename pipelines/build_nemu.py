@@ -29,7 +29,9 @@ def parser() -> argparse.ArgumentParser:
                     "OUT/manifest.json, OUT/DATASET_CARD.md and OUT/quarantine.jsonl. The raw format is in README.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("raw", type=Path, help="raw folder holding records.jsonl and the media files it names")
-    p.add_argument("--out", type=Path, required=True, help="output folder (created; rebuilt in place)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (created). A build is staged under OUT/.builds/ and published in one atomic swap, so OUT "
+                        "always holds one whole dataset; one build at a time (OUT/.builds/lock); files the build "
+                        "did not write are kept")
     p.add_argument("--seed", type=int, default=0, help="seed of the stratified folds and of trained word vectors")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes extracting features (default: all cores)")
