@@ -4,6 +4,12 @@ Stages (each with a progress bar): read and validate records.jsonl; extract per-
 ``workers`` processes (text nodes and jieba tokens, MFCC windows, CNN image features), each cached
 by content hash and settings so a killed build redoes only what is missing; word vectors (given or
 trained on the corpus); stratified folds; shards, manifest, dataset card and quarantine report.
+
+A record's failure is that record's (``extract_record``): media that cannot be resolved, opened or
+decoded, non-finite features or no node in any modality quarantine it with a specific reason.
+``RecordLimits`` (and AudioSettings' ``max_seconds``/``max_nodes``) bound what one record may cost;
+what they cut is counted in the summary and the manifest. Songs whose media are byte-identical under
+different ids are reported and kept in one fold.
 """
 
 from __future__ import annotations
