@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_data(parser, required=False, default=Path("data/nemu"),
                  more="the embedded sample is built there first when missing")
     parser.add_argument("--folds", type=int, default=PROFILE_FOLDS["quick"],
-                        help="CV rotations (default: run_all's quick default, %(default)s)")
+                        help="CV rotations (default: %(default)s, as run_all's quick profile)")
     parser.add_argument("--jobs", type=int, default=default_jobs(),
                         help="worker processes (default: the CPU cores available, %(default)s)")
     args = parser.parse_args(argv)
