@@ -2,16 +2,17 @@
 
 The same thing has the same flag, type and help wording in every command:
 
-===============  ==================================================================================
-``--raw RAW``     a raw NEMu folder (records.jsonl + media) that a command reads
-``--data DATA``   a built dataset folder (manifest.json + shards), the input of training and evaluation
-``--out DIR``     an output folder the command creates or fills
-``--run RUN``     a run folder written by hhmpn-train (model.pt, run.json, metrics.json)
-``--output FILE`` one output file
-``--fold K``      a cross-validation rotation, checked against 0..9
-``--seed S``      one seed; ``--seeds`` several, comma-separated
-lists           comma-separated everywhere: ``--models A,B``, ``--modalities lyrics,audio``, ``--seeds 0,1,2``
-===============  ==================================================================================
+=================  ==============================================================================================
+``--raw RAW``      a raw folder a command reads (NEMu records, or the MOSEI source files)
+``--data DATA``    a built dataset folder (manifest.json + shards), the input of training and evaluation
+``--out DIR``      an output folder the command creates or fills
+``--run RUN``      a run folder written by hhmpn-train (model.pt, run.json, metrics.json)
+``--output FILE``  one output file
+``--fold K``       a cross-validation rotation, checked against 0..9
+``--split SPLIT``  train, validation (also: valid) or test
+``--seed S``       one seed; ``--seeds`` several
+lists              comma-separated everywhere: ``--models A,B``, ``--modalities lyrics,audio``, ``--seeds 0,1,2``
+=================  ==============================================================================================
 
 ``prog`` is the console script a user types (``COMMANDS``, the same names as pyproject.toml's
 ``[project.scripts]``); ``python -m MODULE`` runs the same command. Every flag's default is stated once in its
@@ -52,7 +53,6 @@ HELP = {
     "models": "comma-separated model names (see --list)",
     "modalities": "comma-separated subset of the dataset's modalities, e.g. lyrics,audio",
     "split": f"split to read: {', '.join(SPLIT_CHOICES)} ('valid' is accepted for validation)",
-    "device": "torch device, e.g. cpu or cuda:0",
     "progress": "hide progress bars",
 }
 
@@ -60,7 +60,7 @@ _STATES_DEFAULT = re.compile(r"\bdefault\b", re.IGNORECASE)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the description's line breaks and states each flag's default once: appended as
+    """Re-flows the description's paragraphs and states each flag's default once: appended as
     "(default: X)" unless the help already says what the default is; nothing for flags without one."""
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
