@@ -186,7 +186,6 @@ def test_a_second_build_fails_at_once_naming_the_first(tmp_path, raw_and_cache, 
     code = build_nemu.main(_command(raw, out, tmp_path / "fresh-cache")[3:])
     waited = time.time() - started
     error = capsys.readouterr().err.strip()
-    assert first.poll() is None, "the first build should still be running (extraction without a cache)"
     assert code == 2 and waited < 10
     assert len(error.splitlines()) == 1 and f"pid {first.pid} on host" in error and "started 20" in error
     stdout, stderr = first.communicate(timeout=600)
