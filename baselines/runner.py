@@ -141,18 +141,17 @@ def _run_neural(spec: ModelSpec, config: dict, info: DataInfo, datasets: dict, s
         checkpoint_path=None if run_dir is None else run_dir / CHECKPOINT_FILE, progress=False,
         label_names=info.label_names)
     if run_dir is not None:
-        from hhmpn.predict import LoadedRun, write_predictions
+        from hhmpn.predict import prediction_records, write_predictions
 
         statistics = datasets["train"].normalization
         write_run(run_dir, model=spec.name, config=config, info=info, fold=cell.fold, seed=seed,
                   statistics=statistics, data=root, manifest=read_manifest(root),
                   extra={"extra_columns": list(spec.extra_columns)})
         # the cell's own test probabilities, in predict's format, from the selected checkpoint
-        loaded = LoadedRun(run_dir, {"labels": info.label_names, "modality_dims": info.modality_dims}, model,
-                           statistics, float(config.get("threshold", 0.5)), device)
         ids, probabilities = predict(model, make_loaders({"test": datasets["test"]}, config["batch_size"], seed)
                                      ["test"], device)
-        write_predictions(run_dir / "predictions-test.jsonl", loaded.records(ids, probabilities, datasets["test"]))
+        write_predictions(run_dir / "predictions-test.jsonl", prediction_records(
+            ids, probabilities, info.label_names, float(config.get("threshold", 0.5)), datasets["test"]))
     return {"test": test, "valid": result.best_valid, "selected": {"epoch": result.best_epoch},
             "parameters": result.num_parameters, "state": result.best_state}
 

@@ -93,17 +93,23 @@ class LoadedRun:
         return predict(self.model, DataLoader(dataset, batch_size=batch_size, collate_fn=collate), self.device)
 
     def records(self, ids, probabilities, dataset=None) -> list[dict]:
-        """predict's output records: id, probabilities {label: p}, predicted set, and the true set when known."""
-        truth = {sample_id: row for sample_id, row in zip(dataset.ids, dataset.labels)} if dataset is not None else {}
-        out = []
-        for sample_id, probs in zip(ids, probabilities):
-            record = {"id": sample_id,
-                      "probabilities": {name: round(float(p), 6) for name, p in zip(self.label_names, probs)},
-                      "predicted": [name for name, p in zip(self.label_names, probs) if p >= self.threshold]}
-            if sample_id in truth:
-                record["labels"] = [name for name, y in zip(self.label_names, truth[sample_id]) if y]
-            out.append(record)
-        return out
+        """predict's output records (:func:`prediction_records`) with the run's labels and threshold."""
+        return prediction_records(ids, probabilities, self.label_names, self.threshold, dataset)
+
+
+def prediction_records(ids, probabilities, label_names, threshold: float, dataset=None) -> list[dict]:
+    """predict's output records: id, probabilities {label: p}, predicted set (p >= threshold), and the
+    true set (``labels``) when ``dataset`` has the sample."""
+    truth = {sample_id: row for sample_id, row in zip(dataset.ids, dataset.labels)} if dataset is not None else {}
+    out = []
+    for sample_id, probs in zip(ids, probabilities):
+        record = {"id": sample_id,
+                  "probabilities": {name: round(float(p), 6) for name, p in zip(label_names, probs)},
+                  "predicted": [name for name, p in zip(label_names, probs) if p >= threshold]}
+        if sample_id in truth:
+            record["labels"] = [name for name, y in zip(label_names, truth[sample_id]) if y]
+        out.append(record)
+    return out
 
 
 def load_run(run_dir: str | Path, device: str | None = None) -> LoadedRun:
