@@ -266,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{summary['failed']} failed")
     for path in summary["tables"] + summary["figures"]:
         print(f"wrote {path}")
+    table2 = args.out / "table2.md"
+    if table2 in summary["tables"]:
+        print("\n" + table2.read_text(encoding="utf-8"))
     if args.figure_song and not summary["figures"]:
         print(f"run_all: note: no figure written for --figure-song {args.figure_song}: no finished HHMPN run on "
               f"all modalities of a dataset with comments", file=sys.stderr)
