@@ -237,7 +237,8 @@ class DatasetPublisher:
 
     def __exit__(self, *exc_info) -> None:
         try:
-            if self._unpublished is not None:
+            current = self._current()
+            if self._unpublished is not None and (current is None or current.name != self._unpublished.name):
                 shutil.rmtree(self._unpublished, ignore_errors=True)
         finally:
             self._release()
@@ -419,11 +420,11 @@ class DatasetPublisher:
                     link.unlink(missing_ok=True)
             raise
         self._unpublished = None
-        _fsync(self.builds)
         fault_point("swapped")
         # Published. What follows only tidies up; a kill or an error here is finished by the next build's
         # _recover, so it is a warning, not a failed build.
         try:
+            _fsync(self.builds)  # the swap itself survives a power cut
             for name in sorted(old_names - names):
                 if _is_published_link(self.out_dir / name, name):
                     (self.out_dir / name).unlink()
