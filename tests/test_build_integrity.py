@@ -147,6 +147,32 @@ def test_sigkill_as_soon_as_a_new_shard_appears_leaves_a_whole_dataset(tmp_path,
     _assert_whole(out, seed=1)
 
 
+def test_readers_during_rebuilds_always_see_one_build(tmp_path, raw_and_cache):
+    """nemu.load while another process rebuilds OUT again and again (seeds 1 then 0: other folds, other shard
+    counts) always returns exactly one build's rows: the fold of every id is that of seed 0 or that of seed 1."""
+    raw, cache, _ = raw_and_cache
+    folds = {}
+    for seed in (0, 1):
+        build(_options(raw_and_cache, tmp_path / f"seed{seed}", seed=seed))
+        frame = nemu.load(tmp_path / f"seed{seed}", None)
+        folds[seed] = dict(zip(frame["id"], frame["fold"]))
+    assert folds[0] != folds[1]
+    out = tmp_path / "out"
+    build(_options(raw_and_cache, out, seed=0))
+    rebuilds = ";".join(" ".join(_command(raw, out, cache, "--seed", str(i % 2), "--shard-rows", str(3 + i % 3)))
+                        for i in range(1, 3))
+    process = subprocess.Popen(["bash", "-c", rebuilds.replace(";", " && ")], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    reads = 0
+    while process.poll() is None:
+        frame = nemu.load(out, None)
+        assert dict(zip(frame["id"], frame["fold"])) in (folds[0], folds[1])
+        reads += 1
+    assert process.returncode == 0, process.stderr.read()[-2000:]
+    assert reads > 10
+    _assert_whole(out, seed=0)
+
+
 def test_a_real_folder_from_an_older_build_is_taken_over_without_a_gap(tmp_path, raw_and_cache):
     """Real split folders and manifest (an older version's build, or a copy with links followed) become links;
     killed half-way through, the folder still shows the old dataset, and nothing the build did not write is lost."""
