@@ -175,6 +175,8 @@ class RenderedTable:
     rules_before: set[int] = field(default_factory=set)  # row indices preceded by \midrule in LaTeX
     label: str = ""
     extra_csv: dict[str, tuple[list[str], list[list]]] = field(default_factory=dict)  # name -> (header, rows)
+    text_columns: int = 2  # leading left-aligned columns in LaTeX; the rest are numbers, right-aligned
+    merge_first_column: bool = False  # LaTeX: a first-column value (Table 2's group) only where it changes
 
     def markdown(self) -> str:
         lines = ["| " + " | ".join(self.header) + " |", "|" + "---|" * len(self.header)]
@@ -200,7 +202,8 @@ class RenderedTable:
     @staticmethod
     def tex(cell: str) -> str:
         cell = cell.replace("\\", r"\textbackslash{}").replace("&", r"\&").replace("#", r"\#")
-        cell = cell.replace("±", r"$\pm$").replace("%", r"\%").replace("†", r"$^\dagger$")
+        cell = cell.replace("±", r"$\pm$").replace("%", r"\%").replace("†‡", r"$^{\dagger\ddagger}$")
+        cell = cell.replace("†", r"$^\dagger$")
         cell = cell.replace("‡", r"$^\ddagger$").replace("–", "--").replace("_", r"\_").replace("→", r"$\to$")
         while cell.count("**") >= 2:
             start = cell.index("**")
@@ -212,7 +215,8 @@ class RenderedTable:
         columns = len(self.header)
         lead = columns - sum(span for _, span in self.column_groups)
         lines = ["% needs \\usepackage{booktabs}", r"\begin{table}[t]", r"\centering", r"\small",
-                 r"\begin{tabular}{" + "l" * min(2, columns) + "r" * max(columns - 2, 0) + "}", r"\toprule"]
+                 r"\begin{tabular}{" + "l" * min(self.text_columns, columns)
+                 + "r" * max(columns - self.text_columns, 0) + "}", r"\toprule"]
         if self.column_groups:
             cells, rules, position = [""] * lead, [], lead + 1
             for title, span in self.column_groups:
@@ -224,6 +228,8 @@ class RenderedTable:
         for index, row in enumerate(self.rows):
             if index in self.rules_before:
                 lines.append(r"\midrule")
+            if self.merge_first_column and index and row[0] == self.rows[index - 1][0]:
+                row = [""] + row[1:]
             lines.append(" & ".join(self.tex(c) for c in row) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}"]
         caption = " ".join([self.caption] + self.notes).strip()
@@ -335,7 +341,8 @@ def table2(records: Sequence[dict], datasets: dict[str, str], with_paper: bool =
     return RenderedTable(name, header, rows, notes, caption=caption, csv_header=csv_header, csv_rows=csv_rows,
                          column_groups=[(paper_name, len(METRICS)) for paper_name in datasets.values()],
                          latex_header=["Group", "Approach"] + [HEADERS[m] for _ in datasets for m in METRICS],
-                         rules_before=rules, label=f"tab:{name.replace('_', '-')}", extra_csv=extra)
+                         rules_before=rules, label=f"tab:{name.replace('_', '-')}", extra_csv=extra,
+                         merge_first_column=True)
 
 
 #: The paper's modality letters and Table 3's order of them (L, A, C, V); other modalities follow by name.
@@ -376,6 +383,7 @@ def table3(records: Sequence[dict], dataset: str, model: str = OURS, title: str 
                                   "Table 2. HL: lower is better."]
     caption = f"Performance of {model} with one, two or three modalities as input on {title or dataset}."
     return RenderedTable("table3", header, rows, notes, caption=caption, csv_header=csv_header, csv_rows=csv_rows,
+                         text_columns=1,
                          rules_before={i for i in range(1, len(rows))
                                        if len(rows[i][0].split("-")) != len(rows[i - 1][0].split("-"))})
 
@@ -410,7 +418,7 @@ def table4(records: Sequence[dict], dataset: str, label_shares: dict[str, float]
     caption = f"The performance of {model} on the most and fewest emotion labels of {title or dataset}."
     return RenderedTable("table4", header, rows, notes, caption=caption,
                          csv_header=["block", "emotion", "% of samples", "F1(%) mean", "F1(%) std", "folds"],
-                         csv_rows=csv_rows, rules_before={k})
+                         csv_rows=csv_rows, rules_before={k}, text_columns=1)
 
 
 def table1(manifests: dict[str, dict]) -> RenderedTable:

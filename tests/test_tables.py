@@ -97,6 +97,7 @@ def test_latex_is_a_table_with_caption_and_label():
     assert r"\label{tab:table2}" in tex and r"\multicolumn{4}{c}{NEMu}" in tex
     assert r"$\pm$" in tex and "±" not in tex and "%" not in tex.replace(r"\%", "").split("\n", 1)[1]
     assert r"\textbf{" in tex and "**" not in tex
+    assert "\nMulti-modal & MulT & " in tex and "\n & M3ER & " in tex  # a group named once, where it starts
     assert r"\label{tab:table3}" in table3([_record("HHMPN", 0, 0.5, ("lyrics",))], "nemu").latex()
 
 
