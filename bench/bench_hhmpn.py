@@ -8,8 +8,9 @@
    lr 1e-4, Adam, clipping at 10) with ``hhmpn.engine.fit`` for ``--epochs`` epochs over the
    ``--samples`` training samples. Timed: the training loop only (data loading, forward, backward,
    clipping, optimizer step); the per-epoch validation that ``fit`` runs is excluded.
-3. Extracts the official implementation (MANLP-suda/HHMPN) from a git directory (default: the mirror
-   under /work/.mirror) into the same temporary folder, patches that copy so it runs on CPU with this
+3. Extracts the official implementation (MANLP-suda/HHMPN) from the git directory given with
+   ``--official-git`` (a clone or bare repository; without it, ``git clone`` of the GitHub URL when the
+   network allows) into the same temporary folder, patches that copy so it runs on CPU with this
    torch (the patch list is printed), and runs its own ``train.train_epoch`` on the SAME ``.pt`` with
    its run script's configuration (``HHMPN/begin.sh``: d_model 512, d_inner_hid 512, 3+3 layers,
    8 heads, dropout 0.2, lr 1e-5, graph encoder/decoder, prior label mask, batch 8 with 8-step
@@ -22,7 +23,9 @@
 Nothing of the official code is written into the repository; the temporary folder is deleted at the end
 (``--keep`` keeps it). The official half runs in a child process with this virtualenv's python.
 
-    python -m bench.bench_hhmpn [--samples 64] [--epochs 1] [--threads K]
+    python -m bench.bench_hhmpn [--official-git PATH] [--samples 64] [--epochs 1] [--threads K]
+
+For training speed against this machine's matrix-multiply limit, see ``bench/bench_train_speed.py``.
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OFFICIAL_GIT = Path("/work/.mirror/MANLP-suda+HHMPN/repo")
 OFFICIAL_URL = "https://github.com/MANLP-suda/HHMPN"
 STEPS = 60
 DIMS = {"src-text": 300, "src-visual": 35, "src-audio": 74}
@@ -228,12 +230,16 @@ class Blocked(Exception):
 def extract_official(git_dir: Path | None, dest: Path) -> tuple[Path, str]:
     """HHMPN/ of the official repository's HEAD into dest; returns (HHMPN folder, commit)."""
     dest.mkdir(parents=True)
-    if git_dir is None or not git_dir.exists():
+    if git_dir is not None and not git_dir.exists():
+        raise Blocked(f"--official-git {git_dir} does not exist")
+    if git_dir is not None and (git_dir / ".git").exists():
+        git_dir = git_dir / ".git"  # a clone's work tree
+    if git_dir is None:
         clone = dest / "clone.git"
         proc = subprocess.run(["git", "clone", "--bare", "--quiet", OFFICIAL_URL, str(clone)],
                               capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
-            raise Blocked(f"no git directory of MANLP-suda/HHMPN at {git_dir} and `git clone {OFFICIAL_URL}` "
+            raise Blocked(f"no --official-git given and `git clone {OFFICIAL_URL}` "
                           f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
         git_dir = clone
     commit = subprocess.run(["git", "--git-dir", str(git_dir), "rev-parse", "--short", "HEAD"],
@@ -297,8 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for both implementations (default: torch's default on this machine)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--official-git", type=Path, default=DEFAULT_OFFICIAL_GIT,
-                        help=f"git directory of MANLP-suda/HHMPN (falls back to cloning {OFFICIAL_URL})")
+    parser.add_argument("--official-git", type=Path, default=None,
+                        help="git directory (a clone's .git or a bare repository) of MANLP-suda/HHMPN; "
+                             f"default: clone {OFFICIAL_URL} into the temporary folder (needs the network)")
     parser.add_argument("--official-timeout", type=float, default=None,
                         help="seconds after which the official half is reported as blocked (default: none)")
     parser.add_argument("--skip-official", action="store_true", help="time ours only")
