@@ -145,14 +145,15 @@ class BuildSummary:
 _WORKER: dict = {}
 
 
-def _init_worker(raw_dir: str, cache_dir: str, audio: AudioSettings, image: ImageSettings, max_comment_chars: int,
-                 limits: RecordLimits = RecordLimits()):
+def _init_worker(raw_dir: str, cache_dir: str | None, audio: AudioSettings, image: ImageSettings,
+                 max_comment_chars: int, limits: RecordLimits = RecordLimits()):
     import torch
 
     # One thread per process: parallelism comes from the workers, and single-threaded kernels make
     # the features bit-identical whatever the worker count.
     torch.set_num_threads(1)
-    _WORKER.update(raw_dir=Path(raw_dir), cache_dir=Path(cache_dir), audio=audio, image=image,
+    _WORKER.update(raw_dir=Path(raw_dir), cache_dir=Path(cache_dir) if cache_dir is not None else None,
+                   audio=audio, image=image,
                    max_comment_chars=max_comment_chars, limits=limits, encoder=None)
 
 
@@ -321,8 +322,9 @@ def extract_record(record: RawRecord) -> tuple[str, RawRecord, dict | Quarantine
         media = _resolve_media(record, state["raw_dir"], limits.max_images)
     except RecordError as exc:
         return _quarantine(record, exc.field, exc.reason)
-    path = _cache_path(state["cache_dir"], _record_key(record, media, fingerprint))
-    if path.is_file():
+    path = _cache_path(state["cache_dir"], _record_key(record, media, fingerprint)) \
+        if state["cache_dir"] is not None else None  # no cache: prediction of new songs (nemu.featurize)
+    if path is not None and path.is_file():
         cached = _load_features(path, state["audio"].n_mfcc, state["image"].dim)
         if cached is not None:
             return "ok", record, cached, True
@@ -334,7 +336,8 @@ def extract_record(record: RawRecord) -> tuple[str, RawRecord, dict | Quarantine
         return _quarantine(record, exc.field, exc.reason)
     except Exception as exc:  # a library failing on this record's data (MemoryError included) is the record's
         return _quarantine(record, "record", f"feature extraction failed: {type(exc).__name__}: {str(exc)[:300]}")
-    if not (path.exists() or path.is_symlink()) or path.is_file():  # something else in its place is left alone
+    # something else in the cache slot's place (a directory, a link) is left alone
+    if path is not None and (not (path.exists() or path.is_symlink()) or path.is_file()):
         _save_features(path, features)
     return "ok", record, features, False
 
@@ -411,11 +414,26 @@ def _duplicate_media(kept: list[tuple[RawRecord, dict]]) -> tuple[list[list[str]
 
 
 def _run_extraction(records: list[RawRecord], options: BuildOptions, image: ImageSettings, cache_dir: Path):
-    init_args = (str(options.raw_dir), str(cache_dir), options.audio, image, options.max_comment_chars,
-                 options.limits)
-    bar = dict(total=len(records), desc="extracting features", unit="song", disable=not options.progress,
+    yield from extract_records(records, options.raw_dir, audio=options.audio, image=image,
+                               max_comment_chars=options.max_comment_chars, limits=options.limits,
+                               workers=options.workers, cache_dir=cache_dir, progress=options.progress)
+
+
+def extract_records(records: list[RawRecord], raw_dir: Path, *, audio: AudioSettings, image: ImageSettings,
+                    max_comment_chars: int, limits: RecordLimits = RecordLimits(), workers: int = 1,
+                    cache_dir: Path | None = None, progress: bool = False):
+    """extract_record's results for ``records`` (media relative to ``raw_dir``), in ``workers`` processes.
+
+    The build's per-record stage, callable on its own (``nemu.featurize`` extracts new songs with a built
+    dataset's settings through it): yields ("ok", record, features, from_cache) or ("quarantined", record,
+    Quarantined, False), in input order with one worker, in the order they finish with several.
+    ``cache_dir`` None reads and writes no feature cache.
+    """
+    init_args = (str(raw_dir), str(cache_dir) if cache_dir is not None else None, audio, image,
+                 max_comment_chars, limits)
+    bar = dict(total=len(records), desc="extracting features", unit="song", disable=not progress,
                file=sys.stderr)
-    if options.workers <= 1:
+    if workers <= 1:
         import torch
 
         threads = torch.get_num_threads()
@@ -425,7 +443,7 @@ def _run_extraction(records: list[RawRecord], options: BuildOptions, image: Imag
         finally:
             torch.set_num_threads(threads)
         return
-    yield from tqdm(_parallel_extraction(records, options.workers, init_args), **bar)
+    yield from tqdm(_parallel_extraction(records, workers, init_args), **bar)
 
 
 KILL_WORKER_ENV = "NEMU_TEST_KILL_WORKER"

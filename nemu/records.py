@@ -20,7 +20,7 @@ import json
 import os
 import stat
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,7 +62,7 @@ class Quarantined:
 
 @dataclass
 class ReadResult:
-    records: list[RawRecord] = field(default_factory=list)  # with at least one emotion label
+    records: list[RawRecord] = field(default_factory=list)  # with an emotion label (unless not required)
     quarantined: list[Quarantined] = field(default_factory=list)
     without_emotion: list[str] = field(default_factory=list)  # ids of valid songs without emotion tag
     input_count: int = 0  # non-blank lines
@@ -252,15 +252,27 @@ def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield number, raw
 
 
-def read_records(raw_dir: Path) -> ReadResult:
-    """Parse and validate ``raw_dir/records.jsonl``; see the module docstring for the accounting."""
+def read_records(raw_dir: Path, *, require_labels: bool = True) -> ReadResult:
+    """Parse and validate ``raw_dir/records.jsonl``; see the module docstring for the accounting.
+
+    ``require_labels=False`` (prediction of new songs, ``nemu.featurize``) keeps valid records without an
+    emotion tag as records, with their media checked, instead of counting them in ``without_emotion``.
+    """
     raw_dir = Path(raw_dir)
     path = raw_dir / RECORDS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no {RECORDS_FILE} in the raw folder {raw_dir}")
+    return read_record_lines(iter_lines(path), raw_dir, require_labels=require_labels)
+
+
+def read_record_lines(lines: Iterable[tuple[int, bytes]], raw_dir: Path, *, require_labels: bool = True
+                      ) -> ReadResult:
+    """``read_records`` on (line number, raw bytes) pairs, media paths relative to ``raw_dir``: the same checks,
+    for records that do not come from a records.jsonl (``nemu.featurize`` feeds dicts through it)."""
+    raw_dir = Path(raw_dir)
     result = ReadResult()
     first_seen: dict[str, tuple[str, int]] = {}  # id_key -> (id as written, line)
-    for number, raw in iter_lines(path):
+    for number, raw in lines:
         result.input_count += 1
         try:
             text = raw.decode("utf-8")
@@ -290,7 +302,7 @@ def read_records(raw_dir: Path) -> ReadResult:
                 raise RecordError("id", f"duplicate id {_shown(record.id)} (first seen on line {other_line}, id "
                                         f"{_shown(other)}: the same after Unicode normalisation and case folding)")
             first_seen[key] = (record.id, number)
-            if not record.labels:
+            if not record.labels and require_labels:
                 result.without_emotion.append(record.id)
                 continue
             check_media(record, raw_dir)

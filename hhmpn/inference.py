@@ -1,0 +1,163 @@
+"""Emotions of new songs from their raw files, with any run folder of a neural model (HHMPN or a baseline).
+
+From Python (load a run once, predict many)::
+
+    from hhmpn.inference import Predictor
+    predictor = Predictor.load("runs/hhmpn")                  # the run folder of hhmpn.train or a run_all cell
+    result = predictor.predict_raw("RAW")                     # a raw folder; records may carry no tags
+    result = predictor.predict_records([{"id": "x", "lyrics": "...", "audio": "x.wav", "images": []}], raw_dir=".")
+    result = predictor.predict_files(lyrics="x.lrc", audio="x.mp3", images=["cover.jpg"], comments="x.txt")
+    result.records          # [{"id", "probabilities": {label: p}, "predicted": [labels]}], in the input's order
+    result.frame()          # the same as a pandas DataFrame: id, predicted, one probability column per label
+    result.quarantined      # records that could not be used: {"id", "line", "field", "reason"}
+
+The command line is ``python -m hhmpn.predict --run RUN --raw RAW`` or ``... --lyrics FILE --audio FILE
+--image FILE [--comments FILE]`` (see ``hhmpn.predict``).
+
+What a prediction is made from: the run's dataset (``run.json``'s ``data``, or ``data=`` when it has moved)
+must be the very build the run was trained on (its manifest's fingerprint is the run's
+``dataset_fingerprint``), with the run's labels and modality dims; the songs are featurised with that
+dataset's settings by :class:`nemu.featurize.Featurizer` (the build's own extraction code, the dataset's word
+vectors and image weights, each matched by sha256); the run's saved input-normalisation statistics are
+applied; then the model. Anything that would make the features differ is refused with one line naming
+what differs and how to fix it (``FeatureMismatch`` or ``RunFolderError``, both ValueErrors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from hhmpn.predict import LoadedRun, load_run
+from hhmpn.runs import RunFolderError
+from nemu.featurize import Featurized, Featurizer, FeatureMismatch
+
+
+class NewSongs:
+    """A torch-style Dataset of featurised songs, normalised with a run's statistics (what predict feeds)."""
+
+    def __init__(self, featurized: Featurized, statistics, modalities: list[str], num_labels: int):
+        self.root = "the new songs"
+        self.ids = featurized.ids
+        self.normalization = statistics
+        self._nodes = [{m: statistics.apply(m, song.nodes[m]) for m in modalities} for song in featurized.songs]
+        self._labels = np.zeros(num_labels, dtype=np.float32)  # unknown; the models do not read them to predict
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        import torch
+
+        return {"id": self.ids[index], "features": {m: torch.from_numpy(v) for m, v in self._nodes[index].items()},
+                "labels": torch.from_numpy(self._labels)}
+
+
+@dataclass
+class Predictions:
+    """Predictions of new songs: ``records`` in predict's format (the input's order), the probabilities as an
+    (N, L) array, and the records that could not be used (``quarantined``, the build's reasons)."""
+
+    records: list[dict]
+    ids: list[str]
+    probabilities: np.ndarray
+    label_names: list[str]
+    threshold: float
+    quarantined: list[dict] = field(default_factory=list)
+    text_nodes_without_word_vectors: int = 0
+
+    def frame(self):
+        """A pandas DataFrame: ``id``, ``predicted`` (list of labels), one probability column per label."""
+        import pandas as pd
+
+        frame = pd.DataFrame(self.probabilities, columns=self.label_names)
+        frame.insert(0, "predicted", [record["predicted"] for record in self.records])
+        frame.insert(0, "id", self.ids)
+        return frame
+
+
+@dataclass
+class Predictor:
+    """A run folder loaded once, with the featuriser of the dataset it was trained on."""
+
+    run: LoadedRun
+    featurizer: Featurizer
+    batch_size: int = 64
+
+    @classmethod
+    def load(cls, run_dir: str | Path, *, data: str | Path | None = None, word_vectors: str | Path | None = None,
+             image_weights: str | Path | None = None, device: str | None = None, workers: int = 1,
+             batch_size: int = 64, progress: bool = False) -> "Predictor":
+        """Load ``run_dir`` and the featuriser of its dataset (``data`` where it has moved; see the module)."""
+        from nemu.shards import dataset_fingerprint, read_manifest
+
+        run = load_run(run_dir, device)
+        if run.run.get("extra_columns"):
+            raise RunFolderError(f"{run.run_dir}: model {run.run['model']} reads the per-sample column(s) "
+                                 f"{', '.join(run.run['extra_columns'])}, which raw records do not have")
+        if data is None:
+            if not run.run.get("data"):
+                raise RunFolderError(f"{run.run_dir}/run.json names no dataset; pass --data with the dataset "
+                                     f"the run was trained on")
+            data = Path(run.run["data"])
+        data = Path(data)
+        if not (data / "manifest.json").is_file():
+            raise FeatureMismatch(
+                f"{data}: the dataset {run.run_dir} was trained on is not there (no manifest.json); its manifest "
+                f"holds the feature settings: pass --data with that dataset where it is now")
+        manifest = read_manifest(data)
+        labels = list(manifest.get("labels", []))
+        if labels != run.label_names:
+            raise FeatureMismatch(f"{data}: labels {labels} differ from the run's {run.label_names} "
+                                  f"({run.run_dir}): pass the dataset the run was trained on")
+        dims = {m["name"]: m["dim"] for m in manifest["modalities"]}
+        wrong = {m: d for m, d in run.modality_dims.items() if dims.get(m) != d}
+        if wrong:
+            m = next(iter(wrong))
+            raise FeatureMismatch(f"{data}: modality {m!r} has dim {dims.get(m)}, the run {run.run_dir} was "
+                                  f"trained on dim {wrong[m]}: pass the dataset the run was trained on")
+        expected, found = run.run.get("dataset_fingerprint"), dataset_fingerprint(manifest)
+        if expected and expected != found:
+            raise FeatureMismatch(
+                f"{data}: fingerprint {found[:12]}.. is not the build {run.run_dir} was trained on "
+                f"({expected[:12]}..): a rebuild may have other features (settings, word vectors, seed); pass "
+                f"--data with the build the run was trained on, or retrain the run on {data}")
+        featurizer = Featurizer(data, word_vectors=word_vectors, image_weights=image_weights, workers=workers,
+                                progress=progress)
+        return cls(run, featurizer, batch_size)
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.run.label_names
+
+    def predict_raw(self, raw_dir: str | Path) -> Predictions:
+        """Every record of the raw folder ``raw_dir`` (records.jsonl in the raw format), in its order."""
+        return self.predict_featurized(self.featurizer.featurize_folder(raw_dir))
+
+    def predict_records(self, records, raw_dir: str | Path = ".") -> Predictions:
+        """Raw-format dicts, media paths relative to ``raw_dir``."""
+        return self.predict_featurized(self.featurizer.featurize_records(records, raw_dir))
+
+    def predict_files(self, *, lyrics=None, audio=None, images=(), comments=None, song_id=None) -> Predictions:
+        """One song from its files (:meth:`nemu.featurize.Featurizer.featurize_files`)."""
+        return self.predict_featurized(self.featurizer.featurize_files(
+            lyrics=lyrics, audio=audio, images=images, comments=comments, song_id=song_id))
+
+    def predict_featurized(self, featurized: Featurized) -> Predictions:
+        """Normalise with the run's statistics, predict, and format as ``hhmpn.predict`` does."""
+        modalities = list(self.run.modality_dims)
+        songs = NewSongs(featurized, self.run.statistics, modalities, len(self.label_names))
+        if len(songs):
+            ids, probabilities = self.run.predict_dataset(songs, self.batch_size)
+        else:
+            ids, probabilities = [], np.zeros((0, len(self.label_names)), dtype=np.float32)
+        # the true set, for songs whose records carry emotion tags (as predict gives it for a labelled dataset)
+        labelled = [song for song in featurized.songs if song.record.labels]
+        truth = SimpleNamespace(ids=[song.id for song in labelled], labels=[
+            [int(name in song.record.labels) for name in self.label_names] for song in labelled])
+        records = self.run.records(ids, probabilities, truth if labelled else None)
+        return Predictions(records, list(ids), np.asarray(probabilities), self.label_names, self.run.threshold,
+                           [q.to_json() for q in featurized.quarantined], featurized.text_nodes_without_word_vectors)
