@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from nemu.audio import AudioSettings
@@ -76,6 +78,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     options = BuildOptions(
@@ -88,11 +94,18 @@ def main(argv: list[str] | None = None) -> int:
                             max_lyric_lines=args.max_lyric_lines, max_comment_nodes=args.max_comment_nodes),
         max_comment_chars=args.max_comment_chars, strict=args.strict, rows_per_shard=args.shard_rows,
         row_group_rows=args.row_group_rows, cache_dir=args.cache_dir, progress=not args.no_progress)
+    # SIGTERM (kill, timeout, docker stop) unwinds like Ctrl-C, so the staged build and the workers are removed;
+    # the published dataset is never at risk either way (nemu.publish).
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if threading.current_thread() is \
+        threading.main_thread() else None
     try:
         summary = build(options)
     except (BuildError, ImageWeightsUnavailable, FileNotFoundError, ValueError) as exc:
         print(f"build_nemu: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     print(summary)
     if summary.quarantined:
         print(f"{summary.quarantined} record(s) quarantined: see {args.out / 'quarantine.jsonl'}")

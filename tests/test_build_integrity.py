@@ -194,6 +194,27 @@ def test_a_real_folder_from_an_older_build_is_taken_over_without_a_gap(tmp_path,
     assert (out / "train" / "_mine.txt").read_text() == "a user's file"
 
 
+def test_sigterm_unwinds_the_build_leaving_the_old_dataset_and_nothing_staged(tmp_path, raw_and_cache):
+    raw, _, _ = raw_and_cache
+    out = tmp_path / "out"
+    build(_options(raw_and_cache, out, seed=0))
+    before = _snapshot(out)
+    command = _command(raw, out, tmp_path / "fresh-cache", "--seed", "1")  # extraction takes a while
+    command[command.index("--workers") + 1] = "2"
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((out / BUILDS_DIR).glob("staging-*")):
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    time.sleep(1.0)
+    process.terminate()
+    process.communicate(timeout=120)
+    assert process.returncode == 128 + 15
+    assert _snapshot(out) == before
+    assert not list((out / BUILDS_DIR).glob("staging-*"))
+    _assert_whole(out, seed=0)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # One build at a time
 
