@@ -233,10 +233,14 @@ def evaluate_loader(
 def make_optimizer(model: nn.Module, lr: float, device: torch.device) -> torch.optim.Optimizer:
     """Adam over the model's parameters (PyTorch's default betas).
 
-    The fused kernel on CUDA; on CPU the default per-tensor loop, which was measured faster there than
-    ``foreach=True`` (8 vs 17 ms per step for 60 256x256 tensors) and gives the same bits.
+    The fused kernel on CUDA. On CPU the multi-tensor (``foreach``) implementation: the same bits as
+    the per-tensor loop PyTorch uses by default there (tests/test_engine.py), and faster for HHMPN's
+    many small tensors (2.3 vs 3.2 ms per step for the quick profile's 72 tensors; equal at d=256).
+    The fused CPU kernel is faster still (0.7 ms) but rounds differently, so it is not used.
     """
-    return torch.optim.Adam(model.parameters(), lr=lr, fused=True if device.type == "cuda" else None)
+    if device.type == "cuda":
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    return torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
 
 
 def train_epoch(
@@ -273,7 +277,7 @@ def train_epoch(
         else:
             loss.backward()
         if clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), clip)
+            nn.utils.clip_grad_norm_(model.parameters(), clip, foreach=True)
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
