@@ -421,13 +421,15 @@ def _run_extraction(records: list[RawRecord], options: BuildOptions, image: Imag
 
 def extract_records(records: list[RawRecord], raw_dir: Path, *, audio: AudioSettings, image: ImageSettings,
                     max_comment_chars: int, limits: RecordLimits = RecordLimits(), workers: int = 1,
-                    cache_dir: Path | None = None, progress: bool = False):
+                    cache_dir: Path | None = None, progress: bool = False, encoder: ImageEncoder | None = None):
     """extract_record's results for ``records`` (media relative to ``raw_dir``), in ``workers`` processes.
 
     The build's per-record stage, callable on its own (``nemu.featurize`` extracts new songs with a built
     dataset's settings through it): yields ("ok", record, features, from_cache) or ("quarantined", record,
     Quarantined, False), in input order with one worker, in the order they finish with several.
-    ``cache_dir`` None reads and writes no feature cache.
+    ``cache_dir`` None reads and writes no feature cache. ``encoder``: an ImageEncoder of ``image`` already
+    loaded, used by in-process extraction (``workers`` <= 1), so a caller extracting many small batches loads
+    the model once.
     """
     init_args = (str(raw_dir), str(cache_dir) if cache_dir is not None else None, audio, image,
                  max_comment_chars, limits)
@@ -438,6 +440,8 @@ def extract_records(records: list[RawRecord], raw_dir: Path, *, audio: AudioSett
 
         threads = torch.get_num_threads()
         _init_worker(*init_args)
+        if encoder is not None and encoder.settings == image:
+            _WORKER["encoder"] = encoder
         try:
             yield from tqdm(map(extract_record, records), **bar)
         finally:

@@ -39,7 +39,8 @@ import numpy as np
 
 from nemu.audio import AudioSettings
 from nemu.build import TEXT_MODALITIES, TRAINED_VECTORS_FILE, RecordLimits, extract_records
-from nemu.images import IMAGE_ENCODERS, ImageSettings, ImageWeightsUnavailable, resolve_image_settings
+from nemu.images import (IMAGE_ENCODERS, ImageEncoder, ImageSettings, ImageWeightsUnavailable,
+                         resolve_image_settings)
 from nemu.records import Quarantined, RawRecord, read_record_lines, read_records
 from nemu.shards import read_manifest, sha256_file
 from nemu.text import embed_nodes, load_word_vectors
@@ -209,6 +210,7 @@ class Featurizer:
                                      Path(word_vectors) if word_vectors is not None else None, text_dim)
         self.workers, self.progress = workers, progress
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._encoder = None
 
     # ------------------------------------------------------------------------------------------
     # Inputs: a raw folder, raw-format dicts, or one song's files
@@ -245,9 +247,11 @@ class Featurizer:
             given.append(Path(comments))
         if not given and not comments:
             raise ValueError("give at least one of lyrics, audio, images or comments")
-        missing = [p for p in given if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"{missing[0]}: no such file")
+        for path in given:
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: no such file")
+            if not path.is_file():
+                raise ValueError(f"{path}: not a regular file")
         song_id = song_id or given[0].stem
         # The media stay where they are: RAW is their common folder and their paths are relative to it, so
         # the build's path checks (type, regular file, readable) apply to them unchanged.
@@ -263,12 +267,21 @@ class Featurizer:
 
     # ------------------------------------------------------------------------------------------
 
+    def _image_encoder(self):
+        """The CNN, loaded once per featuriser for in-process extraction (workers load their own)."""
+        if self.workers > 1:
+            return None
+        if self._encoder is None:
+            self._encoder = ImageEncoder(self.image)
+        return self._encoder
+
     def _featurize(self, read, raw_dir: Path) -> Featurized:
         quarantined = list(read.quarantined)
         extracted: dict[int, tuple[RawRecord, dict]] = {}
         for status, record, result, _ in extract_records(
                 read.records, raw_dir, audio=self.audio, image=self.image, max_comment_chars=self.max_comment_chars,
-                limits=self.limits, workers=self.workers, cache_dir=self.cache_dir, progress=self.progress):
+                limits=self.limits, workers=self.workers, cache_dir=self.cache_dir, progress=self.progress,
+                encoder=self._image_encoder()):
             if status == "ok":
                 extracted[record.line] = (record, result)
             else:
