@@ -24,7 +24,8 @@ import os
 import pickle
 import signal
 import sys
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +44,11 @@ from nemu.records import (
 )
 from nemu.publish import DatasetPublisher, FolderConflict, FolderLocked
 from nemu.shards import (
-    FORMAT_VERSION, Modality, atomic_write_bytes, build_schema, canonical_json, sha256_file, with_manifest,
-    write_manifest, write_split,
+    FORMAT_VERSION, Modality, atomic_write_bytes, build_schema, canonical_json, sha256_file, shard_count,
+    with_manifest, write_manifest, write_shard,
 )
 from nemu.splits import N_FOLDS, SPLITS, assign_folds, split_of_fold
-from nemu.statistics import table1_statistics
+from nemu.statistics import Table1Statistics
 from nemu.text import clean_lyrics, comment_nodes, embed_nodes, load_word_vectors, tokenize, train_word_vectors
 
 CACHE_VERSION = 3  # bump when extraction code changes what it produces
@@ -108,6 +109,11 @@ class BuildOptions:
     cache_dir: Path | None = None  # default OUT/.cache
     progress: bool = True
     limits: RecordLimits = field(default_factory=RecordLimits)
+    engine: str = "local"  # ENGINES: where extraction runs (the output does not depend on it)
+    ray_address: str | None = None  # engine "ray": the cluster to join (None: RAY_ADDRESS, else a local instance)
+
+
+ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -122,6 +128,7 @@ class BuildSummary:
     out_dir: Path
     cut_by_limits: dict[str, float] = field(default_factory=dict)  # CUT_COUNTS, summed over kept records
     duplicate_media: list[list[str]] = field(default_factory=list)  # ids of songs with byte-identical media
+    extraction_seconds: float | None = None  # wall-clock from the start of the build to the last record extracted
 
     def __str__(self) -> str:
         text = (
@@ -606,16 +613,16 @@ def _parallel_extraction(records: list[RawRecord], workers: int, init_args: tupl
 # Assembling the dataset
 
 
-def _word_vectors(options: BuildOptions, token_corpus: list[list[str]], out_dir: Path):
-    """(KeyedVectors, manifest description) from --word-vectors or trained on the corpus."""
+def _word_vectors(options: BuildOptions, corpus: _TokenCorpus, out_dir: Path):
+    """(KeyedVectors, manifest description) from --word-vectors or trained on the corpus (non-empty token lists
+    of the kept songs in id order, lyrics before comments)."""
     if options.word_vectors is not None:
         vectors = load_word_vectors(options.word_vectors, options.word_vectors_format)
         return vectors, {"source": "file", "file": Path(options.word_vectors).name, "dim": vectors.vector_size,
                          "sha256": sha256_file(options.word_vectors), "vocabulary": len(vectors.key_to_index)}
-    sentences = [tokens for tokens in token_corpus if tokens]
-    if not sentences:
+    if not corpus.sentences:
         raise BuildError("no lyric or comment tokens to train word vectors on; pass --word-vectors PATH")
-    vectors = train_word_vectors(sentences, WORD_VECTOR_DIM, options.seed)
+    vectors = train_word_vectors(corpus, WORD_VECTOR_DIM, options.seed)
     target = out_dir / TRAINED_VECTORS_FILE  # the build's staging folder: published with the shards
     try:
         vectors.save_word2vec_format(str(target), binary=True)
@@ -687,6 +694,8 @@ def build(options: BuildOptions) -> BuildSummary:
     permission denied) and a second build into the same OUT raise BuildError with one line naming the path.
     """
     options.raw_dir, options.out_dir = Path(options.raw_dir), Path(options.out_dir)
+    if options.engine not in ENGINES:
+        raise BuildError(f"unknown engine {options.engine!r}; choose one of {', '.join(ENGINES)}")
     try:
         with DatasetPublisher(options.out_dir) as publisher:
             return _build_staged(options, publisher)
@@ -696,59 +705,168 @@ def build(options: BuildOptions) -> BuildSummary:
         raise BuildError(_os_error_message(exc, options.out_dir)) from exc
 
 
+# The build streams: its memory does not grow with the number of songs' features. Pass 1 extracts every
+# record (features go to the per-record cache, which the build always has) and keeps per kept song only what
+# the whole dataset needs before any shard can be written: its id, labels, cache key and media digests in
+# memory, its tokens, limit counts and duration in a spool file. Word vectors, folds, Table 1 and the counts
+# that every shard's metadata carries come from those; pass 2 then reads each song's features back from the
+# cache, embeds its text and writes the shards one at a time.
+SPOOL_FILE = ".spool-songs.jsonl"  # in the staging folder; removed before publishing
+CORPUS_FILE = ".spool-corpus.jsonl"  # the word-vector corpus in shard order, one token list per line
+
+
+@dataclass
+class _KeptSong:
+    """What the build holds of one kept record between its two passes (its features stay in the cache)."""
+
+    record: RawRecord  # without lyrics and comments once extracted (their nodes are in the cache entry)
+    cache_path: Path
+    media_digests: dict
+    spool_offset: int
+    needs_record: bool = False  # the cache slot could not take the features: pass 2 extracts it again
+
+
+class _TokenCorpus:
+    """The lyric and comment token lists of the kept songs, in id order, read from a file on each pass.
+
+    gensim's Word2Vec iterates its corpus once for the vocabulary and once per epoch; a list of every token
+    would grow with the corpus, this does not."""
+
+    def __init__(self, path: Path, sentences: int):
+        self.path, self.sentences = path, sentences
+
+    def __iter__(self):
+        with self.path.open("rb") as handle:
+            for line in handle:
+                yield json.loads(line)
+
+
+def _cache_path_of(record: RawRecord, features: dict, fingerprint: dict, cache_dir: Path) -> Path:
+    """The cache entry extract_record used for ``record`` (its key from the media digests it returned)."""
+    digests = features["media_digests"]
+    media = _Media(audio_digest=digests["audio"], images=[(0, "", Path(), digest) for digest in digests["images"]])
+    return _cache_path(cache_dir, _record_key(record, media, fingerprint))
+
+
+def _extract_pass(records: list[RawRecord], options: BuildOptions, image: ImageSettings, cache_dir: Path,
+                  spool) -> tuple[list[_KeptSong], list[Quarantined], int, int]:
+    """Pass 1: extract every record; per kept song its small facts in memory and its spool line."""
+    fingerprint = _settings_fingerprint(options.audio, image, options.max_comment_chars, options.limits)
+    kept: list[_KeptSong] = []
+    quarantined: list[Quarantined] = []
+    extracted = from_cache = 0
+    for status, record, result, cached in _run_extraction(records, options, image, cache_dir):
+        if status != "ok":
+            quarantined.append(result)
+            continue
+        from_cache += cached
+        extracted += not cached
+        offset = spool.tell()
+        line = {"tokens": {m: result[f"{m}_tokens"] for m in TEXT_MODALITIES}, "cut": result["cut"],
+                "duration": result["duration_seconds"]}
+        spool.write(json.dumps(line, ensure_ascii=False).encode("utf-8") + b"\n")
+        path = _cache_path_of(record, result, fingerprint, cache_dir)
+        needs_record = not path.is_file()  # a directory or link in the slot is left alone by extract_record
+        kept.append(_KeptSong(record if needs_record else replace(record, lyrics="", comments=()), path,
+                              result["media_digests"], offset, needs_record))
+    return kept, quarantined, extracted, from_cache
+
+
+def _spool_line(spool, offset: int) -> dict:
+    spool.seek(offset)
+    return json.loads(spool.readline())
+
+
+def _song_features(song: _KeptSong, options: BuildOptions, image: ImageSettings, cache_dir: Path) -> dict:
+    """Pass 2: a kept song's features from the cache entry pass 1 wrote (or extracted again where it could not)."""
+    if not song.needs_record:
+        features = _load_features(song.cache_path, options.audio.n_mfcc, image.dim)
+        if features is not None and features["media_digests"] == song.media_digests:
+            return features
+        raise BuildError(f"{song.cache_path}: the feature cache entry of record {song.record.id!r} (line "
+                         f"{song.record.line}) changed or vanished during the build; build again")
+    results = list(extract_records([song.record], options.raw_dir, audio=options.audio, image=image,
+                                   max_comment_chars=options.max_comment_chars, limits=options.limits,
+                                   workers=1, cache_dir=cache_dir))
+    status, _, features, _ = results[0]
+    if status != "ok" or features["media_digests"] != song.media_digests:
+        raise BuildError(f"record {song.record.id!r} (line {song.record.line}): its media changed during the "
+                         f"build; build again")
+    return features
+
+
 def _build_staged(options: BuildOptions, publisher: DatasetPublisher) -> BuildSummary:
     staging = publisher.path  # everything the build writes goes here until publisher.commit()
     cache_dir = Path(options.cache_dir) if options.cache_dir else options.out_dir / ".cache"
     image = resolve_image_settings(options.image_encoder, options.image_weights)
+    started = time.perf_counter()
 
     read: ReadResult = read_records(options.raw_dir)
-    quarantined = list(read.quarantined)
-    kept: list[tuple[RawRecord, dict]] = []
-    extracted = from_cache = 0
-    for status, record, result, cached in _run_extraction(read.records, options, image, cache_dir):
-        if status == "ok":
-            kept.append((record, result))
-            from_cache += cached
-            extracted += not cached
-        else:
-            quarantined.append(result)
-    quarantined.sort(key=lambda q: q.line)
-    report = "".join(json.dumps(q.to_json(), ensure_ascii=False) + "\n" for q in quarantined)
-    atomic_write_bytes(staging / QUARANTINE_FILE, report.encode("utf-8"))
-    if options.strict and quarantined:
-        first = quarantined[0]
-        rejected = publisher.reject()  # the previous dataset stays as it was, report and all
-        raise BuildError(f"--strict: {len(quarantined)} record(s) quarantined, see {rejected / QUARANTINE_FILE}; "
-                         f"first: line {first.line} id {first.id!r} field {first.field}: {first.reason}")
+    input_count, without_emotion_tag = read.input_count, len(read.without_emotion)
+    with (staging / SPOOL_FILE).open("w+b") as spool:
+        kept, extraction_quarantined, extracted, from_cache = _extract_pass(read.records, options, image,
+                                                                            cache_dir, spool)
+        extraction_seconds = time.perf_counter() - started
+        quarantined = read.quarantined + extraction_quarantined
+        del read  # the records' texts: kept songs hold what pass 2 needs
+        quarantined.sort(key=lambda q: q.line)
+        report = "".join(json.dumps(q.to_json(), ensure_ascii=False) + "\n" for q in quarantined)
+        atomic_write_bytes(staging / QUARANTINE_FILE, report.encode("utf-8"))
+        if options.strict and quarantined:
+            first = quarantined[0]
+            spool.close()
+            (staging / SPOOL_FILE).unlink()
+            rejected = publisher.reject()  # the previous dataset stays as it was, report and all
+            raise BuildError(f"--strict: {len(quarantined)} record(s) quarantined, see {rejected / QUARANTINE_FILE}; "
+                             f"first: line {first.line} id {first.id!r} field {first.field}: {first.reason}")
 
-    kept.sort(key=lambda item: item[0].id)  # shard content does not depend on line order
-    corpus = [tokens for _, f in kept for m in TEXT_MODALITIES for tokens in f[f"{m}_tokens"]]
+        kept.sort(key=lambda song: song.record.id)  # shard content does not depend on line order
+        # One sequential pass over the spool in id order: the word-vector corpus, the limit counts (summed in
+        # id order, as they always were), durations and sentence lengths for Table 1.
+        cut_totals = dict.fromkeys(CUT_COUNTS, 0)
+        durations = np.full(len(kept), np.nan, dtype=np.float32)  # the shards' float32 duration column
+        words_of = np.zeros(len(kept), dtype=np.int64)
+        sentences_of = np.zeros(len(kept), dtype=np.int64)
+        empty_nodes = sentences = 0
+        with (staging / CORPUS_FILE).open("wb") as corpus_file:
+            for position, song in enumerate(kept):
+                line = _spool_line(spool, song.spool_offset)
+                for name in CUT_COUNTS:
+                    cut_totals[name] += line["cut"][name]
+                if line["duration"] is not None:
+                    durations[position] = line["duration"]
+                for modality in TEXT_MODALITIES:
+                    for tokens in line["tokens"][modality]:
+                        words_of[position] += len(tokens)
+                        sentences_of[position] += 1
+                        if tokens:
+                            corpus_file.write(json.dumps(tokens, ensure_ascii=False).encode("utf-8") + b"\n")
+                            sentences += 1
+                        else:
+                            empty_nodes += 1
+    (staging / SPOOL_FILE).unlink()
+    corpus = _TokenCorpus(staging / CORPUS_FILE, sentences)
     vectors, vectors_info = _word_vectors(options, corpus, staging)
-    label_matrix = np.array([[name in r.labels for name in nemu_labels.LABEL_NAMES] for r, _ in kept], dtype=np.int8)
-    duplicate_media, media_group = _duplicate_media(kept)  # byte-identical media: one song for the split
+    # nodes without any in-vocabulary token get zeros (embed_nodes); every shard's metadata counts them
+    nodes_without_vectors = empty_nodes + sum(1 for tokens in corpus
+                                              if not any(t in vectors.key_to_index for t in tokens))
+    (staging / CORPUS_FILE).unlink()
+
+    label_matrix = np.array([[name in song.record.labels for name in nemu_labels.LABEL_NAMES] for song in kept],
+                            dtype=np.int8).reshape(len(kept), len(nemu_labels.LABEL_NAMES))
+    duplicate_media, media_group = _duplicate_media([(song.record, {"media_digests": song.media_digests})
+                                                     for song in kept])  # byte-identical media: one song
     folds = assign_folds(label_matrix, options.seed, groups=media_group)
+    split_of = [split_of_fold(int(fold)) for fold in folds]
+    members = {split: [p for p in range(len(kept)) if split_of[p] == split] for split in SPLITS}
+    statistics = Table1Statistics(nemu_labels.LABEL_NAMES)
+    for split, positions in members.items():  # the order of the shards' rows
+        statistics.add(split, label_matrix[positions], durations[positions], int(words_of[positions].sum()),
+                       int(sentences_of[positions].sum()))
 
     modalities = _modalities(vectors.vector_size, options.audio, image)
-    rows_by_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    nodes_without_vectors = 0
-    for (record, features), label_row, fold in tqdm(zip(kept, label_matrix, folds), total=len(kept),
-                                                    desc="embedding text", disable=not options.progress,
-                                                    file=sys.stderr):
-        row = {"id": record.id, "labels": list(record.labels),
-               "label_ids": np.flatnonzero(label_row).tolist(), "label_vector": label_row.tolist(),
-               "fold": int(fold), "title": record.title, "artist": record.artist, "tags": list(record.tags),
-               "audio": features["audio"], "images": features["images"],
-               "duration_seconds": features["duration_seconds"], "audio_path": record.audio,
-               "image_paths": list(features["image_paths"])}
-        for modality in TEXT_MODALITIES:
-            row[f"{modality}_text"] = features[f"{modality}_text"]
-            row[f"{modality}_tokens"] = features[f"{modality}_tokens"]
-            row[modality], without = embed_nodes(features[f"{modality}_tokens"], vectors)
-            nodes_without_vectors += without
-        rows_by_split[split_of_fold(int(fold))].append(row)
-
-    counts = {"input": read.input_count, "kept": len(kept), "quarantined": len(quarantined),
-              "without_emotion_tag": len(read.without_emotion), "text_nodes_without_word_vectors": nodes_without_vectors}
+    counts = {"input": input_count, "kept": len(kept), "quarantined": len(quarantined),
+              "without_emotion_tag": without_emotion_tag, "text_nodes_without_word_vectors": nodes_without_vectors}
     assert counts["input"] == counts["kept"] + counts["quarantined"] + counts["without_emotion_tag"]
     facts = {
         "format_version": FORMAT_VERSION,
@@ -770,23 +888,51 @@ def _build_staged(options: BuildOptions, publisher: DatasetPublisher) -> BuildSu
         "counts": counts,
         "limits": {"per_record": options.limits.to_dict() | {"max_audio_seconds": options.audio.max_seconds,
                                                               "max_audio_nodes": options.audio.max_nodes},
-                   "cut": {name: round(sum(f["cut"][name] for _, f in kept), 3) for name in CUT_COUNTS}},
+                   "cut": {name: round(total, 3) for name, total in cut_totals.items()}},
         "duplicate_media": {"rule": "same audio bytes, or for songs without audio the same image bytes; "
                                     "each group is kept in one fold", "groups": duplicate_media},
+        "statistics": statistics.result(),
     }
-    schema = build_schema(len(nemu_labels.LABEL_NAMES), modalities, EXTRA_FIELDS)
-    tables = {split: _rows_table(rows, schema, modalities) for split, rows in rows_by_split.items()}
-    facts["statistics"] = table1_statistics(tables, nemu_labels.LABEL_NAMES, [f"{m}_tokens" for m in TEXT_MODALITIES])
-    schema = with_manifest(schema, facts)
-    shards = {}
-    for split in tqdm(SPLITS, desc="writing shards", disable=not options.progress, file=sys.stderr):
-        shards[split] = write_split(tables[split].cast(schema), staging, split, options.rows_per_shard,
-                                    options.row_group_rows)
+    base_schema = build_schema(len(nemu_labels.LABEL_NAMES), modalities, EXTRA_FIELDS)
+    schema = with_manifest(base_schema, facts)
+
+    shards: dict[str, list[dict]] = {}
+    bar = tqdm(total=len(kept), desc="writing shards", unit="song", disable=not options.progress, file=sys.stderr)
+    with bar:
+        for split, positions in members.items():
+            count = shard_count(len(positions), options.rows_per_shard)
+            shards[split] = []
+            for index in range(count):
+                rows = []
+                for position in positions[index * options.rows_per_shard:(index + 1) * options.rows_per_shard]:
+                    song = kept[position]
+                    features = _song_features(song, options, image, cache_dir)
+                    rows.append(_row(song.record, features, label_matrix[position], int(folds[position]), vectors))
+                    bar.update()
+                table = _rows_table(rows, base_schema, modalities).cast(schema)
+                del rows
+                shards[split].append(write_shard(table, staging, split, index, count, options.row_group_rows))
     manifest = facts | {"shards": shards}
     write_dataset_card(staging, manifest, schema)  # README.md, the card datasets.load_dataset reads
     write_manifest(staging, manifest)
     publisher.commit()
-    return BuildSummary(input=counts["input"], kept=len(kept), quarantined=len(quarantined),
-                        without_emotion_tag=len(read.without_emotion), extracted=extracted, from_cache=from_cache,
-                        splits={s: t.num_rows for s, t in tables.items()}, out_dir=options.out_dir,
-                        cut_by_limits=facts["limits"]["cut"], duplicate_media=duplicate_media)
+    return BuildSummary(input=input_count, kept=len(kept), quarantined=len(quarantined),
+                        without_emotion_tag=without_emotion_tag, extracted=extracted, from_cache=from_cache,
+                        splits={s: len(p) for s, p in members.items()}, out_dir=options.out_dir,
+                        cut_by_limits=facts["limits"]["cut"], duplicate_media=duplicate_media,
+                        extraction_seconds=extraction_seconds)
+
+
+def _row(record: RawRecord, features: dict, label_row: np.ndarray, fold: int, vectors) -> dict:
+    """One shard row: the record's fields, its labels and fold, its features with text nodes embedded."""
+    row = {"id": record.id, "labels": list(record.labels),
+           "label_ids": np.flatnonzero(label_row).tolist(), "label_vector": label_row.tolist(),
+           "fold": fold, "title": record.title, "artist": record.artist, "tags": list(record.tags),
+           "audio": features["audio"], "images": features["images"],
+           "duration_seconds": features["duration_seconds"], "audio_path": record.audio,
+           "image_paths": list(features["image_paths"])}
+    for modality in TEXT_MODALITIES:
+        row[f"{modality}_text"] = features[f"{modality}_text"]
+        row[f"{modality}_tokens"] = features[f"{modality}_tokens"]
+        row[modality], _ = embed_nodes(features[f"{modality}_tokens"], vectors)
+    return row

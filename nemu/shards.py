@@ -183,23 +183,32 @@ def write_split(table: pa.Table, out_dir: Path, split: str, rows_per_shard: int,
                 row_group_rows: int) -> list[dict]:
     """Write one split's shards atomically into ``out_dir/split``; their manifest entries (path, rows, bytes,
     sha256). ``out_dir`` is a build's staging folder (nemu.publish): nothing else in it is touched."""
+    count = shard_count(table.num_rows, rows_per_shard)
+    return [write_shard(table.slice(index * rows_per_shard, rows_per_shard), out_dir, split, index, count,
+                        row_group_rows) for index in range(count)]
+
+
+def shard_count(rows: int, rows_per_shard: int) -> int:
+    """How many shards a split of ``rows`` rows is written as (one, possibly empty, at least)."""
+    return max(1, -(-rows // rows_per_shard))
+
+
+def write_shard(part: pa.Table, out_dir: Path, split: str, index: int, count: int, row_group_rows: int) -> dict:
+    """Write shard ``index`` of ``count`` of one split atomically into ``out_dir/split``; its manifest entry.
+
+    The streaming build (nemu.build) writes a split shard by shard with it; ``write_split`` writes a whole table."""
     split_dir = Path(out_dir) / split
     split_dir.mkdir(parents=True, exist_ok=True)
-    count = max(1, -(-table.num_rows // rows_per_shard))
-    written = []
-    for index in range(count):
-        part = table.slice(index * rows_per_shard, rows_per_shard)
-        name = shard_name(split, index, count)
-        sink = pa.BufferOutputStream()
-        # Small row groups so readers can stream a shard without holding all of it in memory.
-        pq.write_table(part, sink, row_group_size=row_group_rows, compression="zstd",
-                       write_statistics=["id", "fold"])
-        data = sink.getvalue().to_pybytes()
-        atomic_write_bytes(split_dir / name, data)
-        written.append({"path": f"{split}/{name}", "rows": part.num_rows, "bytes": len(data),
-                        "sha256": hashlib.sha256(data).hexdigest()})
-        fault_point("shard-written")
-    return written
+    name = shard_name(split, index, count)
+    sink = pa.BufferOutputStream()
+    # Small row groups so readers can stream a shard without holding all of it in memory.
+    pq.write_table(part, sink, row_group_size=row_group_rows, compression="zstd",
+                   write_statistics=["id", "fold"])
+    data = sink.getvalue().to_pybytes()
+    atomic_write_bytes(split_dir / name, data)
+    fault_point("shard-written")
+    return {"path": f"{split}/{name}", "rows": part.num_rows, "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def write_manifest(out_dir: Path, manifest: dict) -> None:
