@@ -145,7 +145,7 @@ def _word_vectors(info: dict, data: Path, given: Path | None, text_dim: int):
         if not path.is_file():
             raise FeatureMismatch(f"--word-vectors: {path} does not exist")
     elif trained:
-        path, fmt = data / info.get("file", TRAINED_VECTORS_FILE), info.get("format", "word2vec-binary")
+        path, fmt = data / TRAINED_VECTORS_FILE, info.get("format", "word2vec-binary")
         if not path.is_file():
             raise FeatureMismatch(
                 f"{path}: missing; it holds the word vectors {data} was built with (sha256 {expected}), without "
@@ -241,7 +241,7 @@ class Featurizer:
                         song_id: str | None = None) -> Featurized:
         """One song from its files: ``lyrics`` a UTF-8 text file (LRC or plain), ``audio`` and ``images`` media
         files anywhere, ``comments`` a UTF-8 file of one comment per line (or a list of comments). The id is
-        ``song_id``, or the stem of the first file given."""
+        ``song_id``, or the stem of the first file given ("song" when only a list of comments is)."""
         given = [Path(p) for p in ([lyrics] if lyrics else []) + ([audio] if audio else []) + list(images)]
         if isinstance(comments, (str, os.PathLike)):
             given.append(Path(comments))
@@ -252,7 +252,7 @@ class Featurizer:
                 raise FileNotFoundError(f"{path}: no such file")
             if not path.is_file():
                 raise ValueError(f"{path}: not a regular file")
-        song_id = song_id or given[0].stem
+        song_id = song_id if song_id is not None else given[0].stem if given else "song"
         # The media stay where they are: RAW is their common folder and their paths are relative to it, so
         # the build's path checks (type, regular file, readable) apply to them unchanged.
         media = [p.resolve() for p in ([Path(audio)] if audio else []) + [Path(p) for p in images]]
