@@ -214,6 +214,7 @@ def predict_new_songs(args, run_dir: Path, prog: str = "hhmpn.predict") -> int:
     import sys
 
     from hhmpn.predict import write_predictions
+    from nemu.build import BuildError
 
     files = [args.lyrics, args.audio, *(args.image or []), args.comments]
     if args.raw and any(files):
@@ -223,21 +224,23 @@ def predict_new_songs(args, run_dir: Path, prog: str = "hhmpn.predict") -> int:
     predictor = Predictor.load(run_dir, data=args.data, word_vectors=args.word_vectors,
                                image_weights=args.image_weights, device=args.device, workers=args.workers,
                                batch_size=args.batch_size)
-    if args.raw:
-        result, source = predictor.predict_raw(args.raw), str(args.raw)
-    else:
-        result = predictor.predict_files(lyrics=args.lyrics, audio=args.audio, images=args.image or [],
-                                         comments=args.comments, song_id=args.song_id)
-        source = "the song's files"
+    try:
+        if args.raw:
+            result = predictor.predict_raw(args.raw)
+        else:
+            result = predictor.predict_files(lyrics=args.lyrics, audio=args.audio, images=args.image or [],
+                                             comments=args.comments, song_id=args.song_id)
+    except BuildError as exc:  # extraction workers that cannot start: the environment's fault, said in one line
+        raise ValueError(str(exc).splitlines()[0]) from None
     for skipped in result.quarantined:
         print(f"{prog}: skipped line {skipped['line']}" + (f" id {skipped['id']!r}" if skipped["id"] is not None
                                                            else " (no id)")
               + f" field {skipped['field']}: {skipped['reason']}", file=sys.stderr)
     if not result.records and not result.quarantined:
-        raise ValueError(f"{source} holds no record to predict")
+        raise ValueError(f"{args.raw} holds no record to predict")
     if not result.records:
-        raise ValueError(f"no song of {source} could be predicted ({len(result.quarantined)} record(s) skipped"
-                         + (", reasons above)" if result.quarantined else ")"))
+        raise ValueError(f"no song of {args.raw} could be predicted ({len(result.quarantined)} record(s) skipped, "
+                         f"reasons above)" if args.raw else "the song could not be predicted (reason above)")
     if args.output:
         write_predictions(args.output, result.records)
         where = f"wrote {args.output}"
