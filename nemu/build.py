@@ -15,6 +15,7 @@ different ids are reported and kept in one fold.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import io
 import json
@@ -111,6 +112,7 @@ class BuildOptions:
     limits: RecordLimits = field(default_factory=RecordLimits)
     engine: str = "local"  # ENGINES: where extraction runs (the output does not depend on it)
     ray_address: str | None = None  # engine "ray": the cluster to join (None: RAY_ADDRESS, else a local instance)
+    ray_gpu: str = "auto"  # engine "ray": "auto" encodes images on the cluster's GPUs where it has them, "never"
 
 
 ENGINES = ("local", "ray")
@@ -420,10 +422,20 @@ def _duplicate_media(kept: list[tuple[RawRecord, dict]]) -> tuple[list[list[str]
     return groups, group_of
 
 
-def _run_extraction(records: list[RawRecord], options: BuildOptions, image: ImageSettings, cache_dir: Path):
-    yield from extract_records(records, options.raw_dir, audio=options.audio, image=image,
-                               max_comment_chars=options.max_comment_chars, limits=options.limits,
-                               workers=options.workers, cache_dir=cache_dir, progress=options.progress)
+def _run_extraction(records: list[RawRecord], options: BuildOptions, image: ImageSettings, cache_dir: Path,
+                    ray_session=None):
+    """Pass 1's extraction on the chosen engine: local worker processes, or Ray tasks (nemu.ray_engine)."""
+    if ray_session is None:
+        yield from extract_records(records, options.raw_dir, audio=options.audio, image=image,
+                                   max_comment_chars=options.max_comment_chars, limits=options.limits,
+                                   workers=options.workers, cache_dir=cache_dir, progress=options.progress)
+        return
+    from nemu.ray_engine import ray_extraction
+
+    init_args = (str(options.raw_dir), str(cache_dir), options.audio, image, options.max_comment_chars,
+                 options.limits)
+    yield from tqdm(ray_extraction(records, init_args, ray_session), total=len(records),
+                    desc="extracting features (Ray)", unit="song", disable=not options.progress, file=sys.stderr)
 
 
 def extract_records(records: list[RawRecord], raw_dir: Path, *, audio: AudioSettings, image: ImageSettings,
@@ -696,9 +708,22 @@ def build(options: BuildOptions) -> BuildSummary:
     options.raw_dir, options.out_dir = Path(options.raw_dir), Path(options.out_dir)
     if options.engine not in ENGINES:
         raise BuildError(f"unknown engine {options.engine!r}; choose one of {', '.join(ENGINES)}")
+    if options.engine == "ray":
+        from nemu.ray_engine import RayUnavailable, import_ray
+
+        try:
+            import_ray()
+        except RayUnavailable as exc:
+            raise BuildError(str(exc)) from None
     try:
-        with DatasetPublisher(options.out_dir) as publisher:
-            return _build_staged(options, publisher)
+        with contextlib.ExitStack() as stack:
+            publisher = stack.enter_context(DatasetPublisher(options.out_dir))  # the lock first: fail at once
+            ray_session = None
+            if options.engine == "ray":
+                from nemu.ray_engine import RaySession
+
+                ray_session = stack.enter_context(RaySession(options.ray_address, options.workers, options.ray_gpu))
+            return _build_staged(options, publisher, ray_session)
     except (FolderLocked, FolderConflict) as exc:
         raise BuildError(str(exc)) from exc
     except OSError as exc:
@@ -749,13 +774,13 @@ def _cache_path_of(record: RawRecord, features: dict, fingerprint: dict, cache_d
 
 
 def _extract_pass(records: list[RawRecord], options: BuildOptions, image: ImageSettings, cache_dir: Path,
-                  spool) -> tuple[list[_KeptSong], list[Quarantined], int, int]:
+                  spool, ray_session=None) -> tuple[list[_KeptSong], list[Quarantined], int, int]:
     """Pass 1: extract every record; per kept song its small facts in memory and its spool line."""
     fingerprint = _settings_fingerprint(options.audio, image, options.max_comment_chars, options.limits)
     kept: list[_KeptSong] = []
     quarantined: list[Quarantined] = []
     extracted = from_cache = 0
-    for status, record, result, cached in _run_extraction(records, options, image, cache_dir):
+    for status, record, result, cached in _run_extraction(records, options, image, cache_dir, ray_session):
         if status != "ok":
             quarantined.append(result)
             continue
@@ -795,17 +820,20 @@ def _song_features(song: _KeptSong, options: BuildOptions, image: ImageSettings,
     return features
 
 
-def _build_staged(options: BuildOptions, publisher: DatasetPublisher) -> BuildSummary:
+def _build_staged(options: BuildOptions, publisher: DatasetPublisher, ray_session=None) -> BuildSummary:
     staging = publisher.path  # everything the build writes goes here until publisher.commit()
     cache_dir = Path(options.cache_dir) if options.cache_dir else options.out_dir / ".cache"
     image = resolve_image_settings(options.image_encoder, options.image_weights)
+    image_settings = image.to_dict()
+    if ray_session is not None and ray_session.use_gpu:  # GPU features round differently: cached and said apart
+        cache_dir, image_settings = cache_dir / "cuda", image_settings | {"device": "cuda"}
     started = time.perf_counter()
 
     read: ReadResult = read_records(options.raw_dir)
     input_count, without_emotion_tag = read.input_count, len(read.without_emotion)
     with (staging / SPOOL_FILE).open("w+b") as spool:
         kept, extraction_quarantined, extracted, from_cache = _extract_pass(read.records, options, image,
-                                                                            cache_dir, spool)
+                                                                            cache_dir, spool, ray_session)
         extraction_seconds = time.perf_counter() - started
         quarantined = read.quarantined + extraction_quarantined
         del read  # the records' texts: kept songs hold what pass 2 needs
@@ -878,7 +906,7 @@ def _build_staged(options: BuildOptions, publisher: DatasetPublisher) -> BuildSu
         "settings": {
             "seed": options.seed,
             "audio": options.audio.to_dict() | {"library": "librosa"},
-            "image": image.to_dict(),
+            "image": image_settings,
             "text": {"tokenizer": "jieba (accurate mode, punctuation dropped)", "node_feature": "mean word vector",
                      "max_comment_chars": options.max_comment_chars, "word_vectors": vectors_info},
             "splits": {"n_folds": N_FOLDS, "method": "iterative stratification (iterative-stratification "

@@ -10,8 +10,9 @@ import threading
 from pathlib import Path
 
 from nemu.audio import AudioSettings
-from nemu.build import BuildError, BuildOptions, RecordLimits, build
+from nemu.build import ENGINES, BuildError, BuildOptions, RecordLimits, build
 from nemu.images import IMAGE_ENCODERS, ImageWeightsUnavailable
+from nemu.ray_engine import GPU_CHOICES
 
 
 def _positive(kind):
@@ -37,6 +38,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the stratified folds and of trained word vectors")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes extracting features (default: all cores)")
+    p.add_argument("--engine", choices=ENGINES, default="local",
+                   help="where features are extracted: local worker processes (--workers), or Ray tasks on a "
+                        "local instance or a cluster (needs the ray extra: pip install 'nemu-hhmpn[ray]'); the "
+                        "shards are byte-identical either way (see README, 'Running on a cluster')")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="with --engine ray: the Ray cluster to join (HOST:PORT of 'ray start --head', or auto); "
+                        "without it RAY_ADDRESS is used, else a local Ray instance of --workers CPUs is started. "
+                        "RAW and OUT must be on a file system every node sees at the same path")
+    p.add_argument("--ray-gpu", choices=GPU_CHOICES, default="auto",
+                   help="with --engine ray: auto encodes images on the cluster's GPUs where it has them (features "
+                        "then round as GPU kernels do, so they are cached apart and the manifest says so); never "
+                        "keeps them on the CPUs")
     p.add_argument("--word-vectors", type=Path, default=None,
                    help="300-d word vectors (GloVe text without header, word2vec text or binary); without it, "
                         "vectors are trained on the corpus' own lyrics and comments and saved as OUT/word_vectors.bin")
@@ -93,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         limits=RecordLimits(max_images=args.max_images, max_image_pixels=args.max_image_pixels,
                             max_lyric_lines=args.max_lyric_lines, max_comment_nodes=args.max_comment_nodes),
         max_comment_chars=args.max_comment_chars, strict=args.strict, rows_per_shard=args.shard_rows,
-        row_group_rows=args.row_group_rows, cache_dir=args.cache_dir, progress=not args.no_progress)
+        row_group_rows=args.row_group_rows, cache_dir=args.cache_dir, progress=not args.no_progress,
+        engine=args.engine, ray_address=args.ray_address, ray_gpu=args.ray_gpu)
     # SIGTERM (kill, timeout, docker stop) unwinds like Ctrl-C, so the staged build and the workers are removed;
     # the published dataset is never at risk either way (nemu.publish).
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if threading.current_thread() is \

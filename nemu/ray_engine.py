@@ -1,0 +1,175 @@
+"""Ray as the build's extraction engine past one machine: ``build_nemu --engine ray [--ray-address ADDR]``.
+
+Records go to Ray tasks in small batches (``BATCH_RECORDS``); each task runs the build's own per-record code
+(``nemu.build.extract_record``), so the features, the cache entries and the shards are byte-identical to
+``--engine local``. A Ray worker process initialises the extraction state once, on its first task, and keeps
+it, image encoder included, for every later task it runs (one encoder per worker process); at most a few
+tasks per CPU are in flight, so the driver's memory does not grow with the number of records.
+
+Where the cluster has GPUs (and ``gpu`` is not "never"), the tasks ask for a share of one and encode images
+on it. GPU kernels round differently from the CPU ones, so such features are not bit-identical to a CPU
+build: they are cached apart (``CACHE/cuda``) and the manifest's image settings say ``device: cuda``.
+
+Every node must see the raw folder and OUT (the feature cache, which the workers write and the driver reads
+back) at the same paths: a shared file system. Ray is an optional dependency (``pip install nemu-hhmpn[ray]``);
+nothing imports it unless this engine is used.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+
+BATCH_RECORDS = 4  # records per task: small, so work spreads evenly and a dead worker costs little
+IN_FLIGHT_PER_CPU = 2  # tasks submitted ahead per CPU: workers never wait for the driver
+GPU_CHOICES = ("auto", "never")
+
+
+class RayUnavailable(RuntimeError):
+    pass
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise RayUnavailable("--engine ray needs Ray: pip install 'nemu-hhmpn[ray]' (or pip install ray)") from None
+    return ray
+
+
+class RaySession:
+    """Ray for one build: joins ``address`` (or RAY_ADDRESS), else starts a local instance of ``num_cpus`` CPUs.
+
+    ``with RaySession(...) as session:`` shuts down only what it started (a local instance, or this driver's
+    connection). ``session.use_gpu`` says whether image encoding runs on the cluster's GPUs."""
+
+    def __init__(self, address: str | None, num_cpus: int, gpu: str = "auto"):
+        if gpu not in GPU_CHOICES:
+            raise ValueError(f"gpu must be one of {', '.join(GPU_CHOICES)}, got {gpu!r}")
+        self.address, self.num_cpus, self.gpu = address, num_cpus, gpu
+        self._started = False
+
+    def __enter__(self) -> RaySession:
+        ray = import_ray()
+        if not ray.is_initialized():
+            address = self.address or os.environ.get("RAY_ADDRESS") or None
+            if address is None:  # a local instance, started and stopped by this build
+                ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)
+            else:
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+            self._started = True
+        resources = ray.cluster_resources()
+        self.cpus = max(1, int(resources.get("CPU", 1)))
+        self.gpus = float(resources.get("GPU", 0)) if self.gpu == "auto" else 0.0
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._started:
+            import_ray().shutdown()
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# In the Ray worker processes
+
+_PROCESS_STATE: dict = {"init_args": None}
+
+
+class _OnDevice:
+    """The image encoder's network on ``device``: batches go there and features come back to the CPU."""
+
+    def __init__(self, model, device: str):
+        self.model, self.device = model.to(device), device
+
+    def __call__(self, batch):
+        return self.model(batch.to(self.device)).float().cpu()
+
+
+def _prepare_process(init_args: tuple, use_gpu: bool) -> None:
+    """The build's extraction state in this worker process, set up on its first task and kept after it."""
+    if _PROCESS_STATE["init_args"] == (init_args, use_gpu):
+        return
+    from nemu import build
+    from nemu.images import ImageEncoder
+
+    build._init_worker(*init_args)
+    encoder = ImageEncoder(build._WORKER["image"])  # loaded now, not on the first record that needs it
+    if use_gpu:
+        encoder.model = _OnDevice(encoder.model, "cuda")
+    build._WORKER["encoder"] = encoder
+    _PROCESS_STATE["init_args"] = (init_args, use_gpu)
+
+
+def extract_batch(init_args: tuple, use_gpu: bool, batch: list) -> list:
+    """extract_record's results for a batch of (index, record) pairs, as (index, result) pairs."""
+    from nemu import build
+
+    _prepare_process(init_args, use_gpu)
+    results = []
+    for index, record in batch:
+        build._worker_test_hook(record.id)
+        results.append((index, build.extract_record(record)))
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# In the driver
+
+
+def _is_worker_death(ray, exc: BaseException) -> bool:
+    deaths = tuple(getattr(ray.exceptions, name) for name in (
+        "WorkerCrashedError", "OutOfMemoryError", "NodeDiedError", "ActorDiedError", "LocalRayletDiedError")
+        if hasattr(ray.exceptions, name))
+    return isinstance(exc, deaths)
+
+
+def ray_extraction(records: list, init_args: tuple, session: RaySession):
+    """extract_record's results for ``records`` from Ray tasks, in the order they finish.
+
+    A task whose worker dies (the OOM killer, a crash inside a decoder) is run again by Ray once; if it dies
+    again, each of its records is tried alone, and one whose worker dies then is quarantined ("worker died"),
+    as with local workers. An exception from the build's code (the cache cannot be written) is raised here.
+    """
+    from nemu.records import Quarantined
+
+    ray = import_ray()
+    resources = {"num_cpus": 1}
+    if session.use_gpu:
+        resources["num_gpus"] = min(1.0, session.gpus / session.cpus)
+    task = ray.remote(max_retries=1, **resources)(extract_batch)
+    shared_args = ray.put(init_args)
+    pending = collections.deque([(i, records[i]) for i in range(start, min(start + BATCH_RECORDS, len(records)))]
+                                for start in range(0, len(records), BATCH_RECORDS))
+    alone: collections.deque = collections.deque()  # records of a batch that died twice, each tried alone
+    in_flight: dict = {}  # object ref -> (batch, tried alone)
+    limit = IN_FLIGHT_PER_CPU * session.cpus
+    while pending or alone or in_flight:
+        while len(in_flight) < limit and (alone or pending):
+            batch, single = ([alone.popleft()], True) if alone else (pending.popleft(), False)
+            in_flight[task.remote(shared_args, session.use_gpu, batch)] = (batch, single)
+        done, _ = ray.wait(list(in_flight), num_returns=1)
+        batch, single = in_flight.pop(done[0])
+        try:
+            results = ray.get(done[0])
+        except Exception as exc:
+            if not _is_worker_death(ray, exc):
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, BaseException):
+                    index, record = batch[0] if len(batch) == 1 else (None, None)
+                    if record is not None:
+                        cause.add_note(f"while extracting record {record.id!r} (line {record.line})")
+                    raise cause from None
+                raise
+            if not single:
+                alone.extend(batch)
+                continue
+            _, record = batch[0]
+            yield "quarantined", record, Quarantined(record.id, record.line, "record",
+                                                     f"worker died: {type(exc).__name__}"), False
+            continue
+        for _, result in results:
+            yield result
