@@ -422,20 +422,34 @@ def _duplicate_media(kept: list[tuple[RawRecord, dict]]) -> tuple[list[list[str]
     return groups, group_of
 
 
+def _build_init_args(options: BuildOptions, image: ImageSettings, cache_dir: Path) -> tuple:
+    return _worker_init_args(options.raw_dir, cache_dir, options.audio, image, options.max_comment_chars,
+                             options.limits)
+
+
 def _run_extraction(records: list[RawRecord], options: BuildOptions, image: ImageSettings, cache_dir: Path,
-                    ray_session=None):
-    """Pass 1's extraction on the chosen engine: local worker processes, or Ray tasks (nemu.ray_engine)."""
-    if ray_session is None:
+                    ray_session=None, pool: WorkerPool | None = None):
+    """Pass 1's extraction on the chosen engine: local worker processes (``pool``, started ahead by the
+    build, or in this process), or Ray tasks (nemu.ray_engine)."""
+    bar = dict(total=len(records), unit="song", disable=not options.progress, file=sys.stderr)
+    if ray_session is not None:
+        from nemu.ray_engine import ray_extraction
+
+        yield from tqdm(ray_extraction(records, _build_init_args(options, image, cache_dir), ray_session),
+                        desc="extracting features (Ray)", **bar)
+    elif pool is not None:
+        yield from tqdm(pool.extract(records), desc="extracting features", **bar)
+    else:
         yield from extract_records(records, options.raw_dir, audio=options.audio, image=image,
                                    max_comment_chars=options.max_comment_chars, limits=options.limits,
                                    workers=options.workers, cache_dir=cache_dir, progress=options.progress)
-        return
-    from nemu.ray_engine import ray_extraction
 
-    init_args = (str(options.raw_dir), str(cache_dir), options.audio, image, options.max_comment_chars,
-                 options.limits)
-    yield from tqdm(ray_extraction(records, init_args, ray_session), total=len(records),
-                    desc="extracting features (Ray)", unit="song", disable=not options.progress, file=sys.stderr)
+
+def _worker_init_args(raw_dir: Path, cache_dir: Path | None, audio: AudioSettings, image: ImageSettings,
+                      max_comment_chars: int, limits: RecordLimits) -> tuple:
+    """_init_worker's arguments, built in this one place for every engine."""
+    return (str(raw_dir), str(cache_dir) if cache_dir is not None else None, audio, image, max_comment_chars,
+            limits)
 
 
 def extract_records(records: list[RawRecord], raw_dir: Path, *, audio: AudioSettings, image: ImageSettings,
@@ -450,8 +464,7 @@ def extract_records(records: list[RawRecord], raw_dir: Path, *, audio: AudioSett
     loaded, used by in-process extraction (``workers`` <= 1), so a caller extracting many small batches loads
     the model once.
     """
-    init_args = (str(raw_dir), str(cache_dir) if cache_dir is not None else None, audio, image,
-                 max_comment_chars, limits)
+    init_args = _worker_init_args(raw_dir, cache_dir, audio, image, max_comment_chars, limits)
     bar = dict(total=len(records), desc="extracting features", unit="song", disable=not progress,
                file=sys.stderr)
     if workers <= 1:
@@ -489,10 +502,43 @@ def _worker_test_hook(record_id: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _warm_up_steps():
+    """What a worker's first record would otherwise pay for, one step at a time: the image encoder, jieba's
+    dictionary, and one tiny extraction of generated audio and image (the lazy imports of librosa, scipy and
+    the decoders behind it, and the first forward pass). Nothing of it reaches any record's features."""
+    import tempfile
+
+    if _WORKER["encoder"] is None:
+        _WORKER["encoder"] = ImageEncoder(_WORKER["image"])
+        yield
+    import jieba
+
+    jieba.initialize()
+    yield
+    import soundfile
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory(prefix="nemu-warm-up-") as folder:
+        wav, png = Path(folder) / "warm-up.wav", Path(folder) / "warm-up.png"
+        rng = np.random.default_rng(0)
+        soundfile.write(wav, (0.1 * rng.standard_normal(_WORKER["audio"].sample_rate)).astype(np.float32),
+                        _WORKER["audio"].sample_rate)
+        audio_nodes(wav, _WORKER["audio"])
+        yield
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(png)
+        _WORKER["encoder"].encode([png])
+        tokenize("预热")
+    yield
+
+
 def _worker_main(connection, init_args: tuple) -> None:
-    """One extraction process: says "ready" once initialised, then answers (index, record) tasks until None."""
+    """One extraction process: says "ready" once initialised, warms up while no task has come, then answers
+    (index, record) tasks until None."""
     _init_worker(*init_args)
     connection.send(("ready", None, None))
+    warm_up = _warm_up_steps()
+    while not connection.poll() and next(warm_up, StopIteration) is not StopIteration:
+        pass  # started before the build has read its records: the wait is spent on what the first record needs
     while True:
         try:
             task = connection.recv()
@@ -530,7 +576,49 @@ class _Worker:
     task: int | None = None  # index of the record it is extracting
 
 
-def _parallel_extraction(records: list[RawRecord], workers: int, init_args: tuple):
+def _start_worker(init_args: tuple) -> _Worker:
+    # spawn, not fork: forking a process that has already started torch/OpenMP threads can deadlock.
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(target=_worker_main, args=(child, init_args), daemon=True)
+    process.start()
+    child.close()
+    return _Worker(process, parent)
+
+
+class WorkerPool:
+    """Extraction processes started ahead of the work: ``WorkerPool(n, init_args)`` starts them (each imports,
+    loads its encoder and warms up while the caller reads and validates the records), ``extract(records)``
+    then runs ``_parallel_extraction`` on them. ``close()`` stops any not handed over (also on error)."""
+
+    def __init__(self, workers: int, init_args: tuple):
+        self.init_args = init_args
+        self.workers: list[_Worker] = [_start_worker(init_args) for _ in range(workers)]
+
+    def extract(self, records: list[RawRecord]):
+        started, self.workers = self.workers, []
+        return _parallel_extraction(records, len(started), self.init_args, started)
+
+    def close(self) -> None:
+        _stop_workers(self.workers, wait=False)
+        self.workers = []
+
+
+def _stop_workers(pool: list, wait: bool) -> None:
+    for worker in pool:
+        try:
+            worker.connection.send(None)
+        except OSError:
+            pass
+    for worker in pool:
+        worker.process.join(timeout=10 if wait else 0)
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join()
+        worker.connection.close()
+
+
+def _parallel_extraction(records: list[RawRecord], workers: int, init_args: tuple, started: list | None = None):
     """extract_record's results from ``workers`` spawned processes, in the order they finish.
 
     Each worker extracts one record at a time, so when a process dies (SIGKILL from the OOM killer, a crash
@@ -539,26 +627,17 @@ def _parallel_extraction(records: list[RawRecord], workers: int, init_args: tupl
     ``multiprocessing.connection.wait`` wakes on each worker's pipe and on its process sentinel. Workers that
     die before they are ready (a broken environment, not a record) end the build after three in a row.
     """
-    # spawn, not fork: forking a process that has already started torch/OpenMP threads can deadlock.
-    context = multiprocessing.get_context("spawn")
     pending = collections.deque(range(len(records)))
     attempts: collections.Counter = collections.Counter()
-    pool: list[_Worker] = []
+    pool: list[_Worker] = list(started or [])  # started ahead by a WorkerPool, or here
     failed_starts = 0
     remaining = len(records)
-
-    def start() -> _Worker:
-        parent, child = context.Pipe()
-        process = context.Process(target=_worker_main, args=(child, init_args), daemon=True)
-        process.start()
-        child.close()
-        return _Worker(process, parent)
 
     try:
         while remaining:
             busy = sum(w.task is not None for w in pool)
             while len(pool) < min(workers, len(pending) + busy):
-                pool.append(start())
+                pool.append(_start_worker(init_args))
             for worker in pool:
                 if worker.ready and worker.task is None and pending:
                     worker.task = pending.popleft()
@@ -608,17 +687,7 @@ def _parallel_extraction(records: list[RawRecord], workers: int, init_args: tupl
                 yield "quarantined", record, Quarantined(record.id, record.line, "record",
                                                          f"worker died: {reason}"), False
     finally:
-        for worker in pool:
-            try:
-                worker.connection.send(None)
-            except OSError:
-                pass
-        for worker in pool:
-            worker.process.join(timeout=0 if remaining else 10)
-            if worker.process.is_alive():
-                worker.process.kill()
-                worker.process.join()
-            worker.connection.close()
+        _stop_workers(pool, wait=not remaining)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -774,13 +843,13 @@ def _cache_path_of(record: RawRecord, features: dict, fingerprint: dict, cache_d
 
 
 def _extract_pass(records: list[RawRecord], options: BuildOptions, image: ImageSettings, cache_dir: Path,
-                  spool, ray_session=None) -> tuple[list[_KeptSong], list[Quarantined], int, int]:
+                  spool, ray_session=None, pool=None) -> tuple[list[_KeptSong], list[Quarantined], int, int]:
     """Pass 1: extract every record; per kept song its small facts in memory and its spool line."""
     fingerprint = _settings_fingerprint(options.audio, image, options.max_comment_chars, options.limits)
     kept: list[_KeptSong] = []
     quarantined: list[Quarantined] = []
     extracted = from_cache = 0
-    for status, record, result, cached in _run_extraction(records, options, image, cache_dir, ray_session):
+    for status, record, result, cached in _run_extraction(records, options, image, cache_dir, ray_session, pool):
         if status != "ok":
             quarantined.append(result)
             continue
@@ -829,11 +898,18 @@ def _build_staged(options: BuildOptions, publisher: DatasetPublisher, ray_sessio
         cache_dir, image_settings = cache_dir / "cuda", image_settings | {"device": "cuda"}
     started = time.perf_counter()
 
-    read: ReadResult = read_records(options.raw_dir)
-    input_count, without_emotion_tag = read.input_count, len(read.without_emotion)
     with (staging / SPOOL_FILE).open("w+b") as spool:
-        kept, extraction_quarantined, extracted, from_cache = _extract_pass(read.records, options, image,
-                                                                            cache_dir, spool, ray_session)
+        # Local workers start now, so their imports and warm-up overlap with reading and validating the records.
+        pool = WorkerPool(options.workers, _build_init_args(options, image, cache_dir)) \
+            if ray_session is None and options.workers > 1 else None
+        try:
+            read: ReadResult = read_records(options.raw_dir)
+            input_count, without_emotion_tag = read.input_count, len(read.without_emotion)
+            kept, extraction_quarantined, extracted, from_cache = _extract_pass(
+                read.records, options, image, cache_dir, spool, ray_session, pool)
+        finally:
+            if pool is not None:
+                pool.close()
         extraction_seconds = time.perf_counter() - started
         quarantined = read.quarantined + extraction_quarantined
         del read  # the records' texts: kept songs hold what pass 2 needs
