@@ -92,13 +92,24 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+
+
 def _limit_threads(threads: int) -> None:
+    """torch's, OpenMP's and every BLAS pool's threads, also in libraries loaded later and in child processes.
+
+    BLAS/OpenMP pools matter: scikit-learn's small solver problems (LP's multinomial fits) run several times
+    slower when their threads oversubscribe the cores (measured: RAkEL fit 14 s with 1 thread vs > 100 s; LP's
+    cell 545 s instead of 11 s in two workers without the limit). threadpoolctl limits only the libraries
+    already loaded, so the model modules (scikit-learn, SciPy) are imported first, and the environment
+    variables cover whatever loads after."""
     import torch
     from threadpoolctl import threadpool_limits
 
+    for variable in THREAD_VARIABLES:
+        os.environ[variable] = str(threads)
+    models()  # imports every model module, so their BLAS libraries are loaded before the limit
     torch.set_num_threads(threads)
-    # BLAS/OpenMP pools too: scikit-learn's small solver problems (LP's multinomial fits) run several times
-    # slower when their threads oversubscribe the cores (measured: RAkEL fit 14 s with 1 thread vs > 100 s).
     threadpool_limits(threads)
 
 
@@ -159,6 +170,7 @@ def run(datasets: dict[str, Path], model_names: list[str], folds: list[int], see
         bar.update(1)
         bar.set_postfix_str(cell.key)
 
+    _limit_threads(threads)  # here too: spawned workers inherit the environment variables before any import
     if jobs <= 1 or len(todo) <= 1:
         for cell in todo:
             finish(cell, _run_one(cell, datasets[cell.dataset], profile, device, out, input_normalization))
