@@ -107,7 +107,7 @@ def test_table1_accumulated_batch_by_batch_equals_the_whole_table():
 
 
 def test_a_cache_entry_that_vanishes_between_the_passes_fails_the_build_naming_it(tmp_path, monkeypatch):
-    tiny_raw(tmp_path / "raw", 8)
+    tiny_raw(tmp_path / "raw", 10)
     read_back = nemu.build._song_features
 
     def vanish(song, *args):
