@@ -190,6 +190,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.device is not None:
+        import torch
+
+        try:
+            torch.device(args.device)
+        except RuntimeError as exc:
+            print(f"hhmpn.predict: error: --device {args.device!r}: {str(exc).splitlines()[0]}", file=sys.stderr)
+            return 2
     try:
         path = predict_run(args.checkpoint, args.data, args.split, args.output, args.device, args.batch_size,
                            args.fold)

@@ -172,7 +172,8 @@ def test_predict_refuses_an_unusable_run_folder_in_one_line(cell_runs, case, tmp
 def test_predict_refuses_missing_folders_and_other_data(cell_runs, tmp_path, capsys):
     root, _, records = cell_runs
     for argv in (["--checkpoint", str(tmp_path / "nowhere"), "--data", str(root)],
-                 ["--checkpoint", records["HHMPN"]["run_dir"], "--data", str(tmp_path)]):
+                 ["--checkpoint", records["HHMPN"]["run_dir"], "--data", str(tmp_path)],
+                 ["--checkpoint", records["HHMPN"]["run_dir"], "--data", str(root), "--device", "bogus"]):
         assert predict.main(argv) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and err.startswith("hhmpn.predict: error: "), err
