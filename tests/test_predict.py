@@ -191,3 +191,21 @@ def test_train_refuses_an_unusable_output_in_one_line(built, tmp_path, capsys):
                        "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("hhmpn.train: error: "), err
+
+
+def test_a_model_with_extra_columns_round_trips_on_mosei(tmp_path):
+    """MLEE (needs MOSEI's dominant emotion) on a small planted MOSEI build: run folder -> the same predictions."""
+    from tests.test_mlee import planted_mosei
+
+    root = planted_mosei(tmp_path / "mosei", videos=60)
+    cell = Cell("MLEE", "mosei", 0, 0)
+    record = run_cell(cell, get("MLEE"), root, "quick", overrides={"epochs": 1}, out_dir=tmp_path / "out")
+    assert record["status"] == "ok" and Path(record["run_dir"]) == run_folder(tmp_path / "out", cell)
+    assert json.loads((Path(record["run_dir"]) / "run.json").read_text())["extra_columns"] == ["dominant_emotion"]
+    output = tmp_path / "p.jsonl"
+    assert predict.main(["--checkpoint", record["run_dir"], "--data", str(root), "--fold", "0",
+                         "--output", str(output)]) == 0
+    ours, cells = predictions(output), predictions(Path(record["run_dir"]) / "predictions-test.jsonl")
+    assert list(ours) == list(cells) and ours
+    assert all(abs(p - cells[i]["probabilities"][k]) <= 1e-6 for i, r in ours.items()
+               for k, p in r["probabilities"].items())
