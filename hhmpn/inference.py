@@ -173,13 +173,16 @@ def add_new_song_arguments(parser) -> None:
     """``--raw RAW`` or one song's ``--lyrics/--audio/--image/--comments`` files, and what featurising needs."""
     from nemu.cli import HELP, positive_int
 
+    import textwrap
+
     group = parser.add_argument_group(
-        "new songs from raw files (instead of a split of --data)",
+        "new songs from raw files (instead of a split of --data)", textwrap.fill(
         "Features are made with exactly the settings of the dataset the run was trained on (its manifest: image "
         "encoder and weights, audio settings, comment splitting, word vectors), then the run's normalisation "
         "statistics, then the model. --data then names that dataset where it is now (default: the dataset "
         "RUN/run.json names); it must be the same build (fingerprint). Records that cannot be used are reported "
-        "on stderr with line, id, field and reason; the others are predicted. Output default: standard output.")
+        "on stderr with line, id, field and reason; the others are predicted. Output default: standard output.",
+        width=90))
     group.add_argument("--raw", type=Path, metavar="RAW",
                        help=HELP["raw"] + "; records may carry no tags; every usable song is predicted, in RAW's order")
     group.add_argument("--lyrics", type=Path, metavar="FILE", help="one song's lyrics: a UTF-8 text file, LRC or plain")

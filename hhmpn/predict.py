@@ -1,6 +1,8 @@
 """Per-sample probabilities and label sets from a run folder of any neural model (HHMPN or a baseline).
 
-    python -m hhmpn.predict --checkpoint RUN --data OUT --split test [--output FILE]
+    python -m hhmpn.predict --run RUN --data OUT --split test [--output FILE]
+    python -m hhmpn.predict --run RUN --raw RAW [--output FILE]                    # new songs, no tags needed
+    python -m hhmpn.predict --run RUN --lyrics FILE --audio FILE --image FILE... [--comments FILE]   # one song
 
 RUN is a run folder written by ``hhmpn.train`` or by a neural cell of ``baselines.run_all``
 (``OUT/runs/<dataset>/<model>/fold<k>-seed<s>-<modalities>/``; see ``hhmpn.runs``). The model is rebuilt
@@ -11,6 +13,10 @@ labels or dims than the data) is refused with a one-line error and exit code 2.
 
 Writes JSON lines (default ``RUN/predictions-{split}.jsonl``): ``id``, ``probabilities`` {label: p},
 ``predicted`` (labels with p >= threshold), and ``labels`` (the true set, when the data has it).
+
+New songs (``--raw`` or one song's files) are featurised with exactly the settings of the dataset the run was
+trained on, read from its manifest, by the build's own code, then normalised with the run's statistics
+(``hhmpn.inference``; output on standard output unless ``--output``). From Python: ``hhmpn.inference.Predictor``.
 
 From Python (load once, predict many)::
 
@@ -175,9 +181,11 @@ def predict_run(run_dir: Path, data: Path, split: str, output: Path | None = Non
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hhmpn.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, required=True,
+    p.add_argument("--run", "--checkpoint", dest="checkpoint", type=Path, required=True, metavar="RUN",
                    help="run folder written by hhmpn.train or by run_all (RESULTS/runs/DATASET/MODEL/CELL)")
-    p.add_argument("--data", type=Path, required=True, help="built dataset folder")
+    p.add_argument("--data", type=Path,
+                   help="built dataset folder whose --split is predicted (required then); with --raw or a song's "
+                        "files: the dataset the run was trained on, where it is now (default: RUN/run.json's)")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"), help="split to predict")
     p.add_argument("--fold", type=int,
                    help="take --split from cross-validation rotation K (test = fold K, valid = fold K+1, train = "
@@ -185,6 +193,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, help="JSON-lines output (default RUN/predictions-SPLIT.jsonl)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--batch-size", type=int, default=64, help="inference batch size")
+    from hhmpn.inference import add_new_song_arguments  # here: hhmpn.inference imports this module
+
+    add_new_song_arguments(p)
     return p
 
 
@@ -198,7 +209,14 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as exc:
             print(f"hhmpn.predict: error: --device {args.device!r}: {str(exc).splitlines()[0]}", file=sys.stderr)
             return 2
+    from hhmpn.inference import predict_new_songs, wants_new_songs
+
     try:
+        if wants_new_songs(args):  # --raw RAW or one song's files
+            return predict_new_songs(args, args.checkpoint)
+        if args.data is None:
+            raise ValueError("--data DATA is required (or --raw RAW, or one song's --lyrics/--audio/--image/"
+                             "--comments files)")
         path = predict_run(args.checkpoint, args.data, args.split, args.output, args.device, args.batch_size,
                            args.fold)
     except (OSError, ValueError) as exc:  # RunFolderError is a ValueError; every message is one line
