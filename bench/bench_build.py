@@ -2,16 +2,20 @@
 
 1. Feature-extraction time of the build vs the bare librosa / torchvision calls on the same files (the
    overhead of validation, tokenising, caching and bookkeeping).
-2. A build with 2 workers vs 1 worker (fresh caches), wall-clock.
-3. Peak RSS of a whole build at 1x and 10x the sample size (each build in its own process).
+2. A build with 2 workers vs 1 worker (fresh caches): the extraction stage (build start to last record
+   extracted) and the whole build, wall-clock, with the load average beside them (the machine may be shared).
+3. The Ray engine on a local instance of 2 CPUs vs the local engine with 2 workers (fresh caches).
+4. Peak RSS of a whole build at 1x and 10x the sample size (each build in its own process, 1 worker): the
+   streaming build's memory does not grow with the number of songs.
 
-    python -m bench.bench_build [--songs 240] [--encoder efficientnet-lite0] [--seed 0]
+    python -m bench.bench_build [--songs 240] [--encoder efficientnet-lite0] [--seed 0] [--parts ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -20,24 +24,32 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+PARTS = ("overhead", "workers", "ray", "rss")
+
 _BUILD_IN_CHILD = """
-import json, resource, sys, time
+import json, os, resource, sys, time
 from pathlib import Path
 from nemu.build import BuildOptions, build
 start = time.perf_counter()
 summary = build(BuildOptions(raw_dir=Path(sys.argv[1]), out_dir=Path(sys.argv[2]), workers=int(sys.argv[3]),
-                             image_encoder=sys.argv[4], progress=False))
+                             image_encoder=sys.argv[4], engine=sys.argv[5], progress=False))
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "kept": summary.kept,
+print(json.dumps({"seconds": seconds, "extraction_seconds": summary.extraction_seconds, "kept": summary.kept,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "children_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """
 
 
-def build_in_child(raw: Path, out: Path, workers: int, encoder: str) -> dict:
-    result = subprocess.run([sys.executable, "-c", _BUILD_IN_CHILD, str(raw), str(out), str(workers), encoder],
-                            cwd=REPO, capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def build_in_child(raw: Path, out: Path, workers: int, encoder: str, engine: str = "local") -> dict:
+    """A whole build in a fresh process (imports and start-up included), with the 1-minute load average
+    just before it; one thread per worker, as a build is run."""
+    load = os.getloadavg()[0]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", _BUILD_IN_CHILD, str(raw), str(out), str(workers), encoder,
+                             engine], cwd=REPO, capture_output=True, text=True, env=env)
+    if result.returncode:
+        raise RuntimeError(f"build in child failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1]) | {"load": load}
 
 
 def bare_extraction_seconds(raw: Path, encoder: str) -> float:
@@ -90,34 +102,58 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--songs", type=cli.positive_int, default=240, metavar="N",
                    help="sample size (1x); 10x is built for the RSS figure")
     p.add_argument("--encoder", default="efficientnet-lite0", help="image encoder to time")
+    p.add_argument("--parts", type=lambda text: [part.strip() for part in text.split(",") if part.strip()],
+                   default=list(PARTS), metavar="LIST",
+                   help=f"comma-separated measurements to run, of {','.join(PARTS)} (default: all; ray needs the "
+                        f"ray extra)")
     cli.add_seed(p, what="of the sample")
     return p
 
 
+def _speed(name_a: str, a: dict, name_b: str, b: dict, songs: int) -> str:
+    return (f"{songs} songs, extraction: {name_a} {a['extraction_seconds']:.1f} s (load {a['load']:.1f}), "
+            f"{name_b} {b['extraction_seconds']:.1f} s (load {b['load']:.1f}) -> {name_b} is "
+            f"{a['extraction_seconds'] / b['extraction_seconds']:.2f}x as fast; whole build {a['seconds']:.1f} s vs "
+            f"{b['seconds']:.1f} s -> {a['seconds'] / b['seconds']:.2f}x")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    unknown = set(args.parts) - set(PARTS)
+    if unknown:
+        parser().error(f"--parts: unknown {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
     from nemu.sample import make_sample
 
+    print(f"{os.cpu_count()} CPU(s); 1-minute load average at the start {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         raw = tmp / "raw"
-        make_sample(raw, songs=args.songs, seed=args.seed)
-        bare = bare_extraction_seconds(raw, args.encoder)
-        ours = build_extraction_seconds(raw, tmp / "extract", args.encoder)
-        print(f"extraction, {args.songs} songs: build {ours:.1f} s vs bare librosa/torchvision {bare:.1f} s "
-              f"-> ratio {ours / bare:.2f}")
-
-        one = build_in_child(raw, tmp / "w1", 1, args.encoder)
-        two = build_in_child(raw, tmp / "w2", 2, args.encoder)
-        print(f"whole build, {args.songs} songs: 1 worker {one['seconds']:.1f} s, 2 workers {two['seconds']:.1f} s "
-              f"-> speed-up {one['seconds'] / two['seconds']:.2f}x")
-
-        raw10 = tmp / "raw10"
-        make_sample(raw10, songs=10 * args.songs, seed=args.seed)
-        ten = build_in_child(raw10, tmp / "x10", 1, args.encoder)
-        print(f"peak RSS, 1 worker: {args.songs} songs {one['peak_rss_mb']:.0f} MB, {10 * args.songs} songs "
-              f"{ten['peak_rss_mb']:.0f} MB -> ratio {ten['peak_rss_mb'] / one['peak_rss_mb']:.2f} "
-              f"(10x build took {ten['seconds']:.0f} s)")
+        make_sample(raw, songs=args.songs, seed=args.seed, progress=False)
+        if "overhead" in args.parts:
+            bare = bare_extraction_seconds(raw, args.encoder)
+            ours = build_extraction_seconds(raw, tmp / "extract", args.encoder)
+            print(f"extraction, {args.songs} songs: build {ours:.1f} s vs bare librosa/torchvision {bare:.1f} s "
+                  f"-> ratio {ours / bare:.2f}")
+        one = None
+        if "workers" in args.parts or "rss" in args.parts:
+            one = build_in_child(raw, tmp / "w1", 1, args.encoder)
+        if "workers" in args.parts or "ray" in args.parts:
+            two = build_in_child(raw, tmp / "w2", 2, args.encoder)
+        if "workers" in args.parts:
+            print("workers: " + _speed("1 worker", one, "2 workers", two, args.songs))
+        if "ray" in args.parts:
+            on_ray = build_in_child(raw, tmp / "ray", 2, args.encoder, engine="ray")
+            versus_one = f"; Ray vs 1 local worker {one['extraction_seconds'] / on_ray['extraction_seconds']:.2f}x" \
+                if one else ""
+            print("ray: " + _speed("local engine, 2 workers", two, "Ray, local instance of 2 CPUs", on_ray,
+                                   args.songs) + versus_one)
+        if "rss" in args.parts:
+            raw10 = tmp / "raw10"
+            make_sample(raw10, songs=10 * args.songs, seed=args.seed, progress=False)
+            ten = build_in_child(raw10, tmp / "x10", 1, args.encoder)
+            print(f"peak RSS, 1 worker: {args.songs} songs {one['peak_rss_mb']:.0f} MB, {10 * args.songs} songs "
+                  f"{ten['peak_rss_mb']:.0f} MB -> ratio {ten['peak_rss_mb'] / one['peak_rss_mb']:.2f} "
+                  f"(10x build took {ten['seconds']:.0f} s)")
     return 0
 
 

@@ -537,8 +537,11 @@ def _worker_main(connection, init_args: tuple) -> None:
     _init_worker(*init_args)
     connection.send(("ready", None, None))
     warm_up = _warm_up_steps()
-    while not connection.poll() and next(warm_up, StopIteration) is not StopIteration:
-        pass  # started before the build has read its records: the wait is spent on what the first record needs
+    try:  # started before the build has read its records: the wait is spent on what the first record needs
+        while not connection.poll() and next(warm_up, StopIteration) is not StopIteration:
+            pass
+    except Exception:  # only a head start: a failure (no space for its temporary files, say) is met again, and
+        pass  # reported, by the record that needs the same thing
     while True:
         try:
             task = connection.recv()

@@ -118,3 +118,22 @@ def test_a_cache_entry_that_vanishes_between_the_passes_fails_the_build_naming_i
     with pytest.raises(nemu.build.BuildError, match="changed or vanished during the build"):
         build(options(tmp_path / "raw", tmp_path / "out"))
     assert not (tmp_path / "out" / "manifest.json").exists()  # nothing was published
+
+
+def test_local_workers_start_before_the_records_are_read(tmp_path, monkeypatch):
+    """--workers N: the processes are started (and warm up) while the build reads and validates the records."""
+    import multiprocessing
+
+    tiny_raw(tmp_path / "raw", 10)
+    alive_at_read = []
+    read = nemu.build.read_records
+
+    def reading(*args, **kwargs):
+        alive_at_read.append(len(multiprocessing.active_children()))
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(nemu.build, "read_records", reading)
+    summary = build(options(tmp_path / "raw", tmp_path / "out", workers=2))
+    assert alive_at_read == [2]
+    assert summary.kept == 10 and summary.extraction_seconds > 0
+    assert not multiprocessing.active_children()  # and they are gone after the build
