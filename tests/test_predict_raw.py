@@ -126,6 +126,24 @@ def test_every_neural_run_all_cell_predicts_raw_songs(sample_dataset, name, tmp_
     assert list(frame["id"]) == result.ids and list(frame.columns[2:]) == run.label_names
 
 
+def test_a_run_on_some_modalities_and_another_rotation(sample_dataset, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert train.main(["--data", str(sample_dataset), "--out", str(run_dir), "--profile", "quick", "--epochs", "1",
+                       "--d", "16", "--fold", "3", "--modalities", "lyrics,audio", "--no-progress"]) == 0
+    assert predict.main(["--run", str(run_dir), "--data", str(sample_dataset), "--fold", "3", "--split", "test",
+                         "--output", str(tmp_path / "dataset.jsonl")]) == 0
+    reference = {r["id"]: r for r in lines(tmp_path / "dataset.jsonl")}
+    new_raw_folder(sample_dataset, tmp_path / "raw", sorted(reference))
+    capsys.readouterr()
+    assert predict.main(["--run", str(run_dir), "--raw", str(tmp_path / "raw")]) == 0  # to standard output
+    out = capsys.readouterr()
+    ours = [json.loads(line) for line in out.out.splitlines()]
+    assert [r["id"] for r in ours] == sorted(reference) and "predicted" in out.err
+    for row in ours:
+        for label, p in row["probabilities"].items():
+            assert abs(p - reference[row["id"]]["probabilities"][label]) <= TOLERANCE, (row["id"], label)
+
+
 def test_a_song_lacking_modalities_is_predicted_and_bad_records_are_reported(sample_dataset, hhmpn_run, test_ids,
                                                                              tmp_path, capsys):
     def change(record):
