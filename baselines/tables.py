@@ -321,9 +321,12 @@ def table2(records: Sequence[dict], datasets: dict[str, str], with_paper: bool =
     counts = {name: sorted({fold for (n, d, m), s in summaries.items() if n == name for fold in s.per_fold})
               for name in present if any(n == name for n, _, _ in summaries)}
     notes = [_folds_note(counts) + " Best per column in bold."]
-    if tests:
+    if any(test[-1] for test in tests):
         notes.append(f"† / ‡: HHMPN significantly better than MulT / M3ER ({SIGNIFICANCE_TEST}; p-values in "
                      f"table2_significance.csv).")
+    elif tests:
+        notes.append(f"No † / ‡: HHMPN is significantly better than neither MulT nor M3ER on any metric "
+                     f"({SIGNIFICANCE_TEST}; p-values in table2_significance.csv).")
     notes.append("HL: lower is better. Acc is the per-sample Jaccard index (multi-label accuracy), not subset "
                  "accuracy.")
     notes += [f"– {name} on {datasets[d]}: {reason}" for (name, d), reason in sorted(not_applicable.items())

@@ -180,3 +180,26 @@ def test_run_all_defaults_to_five_rotations_for_tables_2_and_3_on_every_core(bui
     assert seen["jobs"] == run_all.default_jobs() and seen["threads"] == 1
     assert run_all.main(["--datasets", f"nemu={base / 'out'}", "--profile", "paper", "--table3-folds", "3"]) == 0
     assert len(seen["folds"]) == 10 and seen["table3_folds"] == [0, 1, 2]
+
+
+def _thread_pools() -> tuple[list, int]:
+    import scipy.linalg  # noqa: F401  (loads SciPy's own BLAS, as a scikit-learn model does)
+    import torch
+    from threadpoolctl import threadpool_info
+
+    return sorted({(pool["internal_api"], pool["num_threads"]) for pool in threadpool_info()}), torch.get_num_threads()
+
+
+def test_worker_processes_run_every_thread_pool_single_threaded(monkeypatch):
+    # Oversubscribed BLAS threads made LP's cell 50x slower in two workers; the limit must reach the workers
+    # even when the caller's environment sets no thread variable.
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    for variable in run_all.THREAD_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=run_all._worker_start,
+                             initargs=(1,)) as pool:
+        pools, torch_threads = pool.submit(_thread_pools).result()
+    assert torch_threads == 1 and pools and all(threads == 1 for _, threads in pools)

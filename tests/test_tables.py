@@ -63,6 +63,11 @@ def test_markers_only_where_the_test_ran():
     assert not any("†" in cell for row in rendered.rows for cell in row)
     assert not any(note.startswith("† / ‡") for note in rendered.notes)
     assert "MulT: 1 fold(s) (0)" in rendered.notes[0]  # the fold count that differs is named
+    # tests that ran without a significant result: no marker, and the note says so
+    records = [_record("HHMPN", f, 0.5 + 0.01 * (-1) ** f) for f in range(4)] + [_record("MulT", f, 0.5)
+                                                                                for f in range(4)]
+    notes = table2(records, {"nemu": "NEMu"}).notes
+    assert any(note.startswith("No † / ‡: HHMPN is significantly better than neither") for note in notes)
 
 
 def test_table2_rows_follow_the_paper_order():
