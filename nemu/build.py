@@ -576,7 +576,11 @@ class _Worker:
     process: multiprocessing.Process
     connection: object
     ready: bool = False
-    task: int | None = None  # index of the record it is extracting
+    # indices of the records sent to it, in order: it extracts the first, the next waits in its pipe
+    tasks: collections.deque = field(default_factory=collections.deque)
+
+
+TASKS_PER_WORKER = 2  # one extracting, one queued: a worker never waits for the build to hand it the next record
 
 
 def _start_worker(init_args: tuple) -> _Worker:
@@ -624,9 +628,11 @@ def _stop_workers(pool: list, wait: bool) -> None:
 def _parallel_extraction(records: list[RawRecord], workers: int, init_args: tuple, started: list | None = None):
     """extract_record's results from ``workers`` spawned processes, in the order they finish.
 
-    Each worker extracts one record at a time, so when a process dies (SIGKILL from the OOM killer, a crash
-    inside a decoder) its record is known: it is given to a fresh worker once more, and quarantined
-    ("worker died: signal 9 (SIGKILL)") if that one dies too. The build never waits on a dead process:
+    Each worker extracts one record at a time, with the next one already in its pipe (``TASKS_PER_WORKER``),
+    so a busy build on shared cores does not leave it idle. When a process dies (SIGKILL from the OOM killer,
+    a crash inside a decoder) its record is known, the first it has not answered: it is given to a fresh worker
+    once more, and quarantined ("worker died: signal 9 (SIGKILL)") if that one dies too; the records queued
+    behind it go back to the queue untouched. The build never waits on a dead process:
     ``multiprocessing.connection.wait`` wakes on each worker's pipe and on its process sentinel. Workers that
     die before they are ready (a broken environment, not a record) end the build after three in a row.
     """
@@ -638,13 +644,13 @@ def _parallel_extraction(records: list[RawRecord], workers: int, init_args: tupl
 
     try:
         while remaining:
-            busy = sum(w.task is not None for w in pool)
+            busy = sum(bool(w.tasks) for w in pool)
             while len(pool) < min(workers, len(pending) + busy):
                 pool.append(_start_worker(init_args))
             for worker in pool:
-                if worker.ready and worker.task is None and pending:
-                    worker.task = pending.popleft()
-                    worker.connection.send((worker.task, records[worker.task]))
+                while worker.ready and len(worker.tasks) < TASKS_PER_WORKER and pending:
+                    worker.tasks.append(pending.popleft())
+                    worker.connection.send((worker.tasks[-1], records[worker.tasks[-1]]))
             woke = set(multiprocessing.connection.wait(
                 [w.connection for w in pool] + [w.process.sentinel for w in pool]))
             for worker in list(pool):
@@ -661,7 +667,7 @@ def _parallel_extraction(records: list[RawRecord], workers: int, init_args: tupl
                     if kind == "ready":
                         worker.ready, failed_starts = True, 0
                         continue
-                    worker.task = None
+                    worker.tasks.remove(index)
                     if kind == "error":
                         record = records[index]
                         payload.add_note(f"while extracting record {record.id!r} (line {record.line})")
@@ -675,17 +681,19 @@ def _parallel_extraction(records: list[RawRecord], workers: int, init_args: tupl
                 worker.connection.close()
                 pool.remove(worker)
                 reason = _exit_reason(worker.process.exitcode)
-                if worker.task is None:
+                if not worker.tasks:
                     failed_starts += not worker.ready
                     if failed_starts >= 3:
                         raise BuildError(f"extraction workers die before extracting anything ({reason}); "
                                          f"try --workers 1 to see the error")
                     continue
-                attempts[worker.task] += 1
-                if attempts[worker.task] < WORKER_ATTEMPTS:
-                    pending.appendleft(worker.task)
+                task = worker.tasks.popleft()  # the record it was extracting
+                pending.extendleft(reversed(worker.tasks))  # those queued behind it were never started
+                attempts[task] += 1
+                if attempts[task] < WORKER_ATTEMPTS:
+                    pending.appendleft(task)
                     continue
-                record = records[worker.task]
+                record = records[task]
                 remaining -= 1
                 yield "quarantined", record, Quarantined(record.id, record.line, "record",
                                                          f"worker died: {reason}"), False
@@ -1010,15 +1018,20 @@ def _build_staged(options: BuildOptions, publisher: DatasetPublisher, ray_sessio
             count = shard_count(len(positions), options.rows_per_shard)
             shards[split] = []
             for index in range(count):
-                rows = []
-                for position in positions[index * options.rows_per_shard:(index + 1) * options.rows_per_shard]:
-                    song = kept[position]
-                    features = _song_features(song, options, image, cache_dir)
-                    rows.append(_row(song.record, features, label_matrix[position], int(folds[position]), vectors))
-                    bar.update()
-                table = _rows_table(rows, base_schema, modalities).cast(schema)
-                del rows
-                shards[split].append(write_shard(table, staging, split, index, count, options.row_group_rows))
+                in_shard = positions[index * options.rows_per_shard:(index + 1) * options.rows_per_shard]
+
+                def row_groups(in_shard=in_shard):  # one row group of features at a time
+                    for start in range(0, max(1, len(in_shard)), options.row_group_rows):
+                        rows = []
+                        for position in in_shard[start:start + options.row_group_rows]:
+                            song = kept[position]
+                            features = _song_features(song, options, image, cache_dir)
+                            rows.append(_row(song.record, features, label_matrix[position], int(folds[position]),
+                                             vectors))
+                            bar.update()
+                        yield _rows_table(rows, base_schema, modalities).cast(schema)
+
+                shards[split].append(write_shard(row_groups(), staging, split, index, count, options.row_group_rows))
     manifest = facts | {"shards": shards}
     write_dataset_card(staging, manifest, schema)  # README.md, the card datasets.load_dataset reads
     write_manifest(staging, manifest)

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import signal
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,22 +194,32 @@ def shard_count(rows: int, rows_per_shard: int) -> int:
     return max(1, -(-rows // rows_per_shard))
 
 
-def write_shard(part: pa.Table, out_dir: Path, split: str, index: int, count: int, row_group_rows: int) -> dict:
+def write_shard(parts: pa.Table | Iterable[pa.Table], out_dir: Path, split: str, index: int, count: int,
+                row_group_rows: int) -> dict:
     """Write shard ``index`` of ``count`` of one split atomically into ``out_dir/split``; its manifest entry.
 
-    The streaming build (nemu.build) writes a split shard by shard with it; ``write_split`` writes a whole table."""
+    ``parts`` is the shard's table, or its row groups one table at a time (each ``row_group_rows`` rows but the
+    last, all with the shard's schema): the streaming build (nemu.build) holds one row group of features, not
+    a shard's. Both give the same bytes."""
     split_dir = Path(out_dir) / split
     split_dir.mkdir(parents=True, exist_ok=True)
     name = shard_name(split, index, count)
     sink = pa.BufferOutputStream()
-    # Small row groups so readers can stream a shard without holding all of it in memory.
-    pq.write_table(part, sink, row_group_size=row_group_rows, compression="zstd",
-                   write_statistics=["id", "fold"])
+    writer = None
+    rows = 0
+    for part in [parts] if isinstance(parts, pa.Table) else parts:
+        if writer is None:
+            writer = pq.ParquetWriter(sink, part.schema, compression="zstd", write_statistics=["id", "fold"])
+        # Small row groups so readers can stream a shard without holding all of it in memory.
+        writer.write_table(part, row_group_size=row_group_rows)
+        rows += part.num_rows
+    if writer is None:
+        raise ValueError(f"{split}/{name}: no table to write")
+    writer.close()
     data = sink.getvalue().to_pybytes()
     atomic_write_bytes(split_dir / name, data)
     fault_point("shard-written")
-    return {"path": f"{split}/{name}", "rows": part.num_rows, "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest()}
+    return {"path": f"{split}/{name}", "rows": rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def write_manifest(out_dir: Path, manifest: dict) -> None:

@@ -81,8 +81,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-comment-nodes", type=_positive(int), default=limits.max_comment_nodes,
                    help="comment nodes (comments or their sentences) per song; the first ones are kept, the rest "
                         "counted")
-    p.add_argument("--shard-rows", type=int, default=1000, help="rows per Parquet shard")
-    p.add_argument("--row-group-rows", type=int, default=100, help="rows per Parquet row group (streaming unit)")
+    p.add_argument("--shard-rows", type=_positive(int), default=1000, help="rows per Parquet shard")
+    p.add_argument("--row-group-rows", type=_positive(int), default=100,
+                   help="rows per Parquet row group (the streaming unit: the build holds one row group of features "
+                        "at a time while writing)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="per-record feature cache, keyed by content hash and settings (default OUT/.cache); "
                         "a killed build started again redoes only what is missing")

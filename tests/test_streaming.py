@@ -24,19 +24,33 @@ def _tables(out):
             else None for split in ("train", "valid", "test")}
 
 
-def test_shards_are_written_one_at_a_time_holding_at_most_one_shard_of_features(tmp_path, monkeypatch):
+def test_shards_are_written_one_row_group_of_features_at_a_time(tmp_path, monkeypatch):
     tiny_raw(tmp_path / "raw", 20)
     events: list[str] = []
-    read_back, write_shard = nemu.build._song_features, nemu.build.write_shard
-    monkeypatch.setattr(nemu.build, "_song_features", lambda *a, **k: events.append("read") or read_back(*a, **k))
-    monkeypatch.setattr(nemu.build, "write_shard", lambda *a, **k: events.append("write") or write_shard(*a, **k))
-    summary = build(options(tmp_path / "raw", tmp_path / "out", rows_per_shard=3, row_group_rows=2))
+    read_back, rows_table, write_shard = nemu.build._song_features, nemu.build._rows_table, nemu.build.write_shard
 
-    runs = "".join("r" if e == "read" else "w" for e in events).split("w")
+    def table(rows, *args):
+        events.append(f"table {len(rows)}")
+        return rows_table(rows, *args)
+
+    monkeypatch.setattr(nemu.build, "_song_features", lambda *a, **k: events.append("read") or read_back(*a, **k))
+    monkeypatch.setattr(nemu.build, "_rows_table", table)
+    monkeypatch.setattr(nemu.build, "write_shard", lambda *a, **k: events.append("shard") or write_shard(*a, **k))
+    summary = build(options(tmp_path / "raw", tmp_path / "out", rows_per_shard=5, row_group_rows=2))
+
     assert events.count("read") == summary.kept  # every kept song's features are read back once, in pass 2
-    assert max(len(run) for run in runs) == 3  # ...at most one shard's worth before that shard is written
+    runs, run = [], 0  # features read before they are turned into a row group's table
+    for event in events:
+        if event == "read":
+            run += 1
+        elif event.startswith("table"):
+            runs.append(run)
+            run = 0
+    assert max(runs) == 2 and run == 0  # ...at most one row group's worth, and none left over
+    tables = [int(e.split()[1]) for e in events if e.startswith("table")]
+    assert max(tables) == 2 and sum(tables) == summary.kept
     manifest = read_manifest(tmp_path / "out")
-    assert events.count("write") == sum(len(entries) for entries in manifest["shards"].values())
+    assert events.count("shard") == sum(len(entries) for entries in manifest["shards"].values())
     assert not list((tmp_path / "out").glob(".builds/*/.spool-*"))  # the spool files are not published
 
 
