@@ -1,4 +1,4 @@
-"""python -m pipelines.build_nemu RAW --out OUT: build NEMu Parquet shards from a raw folder."""
+"""nemu-build --raw RAW --out OUT: build NEMu Parquet shards from a raw folder."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+from nemu import cli
 from nemu.audio import AudioSettings
 from nemu.build import ENGINES, BuildError, BuildOptions, RecordLimits, build
 from nemu.images import IMAGE_ENCODERS, ImageWeightsUnavailable
@@ -26,16 +27,15 @@ def _positive(kind):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m pipelines.build_nemu",
-        description="Build NEMu: RAW/records.jsonl (+ audio and image files) -> OUT/{train,valid,test}/*.parquet, "
-                    "OUT/manifest.json, OUT/DATASET_CARD.md and OUT/quarantine.jsonl. The raw format is in README.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("raw", type=Path, help="raw folder holding records.jsonl and the media files it names")
-    p.add_argument("--out", type=Path, required=True, help="output folder (created). A build is staged under OUT/.builds/ and published in one atomic swap, so OUT "
-                        "always holds one whole dataset; one build at a time (OUT/.builds/lock); files the build "
-                        "did not write are kept")
-    p.add_argument("--seed", type=int, default=0, help="seed of the stratified folds and of trained word vectors")
+    p = cli.command_parser(
+        "pipelines.build_nemu",
+        "Build NEMu: RAW/records.jsonl (+ audio and image files) -> OUT/{train,valid,test}/*.parquet, "
+        "OUT/manifest.json, OUT/README.md (the dataset card) and OUT/quarantine.jsonl. The raw format is in README.md.")
+    cli.add_raw(p)
+    cli.add_out(p, "the built dataset (created). A build is staged under OUT/.builds/ and published in one atomic "
+                   "swap, so OUT always holds one whole dataset; one build at a time (OUT/.builds/lock); files the "
+                   "build did not write are kept")
+    cli.add_seed(p, what="of the stratified folds and of trained word vectors")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes extracting features (default: all cores)")
     p.add_argument("--engine", choices=ENGINES, default="local",
