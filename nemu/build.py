@@ -1,9 +1,11 @@
 """NEMu construction: raw records → validated per-record features → Parquet shards with splits.
 
 Stages (each with a progress bar): read and validate records.jsonl; extract per-record features in
-``workers`` processes (text nodes and jieba tokens, MFCC windows, CNN image features), each cached
-by content hash and settings so a killed build redoes only what is missing; word vectors (given or
-trained on the corpus); stratified folds; shards, manifest, dataset card and quarantine report.
+``workers`` processes or on Ray (``engine``; text nodes and jieba tokens, MFCC windows, CNN image
+features), each cached by content hash and settings so a killed build redoes only what is missing; word
+vectors (given or trained on the corpus); stratified folds; shards, manifest, dataset card and
+quarantine report. The build streams (see ``SPOOL_FILE``): its memory does not grow with the number of
+songs, and the shards are the bytes the in-memory build wrote.
 
 A record's failure is that record's (``extract_record``): media that cannot be resolved, opened or
 decoded, non-finite features or no node in any modality quarantine it with a specific reason.
