@@ -1,6 +1,6 @@
 """Train HHMPN on a built dataset and report the test metrics of the best-validation checkpoint.
 
-    python -m hhmpn.train --data OUT --out RUN [--profile quick|paper] [--epochs N]
+    hhmpn-train --data OUT --out RUN [--profile quick|paper] [--epochs N]
         [--ablation no_f2f|no_f2l|no_l2l|no_m2l] [--modalities lyrics,audio,...] [--fold K]
 
 Writes a run folder (``hhmpn.runs``, the same format as run_all's neural cells): ``RUN/model.pt``
@@ -27,6 +27,7 @@ from hhmpn.config import HHMPNConfig, profile
 from hhmpn.engine import seed_everything, train_and_test
 from hhmpn.model import ABLATIONS
 from hhmpn.runs import CHECKPOINT_FILE, RUN_FILE, start_run, write_run
+from nemu import cli
 from nemu.loading import split_datasets
 from nemu.normalization import DEFAULT_INPUT_NORMALIZATION, INPUT_NORMALIZATIONS
 
@@ -75,18 +76,17 @@ def train(data: Path, out: Path, config: HHMPNConfig, *, modalities: list[str] |
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m hhmpn.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True, help="a built dataset folder (NEMu or MOSEI layout)")
-    p.add_argument("--out", type=Path, required=True, help="run folder for model.pt, run.json, metrics.json")
-    p.add_argument("--profile", choices=("quick", "paper"), default="paper",
-                   help="paper: d=256, T=3, batch 64, lambda 0.2, 50 epochs; quick: a small CPU configuration")
+    p = cli.command_parser("hhmpn.train", __doc__)
+    cli.add_data(p, more="NEMu or MOSEI layout")
+    cli.add_out(p, "the run folder (model.pt, run.json, metrics.json), what hhmpn-predict --run reads")
+    p.add_argument("--profile", choices=("quick", "paper"), default="quick",
+                   help="quick (the default, as in nemu-benchmark): a small configuration that trains in minutes on "
+                        "a CPU; paper: the paper's d=256, T=3, batch 64, lambda 0.2, 50 epochs")
     p.add_argument("--epochs", type=int, help="override the profile's number of epochs")
     p.add_argument("--ablation", choices=ABLATIONS, help="remove one module, as in the paper's ablation study")
-    p.add_argument("--modalities", help="comma-separated subset of the dataset's modalities (default: all)")
-    p.add_argument("--fold", type=int, help="cross-validation rotation k (test = fold k, valid = fold k+1); "
-                                            "default: the published train/valid/test split")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, dropout and shuffling")
+    cli.add_modalities(p)
+    cli.add_fold(p, help_default="the published train/validation/test split")
+    cli.add_seed(p, what="of initialisation, dropout and shuffling")
     p.add_argument("--input-normalization", choices=INPUT_NORMALIZATIONS, default=DEFAULT_INPUT_NORMALIZATION,
                    help="standardize: each modality per dimension with the training split's mean and std "
                         "(the benchmark protocol); raw: the stored features unchanged")
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    modalities = [m.strip() for m in args.modalities.split(",")] if args.modalities else None
+    modalities = args.modalities  # a list (nemu.cli.comma_list) or None: all of them
     try:
         metrics = train(args.data, args.out, config_from_args(args), modalities=modalities, fold=args.fold,
                         seed=args.seed, device=args.device, progress=not args.no_progress,
