@@ -802,9 +802,13 @@ def build(options: BuildOptions) -> BuildSummary:
             publisher = stack.enter_context(DatasetPublisher(options.out_dir))  # the lock first: fail at once
             ray_session = None
             if options.engine == "ray":
-                from nemu.ray_engine import RaySession
+                from nemu.ray_engine import RaySession, RayUnavailable
 
-                ray_session = stack.enter_context(RaySession(options.ray_address, options.workers, options.ray_gpu))
+                try:
+                    ray_session = stack.enter_context(RaySession(options.ray_address, options.workers,
+                                                                 options.ray_gpu))
+                except RayUnavailable as exc:
+                    raise BuildError(str(exc)) from None
             return _build_staged(options, publisher, ray_session)
     except (FolderLocked, FolderConflict) as exc:
         raise BuildError(str(exc)) from exc

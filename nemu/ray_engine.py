@@ -53,11 +53,16 @@ class RaySession:
         ray = import_ray()
         if not ray.is_initialized():
             address = self.address or os.environ.get("RAY_ADDRESS") or None
-            if address is None:  # a local instance, started and stopped by this build
-                ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False,
-                         configure_logging=False)
-            else:
-                ray.init(address=address, log_to_driver=False, configure_logging=False)
+            try:
+                if address is None:  # a local instance, started and stopped by this build
+                    ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False,
+                             configure_logging=False)
+                else:
+                    ray.init(address=address, log_to_driver=False, configure_logging=False)
+            except Exception as exc:  # no cluster at that address, a version mismatch, ...
+                where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+                raise RayUnavailable(f"cannot start or join {where}: {type(exc).__name__}: "
+                                     f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
             self._started = True
         resources = ray.cluster_resources()
         self.cpus = max(1, int(resources.get("CPU", 1)))
