@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from baselines.registry import UnknownModelError, models, resolve, resolve_names
 from baselines.results import Cell, ResultsStore, settings_digest, stale_reasons
+from nemu import cli
 from nemu.normalization import DEFAULT_INPUT_NORMALIZATION, INPUT_NORMALIZATIONS
 from nemu.shards import dataset_fingerprint, read_manifest
 from nemu.splits import N_FOLDS
@@ -208,22 +209,23 @@ def _dataset_arg(text: str) -> tuple[str, Path]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m baselines.run_all", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", nargs="+", type=_dataset_arg, metavar="NAME=PATH",
-                   help="built datasets, e.g. nemu=data/nemu mosei=data/mosei (default: the embedded sample "
-                        "at data/nemu, built first if missing)")
-    p.add_argument("--models", help="comma-separated model names, matched ignoring case and punctuation "
-                                    "(mlgcn = ML-GCN, hhmpn-no-f2f = 'HHMPN w/o F2F'; default: every registered "
-                                    "model; see --list)")
+    p = cli.command_parser("baselines.run_all", __doc__)
+    cli.add_data(p, required=False, dest="datasets", type=cli.dataset_list,
+                 more="several comma-separated, e.g. data/nemu,data/mosei, each named by its manifest (nemu, "
+                      "mosei) or as NAME=PATH; default: the embedded sample at data/nemu, built first if missing")
+    p.add_argument("--datasets", nargs="+", type=_dataset_arg, metavar="NAME=PATH", dest="deprecated_datasets",
+                   action=cli.DeprecatedAlias, new="--data", target="datasets",
+                   help="deprecated spelling of --data: space-separated NAME=PATH")
+    cli.add_models(p, help_default="every registered model; names are matched ignoring case and "
+                                "punctuation (mlgcn = ML-GCN, hhmpn-no-f2f = 'HHMPN w/o F2F')")
     p.add_argument("--folds", type=int, help=f"number of CV rotations, 0..N-1 (default: "
                                              f"{PROFILE_FOLDS['quick']} quick, {PROFILE_FOLDS['paper']} paper)")
     p.add_argument("--table3-folds", type=int,
                    help="CV rotations for HHMPN's modality subsets of Table 3 (default: the same as --folds)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds per cell (default: 0)")
+    cli.add_seeds(p, default=[0])
     p.add_argument("--profile", choices=tuple(PROFILE_FOLDS), default="quick",
                    help="quick: small configurations for CPU; paper: the papers' configurations")
-    p.add_argument("--out", type=Path, default=Path("results"), help="results folder (store, tables, figures)")
+    cli.add_out(p, "results (store, tables, figures)", required=False, default=Path("results"))
     p.add_argument("--no-table3", action="store_true", help="skip HHMPN on modality subsets (Table 3)")
     p.add_argument("--input-normalization", choices=INPUT_NORMALIZATIONS, default=DEFAULT_INPUT_NORMALIZATION,
                    help="standardize: node features standardised per modality and dimension on each rotation's "
@@ -251,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{spec.name:16s} {spec.group:15s} {spec.kind:9s} {spec.citation}")
         return 0
     try:
-        model_names = resolve_names(args.models) if args.models else list(registry)
+        model_names = resolve_names(",".join(args.models)) if args.models else list(registry)
     except UnknownModelError as exc:
         print(f"run_all: error: {exc}", file=sys.stderr)
         return 2

@@ -1,8 +1,8 @@
 """Per-sample probabilities and label sets from a run folder of any neural model (HHMPN or a baseline).
 
-    python -m hhmpn.predict --run RUN --data OUT --split test [--output FILE]
-    python -m hhmpn.predict --run RUN --raw RAW [--output FILE]                    # new songs, no tags needed
-    python -m hhmpn.predict --run RUN --lyrics FILE --audio FILE --image FILE... [--comments FILE]   # one song
+    hhmpn-predict --run RUN --data OUT --split test [--output FILE]
+    hhmpn-predict --run RUN --raw RAW [--output FILE]                    # new songs, no tags needed
+    hhmpn-predict --run RUN --lyrics FILE --audio FILE --image FILE... [--comments FILE]   # one song
 
 RUN is a run folder written by ``hhmpn.train`` or by a neural cell of ``baselines.run_all``
 (``OUT/runs/<dataset>/<model>/fold<k>-seed<s>-<modalities>/``; see ``hhmpn.runs``). The model is rebuilt
@@ -37,6 +37,7 @@ import numpy as np
 
 from hhmpn.runs import (CHECKPOINT_FILE, RunFolderError, check_state_fits, load_state_dict, read_run,
                         read_statistics, read_train_labels)
+from nemu import cli
 from nemu.normalization import NodeStatistics
 
 
@@ -179,18 +180,16 @@ def predict_run(run_dir: Path, data: Path, split: str, output: Path | None = Non
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m hhmpn.predict", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", "--checkpoint", dest="checkpoint", type=Path, required=True, metavar="RUN",
-                   help="run folder written by hhmpn.train or by run_all (RESULTS/runs/DATASET/MODEL/CELL)")
-    p.add_argument("--data", type=Path,
-                   help="built dataset folder whose --split is predicted (required then); with --raw or a song's "
-                        "files: the dataset the run was trained on, where it is now (default: RUN/run.json's)")
-    p.add_argument("--split", default="test", choices=("train", "valid", "test"), help="split to predict")
-    p.add_argument("--fold", type=int,
-                   help="take --split from cross-validation rotation K (test = fold K, valid = fold K+1, train = "
-                        "the rest), as run_all's cell fold K did; default: the published split folders")
-    p.add_argument("--output", type=Path, help="JSON-lines output (default RUN/predictions-SPLIT.jsonl)")
+    p = cli.command_parser("hhmpn.predict", __doc__)
+    cli.add_run(p, aliases=("--checkpoint",))  # or a run_all cell's: RESULTS/runs/DATASET/MODEL/CELL
+    cli.add_data(p, required=False,
+                 more="its --split is predicted (required then); with --raw or a song's files: the dataset the run "
+                      "was trained on, where it is now (default: RUN/run.json's)")
+    cli.add_split(p)
+    cli.add_fold(p, help_default="the published split folders; with it, --split is taken from rotation K, as "
+                                 "run_all's cell for fold K did")
+    cli.add_output(p, "JSON lines, one per sample (default: RUN/predictions-SPLIT.jsonl; new songs: standard "
+                      "output)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--batch-size", type=int, default=64, help="inference batch size")
     from hhmpn.inference import add_new_song_arguments  # here: hhmpn.inference imports this module
@@ -213,11 +212,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if wants_new_songs(args):  # --raw RAW or one song's files
-            return predict_new_songs(args, args.checkpoint)
+            return predict_new_songs(args, args.run)
         if args.data is None:
             raise ValueError("--data DATA is required (or --raw RAW, or one song's --lyrics/--audio/--image/"
                              "--comments files)")
-        path = predict_run(args.checkpoint, args.data, args.split, args.output, args.device, args.batch_size,
+        path = predict_run(args.run, args.data, args.split, args.output, args.device, args.batch_size,
                            args.fold)
     except (OSError, ValueError) as exc:  # RunFolderError is a ValueError; every message is one line
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

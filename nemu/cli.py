@@ -46,7 +46,7 @@ SCRIPTS = {module: script for script, module in COMMANDS.items()}
 HELP = {
     "raw": "raw NEMu folder: records.jsonl and the audio and image files it names (format in README.md)",
     "data": "built dataset folder (the OUT of nemu-build or nemu-build-mosei, holding manifest.json)",
-    "run": "run folder written by hhmpn-train (model.pt, run.json, metrics.json)",
+    "run": "run folder written by hhmpn-train or a nemu-benchmark cell (model.pt, run.json, metrics.json)",
     "fold": f"cross-validation rotation k in 0..{N_FOLDS - 1} (test = fold k, valid = fold k+1, train = the rest)",
     "seed": "random seed",
     "seeds": "comma-separated seeds, one run per seed, e.g. 0,1,2",

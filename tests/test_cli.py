@@ -114,7 +114,11 @@ def test_shared_flags_have_one_name_type_and_meaning(parsers):
         raw = option(parser, "--raw")
         if raw is not None:
             seen.add("--raw")
-            assert raw.type is Path and raw.help.endswith("(required)")
+            assert raw.type is Path and raw.metavar == ("SRC" if name == "nemu-build-mosei" else "RAW")
+            if name != "nemu-build-mosei":  # MOSEI's source files are not a raw NEMu folder
+                assert raw.help.startswith(HELP["raw"]), (name, raw.help)
+            if name.startswith("nemu-build"):
+                assert raw.help.endswith("(required)")
     assert seen >= {"--data", "--run", "--out", "--output", "--fold", "--seed", "--seeds", "--models", "--modalities",
                     "--split", "--raw", "--no-progress"}
 

@@ -60,7 +60,7 @@ def test_every_neural_cell_leaves_a_run_folder_predict_accepts(cell_runs, name, 
     assert {"model.pt", "run.json", "normalization.json", "train_labels.npy"} <= {p.name for p in run_dir.iterdir()}
     torch.load(run_dir / "model.pt", weights_only=True)
     output = tmp_path / "p.jsonl"
-    assert predict.main(["--checkpoint", str(run_dir), "--data", str(root), "--split", "test", "--fold", "2",
+    assert predict.main(["--run", str(run_dir), "--data", str(root), "--split", "test", "--fold", "2",
                          "--output", str(output)]) == 0
     ours, cells = predictions(output), predictions(run_dir / "predictions-test.jsonl")
     assert list(ours) == list(cells) and ours
@@ -94,7 +94,7 @@ def test_hhmpn_train_writes_the_same_run_folder(built, tmp_path):
                        "--fold", "2", "--ablation", "no_f2l", "--no-progress"]) == 0
     run = json.loads((run_dir / "run.json").read_text())
     assert run["model"] == "HHMPN w/o F2L" and run["input_normalization"] == "standardize" and run["fold"] == 2
-    assert predict.main(["--checkpoint", str(run_dir), "--data", str(root), "--fold", "2"]) == 0
+    assert predict.main(["--run", str(run_dir), "--data", str(root), "--fold", "2"]) == 0
     rows = predictions(run_dir / "predictions-test.jsonl")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     labels = np.array([[name in r["labels"] for name in run["labels"]] for r in rows.values()], dtype=float)
@@ -161,7 +161,7 @@ def test_predict_refuses_an_unusable_run_folder_in_one_line(cell_runs, case, tmp
     shutil.copytree(records["HHMPN"]["run_dir"], run_dir)
     change(run_dir)
     capsys.readouterr()
-    code = predict.main(["--checkpoint", str(run_dir), "--data", str(root), "--output", str(tmp_path / "p.jsonl")])
+    code = predict.main(["--run", str(run_dir), "--data", str(root), "--output", str(tmp_path / "p.jsonl")])
     err = capsys.readouterr().err
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
@@ -171,9 +171,9 @@ def test_predict_refuses_an_unusable_run_folder_in_one_line(cell_runs, case, tmp
 
 def test_predict_refuses_missing_folders_and_other_data(cell_runs, tmp_path, capsys):
     root, _, records = cell_runs
-    for argv in (["--checkpoint", str(tmp_path / "nowhere"), "--data", str(root)],
-                 ["--checkpoint", records["HHMPN"]["run_dir"], "--data", str(tmp_path)],
-                 ["--checkpoint", records["HHMPN"]["run_dir"], "--data", str(root), "--device", "bogus"]):
+    for argv in (["--run", str(tmp_path / "nowhere"), "--data", str(root)],
+                 ["--run", records["HHMPN"]["run_dir"], "--data", str(tmp_path)],
+                 ["--run", records["HHMPN"]["run_dir"], "--data", str(root), "--device", "bogus"]):
         assert predict.main(argv) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and err.startswith("hhmpn.predict: error: "), err
@@ -203,7 +203,7 @@ def test_a_model_with_extra_columns_round_trips_on_mosei(tmp_path):
     assert record["status"] == "ok" and Path(record["run_dir"]) == run_folder(tmp_path / "out", cell)
     assert json.loads((Path(record["run_dir"]) / "run.json").read_text())["extra_columns"] == ["dominant_emotion"]
     output = tmp_path / "p.jsonl"
-    assert predict.main(["--checkpoint", record["run_dir"], "--data", str(root), "--fold", "0",
+    assert predict.main(["--run", record["run_dir"], "--data", str(root), "--fold", "0",
                          "--output", str(output)]) == 0
     ours, cells = predictions(output), predictions(Path(record["run_dir"]) / "predictions-test.jsonl")
     assert list(ours) == list(cells) and ours

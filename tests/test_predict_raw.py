@@ -91,7 +91,7 @@ def test_features_of_new_songs_are_the_builds_bit_for_bit(sample_dataset, test_i
 
 def test_predict_raw_gives_the_datasets_probabilities(sample_dataset, hhmpn_run, test_ids, tmp_path, capsys):
     new_raw_folder(sample_dataset, tmp_path / "raw", test_ids)
-    assert predict.main(["--checkpoint", str(hhmpn_run), "--data", str(sample_dataset), "--split", "test",
+    assert predict.main(["--run", str(hhmpn_run), "--data", str(sample_dataset), "--split", "test",
                          "--output", str(tmp_path / "dataset.jsonl")]) == 0
     assert predict.main(["--run", str(hhmpn_run), "--raw", str(tmp_path / "raw"),
                          "--output", str(tmp_path / "raw.jsonl")]) == 0
