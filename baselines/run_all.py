@@ -27,6 +27,7 @@ from baselines.registry import UnknownModelError, models, resolve, resolve_names
 from baselines.results import Cell, ResultsStore, settings_digest, stale_reasons
 from nemu import cli
 from nemu.normalization import DEFAULT_INPUT_NORMALIZATION, INPUT_NORMALIZATIONS
+from nemu.ray_engine import RayUnavailable
 from nemu.shards import dataset_fingerprint, read_manifest
 from nemu.splits import N_FOLDS
 
@@ -141,8 +142,13 @@ def _run_one(cell: Cell, root: Path, profile: str, device: str | None, out: Path
 def run(datasets: dict[str, Path], model_names: list[str], folds: list[int], seeds: list[int], profile: str,
         out: Path, *, table3: bool = True, table3_folds: list[int] | None = None, device: str | None = None,
         progress: bool = True, jobs: int = 1, threads: int = 1,
-        input_normalization: str = DEFAULT_INPUT_NORMALIZATION, figure_song: str | None = None) -> dict:
-    """Run every cell of the grid not already stored under the same identity, then write tables and figures."""
+        input_normalization: str = DEFAULT_INPUT_NORMALIZATION, figure_song: str | None = None,
+        engine: str = "local", ray_address: str | None = None) -> dict:
+    """Run every cell of the grid not already stored under the same identity, then write tables and figures.
+
+    ``engine`` "local" runs the cells here (``jobs`` processes); "ray" runs them as Ray tasks
+    (baselines.ray_cells) on the cluster at ``ray_address`` (or RAY_ADDRESS), else on a local Ray instance
+    of ``jobs`` x ``threads`` CPUs. Either way only this process writes the results store."""
     model_names = [resolve(name) for name in model_names]
     store = ResultsStore(out, profile)
     cells = grid(datasets, model_names, folds, seeds, table3, table3_folds=table3_folds, profile=profile,
@@ -172,7 +178,12 @@ def run(datasets: dict[str, Path], model_names: list[str], folds: list[int], see
         bar.set_postfix_str(cell.key)
 
     _limit_threads(threads)  # here too: spawned workers inherit the environment variables before any import
-    if jobs <= 1 or len(todo) <= 1:
+    if engine == "ray" and todo:
+        from baselines.ray_cells import run_cells
+
+        run_cells(todo, datasets, profile=profile, device=device, out=out, input_normalization=input_normalization,
+                  threads=threads, jobs=jobs, address=ray_address, finish=finish)
+    elif jobs <= 1 or len(todo) <= 1:
         for cell in todo:
             finish(cell, _run_one(cell, datasets[cell.dataset], profile, device, out, input_normalization))
     else:
@@ -240,6 +251,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads per cell (default 1: the small models run faster without thread "
                         "hand-offs, and --jobs uses the cores)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: cells in --jobs processes here; ray: cells as Ray tasks (--threads CPUs each, "
+                        "a GPU for neural cells where the cluster has them) on --ray-address, RAY_ADDRESS or a "
+                        "local Ray instance of --jobs x --threads CPUs (needs the ray extra; see README, 'Running "
+                        "on a cluster'); the results store is written here either way (default: local)")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="with --engine ray: the Ray cluster to join (HOST:PORT of 'ray start --head', or auto); "
+                        "datasets and --out must be on a file system every node sees at the same path")
     p.add_argument("--list", action="store_true", help="list the registered models and exit")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
@@ -272,8 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(datasets, model_names, list(range(n_folds)), args.seeds, args.profile, args.out,
                       table3=not args.no_table3, table3_folds=list(range(n_table3)), device=args.device,
                       progress=not args.no_progress, jobs=args.jobs, threads=args.threads,
-                      input_normalization=args.input_normalization, figure_song=args.figure_song)
-    except (FileNotFoundError, ValueError) as exc:
+                      input_normalization=args.input_normalization, figure_song=args.figure_song,
+                      engine=args.engine, ray_address=args.ray_address)
+    except (FileNotFoundError, ValueError, RayUnavailable) as exc:
         print(f"run_all: error: {exc}", file=sys.stderr)
         return 2
     print(f"{summary['cells']} cells: {summary['ran']} run, {summary['skipped']} already done, "
