@@ -53,6 +53,8 @@ class RaySession:
         ray = import_ray()
         if not ray.is_initialized():
             address = self.address or os.environ.get("RAY_ADDRESS") or None
+            if address is not None:
+                _check_reachable(address)
             try:
                 if address is None:  # a local instance, started and stopped by this build
                     ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False,
@@ -76,6 +78,21 @@ class RaySession:
     @property
     def use_gpu(self) -> bool:
         return self.gpus > 0
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail at once, naming ``address``, when nothing listens at a HOST:PORT address (ray.init itself would wait
+    for the cluster for minutes). Other forms ("auto", "ray://...", "local") are left to Ray."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RayUnavailable(f"no Ray cluster answers at {address} ({exc.strerror or exc}); start one with "
+                             f"'ray start --head' or check --ray-address / RAY_ADDRESS") from None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -89,3 +89,19 @@ def test_run_all_on_ray_completes_cells_and_resumes(tmp_path, local_ray, built):
     assert sorted((r["model"], r["fold"]) for r in records) == [("BR", 0), ("BR", 1), ("CC", 0), ("CC", 1)]
     assert all(r["status"] == "ok" and "micro_f1" in r["metrics"] for r in records)
     assert (out / "table2.md").is_file()
+
+
+def test_an_address_where_no_cluster_answers_fails_at_once_naming_it(tmp_path, capsys):
+    import socket
+
+    import pipelines.build_nemu as cli
+
+    tiny_raw(tmp_path / "raw", 10)
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = cli.main([str(tmp_path / "raw"), "--out", str(tmp_path / "out"), "--engine", "ray", "--ray-address",
+                     f"127.0.0.1:{port}", "--no-progress"])
+    assert code == 2
+    assert f"no Ray cluster answers at 127.0.0.1:{port}" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "manifest.json").exists()
