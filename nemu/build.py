@@ -160,9 +160,14 @@ def _init_worker(raw_dir: str, cache_dir: str | None, audio: AudioSettings, imag
                  max_comment_chars: int, limits: RecordLimits = RecordLimits()):
     import torch
 
+    from threadpoolctl import threadpool_limits
+
     # One thread per process: parallelism comes from the workers, and single-threaded kernels make
-    # the features bit-identical whatever the worker count.
+    # the features bit-identical whatever the worker count. BLAS too: librosa's mel filterbank and DCT are
+    # numpy matrix products whose float32 sums change with OpenBLAS's thread count (seen: 1e-6 differences
+    # between a 2-thread in-process extraction and the build's workers).
     torch.set_num_threads(1)
+    _WORKER["blas_limits"] = threadpool_limits(1)
     _WORKER.update(raw_dir=Path(raw_dir), cache_dir=Path(cache_dir) if cache_dir is not None else None,
                    audio=audio, image=image,
                    max_comment_chars=max_comment_chars, limits=limits, encoder=None)
@@ -480,6 +485,7 @@ def extract_records(records: list[RawRecord], raw_dir: Path, *, audio: AudioSett
             yield from tqdm(map(extract_record, records), **bar)
         finally:
             torch.set_num_threads(threads)
+            _WORKER.pop("blas_limits").restore_original_limits()
         return
     yield from tqdm(_parallel_extraction(records, workers, init_args), **bar)
 

@@ -138,7 +138,7 @@ def test_bad_inputs_are_quarantined_and_the_rest_kept(tmp_path):
 
     with pytest.raises(BuildError, match="--strict: 12 record"):
         build(options(raw, tmp_path / "strict", strict=True))
-    code = build_nemu.main([str(raw), "--out", str(tmp_path / "cli"), "--strict", "--workers", "1",
+    code = build_nemu.main(["--raw", str(raw), "--out", str(tmp_path / "cli"), "--strict", "--workers", "1",
                             "--image-encoder", "efficientnet-lite0", "--no-progress"])
     assert code == 2
 
@@ -175,7 +175,7 @@ def test_killed_build_resumes_from_cache(tmp_path):
     raw = tmp_path / "raw"
     tiny_raw(raw, 40)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "pipelines.build_nemu", str(raw), "--out", str(out), "--workers", "1",
+    command = [sys.executable, "-m", "pipelines.build_nemu", "--raw", str(raw), "--out", str(out), "--workers", "1",
                "--image-encoder", "efficientnet-lite0", "--no-progress"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120

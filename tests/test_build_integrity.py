@@ -49,7 +49,7 @@ def _options(raw_and_cache, out: Path, **kw):
 
 
 def _command(raw: Path, out: Path, cache: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pipelines.build_nemu", str(raw), "--out", str(out), "--workers", "1",
+    return [sys.executable, "-m", "pipelines.build_nemu", "--raw", str(raw), "--out", str(out), "--workers", "1",
             "--image-encoder", "efficientnet-lite0", "--no-progress", "--cache-dir", str(cache),
             "--shard-rows", "4", "--row-group-rows", "2", *extra]
 
