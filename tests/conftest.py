@@ -17,6 +17,19 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.glob("*/*.parquet"))}
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: the small models train faster without thread hand-offs, and their
+    results do not depend on the machine's core count. Test files opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def built(tmp_path_factory):
     """A NEMu build of 20 tiny songs (3 train shards of at most 7 rows, row groups of 3)."""

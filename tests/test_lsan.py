@@ -13,12 +13,7 @@ from tests.conftest import constant_baseline_micro_f1
 DIMS = {"a": 5, "b": 3}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy_batch(seed: int = 0) -> dict:

@@ -20,12 +20,7 @@ from tests.conftest import constant_baseline_micro_f1
 from tests.test_mult import DIMS, make_batch, repad
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def latent_views(n: int, dims: dict[str, int], noise: float = 0.3, seed: int = 0) -> dict[str, torch.Tensor]:

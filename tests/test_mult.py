@@ -19,12 +19,7 @@ from tests.conftest import constant_baseline_micro_f1
 DIMS = {"lyrics": 12, "comments": 10, "audio": 7, "images": 20}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_batch(dims=DIMS, lengths=((0, 1, 3, 5), (2, 0, 4, 6), (1, 3, 0, 2), (4, 4, 1, 0)), pad=0, seed=0, L=5):

@@ -24,12 +24,7 @@ from nemu.metrics import binarize, evaluate
 NEURAL = [name for name, spec in models().items() if spec.kind == "neural"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def predictions(path: Path) -> dict[str, dict]:

@@ -26,12 +26,7 @@ NEURAL = [name for name, spec in models().items() if spec.kind == "neural"]
 TOLERANCE = 1e-4  # the bar; features are bit-identical, only batch padding differs
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def lines(path: Path) -> list[dict]:

@@ -25,12 +25,7 @@ from nemu.splits import cv_rotation
 MODALITIES = ("lyrics", "comments", "audio", "images")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def stored_nodes(root: Path, folds) -> dict[str, np.ndarray]:

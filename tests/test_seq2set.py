@@ -16,12 +16,7 @@ from tests.conftest import constant_baseline_micro_f1
 from tests.test_lsan import DIMS, padded, toy_batch
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(L: int = 4, **kw) -> Seq2Set:
