@@ -64,7 +64,7 @@ def test_engine_flags_reach_the_build(monkeypatch, tmp_path):
         raise cli.BuildError("stopped by the test")
 
     monkeypatch.setattr(cli, "build", fake_build)
-    assert cli.main([str(tmp_path), "--out", str(tmp_path / "o"), "--engine", "ray", "--ray-address",
+    assert cli.main(["--raw", str(tmp_path), "--out", str(tmp_path / "o"), "--engine", "ray", "--ray-address",
                      "head:6379", "--ray-gpu", "never"]) == 2
     assert (seen[0].engine, seen[0].ray_address, seen[0].ray_gpu) == ("ray", "head:6379", "never")
 
@@ -91,17 +91,18 @@ def test_run_all_on_ray_completes_cells_and_resumes(tmp_path, local_ray, built):
     assert (out / "table2.md").is_file()
 
 
-def test_an_address_where_no_cluster_answers_fails_at_once_naming_it(tmp_path, capsys):
+def test_an_address_where_no_cluster_answers_fails_at_once_naming_it(tmp_path, capsys, monkeypatch):
     import socket
 
     import pipelines.build_nemu as cli
 
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh driver, whatever ran before
     tiny_raw(tmp_path / "raw", 10)
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    code = cli.main([str(tmp_path / "raw"), "--out", str(tmp_path / "out"), "--engine", "ray", "--ray-address",
-                     f"127.0.0.1:{port}", "--no-progress"])
+    code = cli.main(["--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), "--engine", "ray",
+                     "--ray-address", f"127.0.0.1:{port}", "--image-encoder", "efficientnet-lite0", "--no-progress"])
     assert code == 2
     assert f"no Ray cluster answers at 127.0.0.1:{port}" in capsys.readouterr().err
     assert not (tmp_path / "out" / "manifest.json").exists()

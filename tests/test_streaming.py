@@ -85,7 +85,8 @@ def test_nodes_without_word_vectors_counted_before_any_shard_is_written(tmp_path
     records[3]["comments"] = ["……", "好听"]  # a node without any word: no token, zeros, counted
     write_records(raw, records)
     vectors_file = tmp_path / "vectors.txt"
-    rows = [f"{word} " + " ".join(f"{(i + j) % 7 / 10:.1f}" for j in range(300)) for i, word in enumerate(["好听", "的"])]
+    rows = [f"{word} " + " ".join(f"{(i + j) % 7 / 10:.1f}" for j in range(300))
+            for i, word in enumerate(["好听", "的"])]
     vectors_file.write_text("\n".join(rows) + "\n", encoding="utf-8")
     build(options(raw, tmp_path / "out", word_vectors=vectors_file))
     manifest = read_manifest(tmp_path / "out")
