@@ -85,13 +85,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from nemu.card import write_dataset_card
+from nemu.publish import DatasetPublisher, FolderConflict, FolderLocked
 from nemu.shards import (
-    FORMAT_VERSION, LABEL_IDS, MANIFEST_FILE, Modality, atomic_write_bytes, build_schema, label_ids, sha256_file,
-    shard_name, with_manifest, write_manifest,
+    FORMAT_VERSION, LABEL_IDS, Modality, build_schema, label_ids, shard_count, with_manifest, write_manifest,
+    write_shard,
 )
 from nemu.splits import N_FOLDS, SPLITS, assign_folds
 from nemu.statistics import table1_statistics
@@ -997,26 +997,16 @@ def _chunk_table(chunk: list[Sample], source, schema: pa.Schema) -> pa.Table:
 
 def _write_split(samples: list[Sample], source, schema: pa.Schema, out_dir: Path, split: str,
                  options: MoseiOptions, bar) -> list[dict]:
-    """Shards of one split, written one at a time (features read per shard), like nemu.shards.write_split."""
-    split_dir = out_dir / split
-    split_dir.mkdir(parents=True, exist_ok=True)
+    """Shards of one split into the staging folder ``out_dir``, written one at a time (features read per shard)
+    by nemu.shards.write_shard, so their manifest entries (path, rows, bytes, sha256) are the NEMu build's."""
     rows = options.rows_per_shard
-    count = max(1, -(-len(samples) // rows))
+    count = shard_count(len(samples), rows)
     written = []
     for index in range(count):
         chunk = samples[index * rows:(index + 1) * rows]
-        table = _chunk_table(chunk, source, schema)
-        name = shard_name(split, index, count)
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, row_group_size=options.row_group_rows, compression="zstd",
-                       write_statistics=["id", "fold"])
-        atomic_write_bytes(split_dir / name, sink.getvalue().to_pybytes())
-        written.append({"path": f"{split}/{name}", "rows": len(chunk), "sha256": sha256_file(split_dir / name)})
+        written.append(write_shard(_chunk_table(chunk, source, schema), out_dir, split, index, count,
+                                   options.row_group_rows))
         bar.update(len(chunk))
-    keep = {Path(entry["path"]).name for entry in written}
-    for stale in split_dir.glob("*.parquet"):
-        if stale.name not in keep:
-            stale.unlink()
     return written
 
 
@@ -1144,18 +1134,22 @@ def build_mosei(options: MoseiOptions) -> MoseiSummary:
             "statistics": _statistics(samples, WORDS_RULES[form]),
         }
         schema = with_manifest(build_schema(len(LABELS), modalities, EXTRA_FIELDS), facts)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        manifest_path = out_dir / MANIFEST_FILE
-        if manifest_path.exists():  # a build that stops half-way must not leave an old manifest behind
-            manifest_path.unlink()
-        shards = {}
-        with tqdm(total=len(ordered), desc="writing shards", unit="sample", disable=not options.progress,
-                  file=sys.stderr) as bar:
-            for split in SPLITS:
-                shards[split] = _write_split(samples[split], source, schema, out_dir, split, options, bar)
+        # The NEMu build's publish step (nemu.publish): the lock on OUT, everything staged beside the previous
+        # dataset and swapped in at once, so a kill, a second ingestion or a full disk leaves OUT whole.
+        try:
+            with DatasetPublisher(out_dir) as publisher:
+                staging = publisher.path
+                shards = {}
+                with tqdm(total=len(ordered), desc="writing shards", unit="sample", disable=not options.progress,
+                          file=sys.stderr) as bar:
+                    for split in SPLITS:
+                        shards[split] = _write_split(samples[split], source, schema, staging, split, options, bar)
+                manifest = facts | {"shards": shards}
+                write_dataset_card(staging, manifest, schema)
+                write_manifest(staging, manifest)
+                publisher.commit()
+        except (FolderLocked, FolderConflict) as exc:
+            raise MoseiError(str(exc)) from None
     finally:
         source.close()
-    manifest = facts | {"shards": shards}
-    write_dataset_card(out_dir, manifest, schema)
-    write_manifest(out_dir, manifest)
     return MoseiSummary(form=form, splits={s: len(samples[s]) for s in SPLITS}, counts=counts, out_dir=out_dir)

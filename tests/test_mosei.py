@@ -628,3 +628,49 @@ def test_the_built_mosei_folder_is_a_hugging_face_dataset_with_six_class_labels(
     assert names == list(LABELS) and len(names) == 6
     for row in loaded["test"]:
         assert [names[i] for i in row["label_ids"]] == row["labels"]
+
+
+# ----------------------------------------------------------------------------------------------
+# The output folder: the NEMu build's publish step (lock, staged build, atomic swap)
+
+def _dataset_bytes(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes()
+            for p in sorted(out.glob("*")) if p.is_file() and not p.name.startswith(".")} | {
+        p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.glob("*/*.parquet"))}
+
+
+def test_a_second_ingestion_into_a_locked_folder_fails_at_once_naming_the_holder(pt_built, tmp_path, capsys):
+    from nemu.publish import DatasetPublisher
+
+    out = tmp_path / "out"
+    with DatasetPublisher(out):  # another build of OUT holds the lock
+        code = cli.main(["--raw", str(pt_built[0] / "train_valid_test.pt"), "--out", str(out), "--no-progress"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and len(error.splitlines()) == 1
+    assert "being built by another build" in error and f"pid {__import__('os').getpid()}" in error
+    assert not (out / "manifest.json").exists()
+
+
+def test_an_ingestion_failing_half_way_leaves_the_previous_dataset_whole(pt_built, tmp_path, monkeypatch):
+    import nemu.mosei
+
+    base = pt_built[0]
+    out = tmp_path / "out"
+    build_mosei(options(base / "train_valid_test.pt", out, rows_per_shard=5, row_group_rows=2))
+    before = _dataset_bytes(out)
+    real_write_shard = nemu.mosei.write_shard
+    written = []
+
+    def full_disk_after_one_shard(*args, **kwargs):
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(real_write_shard(*args, **kwargs))
+        return written[-1]
+
+    monkeypatch.setattr(nemu.mosei, "write_shard", full_disk_after_one_shard)
+    with pytest.raises(OSError):
+        build_mosei(options(base / "train_valid_test.pt", out, seed=1, rows_per_shard=3, row_group_rows=2))
+    assert written, "the injected fault must strike after a shard of the new ingestion was written"
+    assert _dataset_bytes(out) == before
+    nemu.verify(out)  # the previous shards, whole and matching their manifest
+    assert not [p for p in (out / ".builds").iterdir() if p.name.startswith("staging-")]
