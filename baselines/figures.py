@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from baselines.registry import get
 from baselines.runner import data_info
 from baselines.tables import full_modalities
-from hhmpn.engine import load_checkpoint, make_loaders, move_batch
-from nemu.loading import load, split_datasets
+from hhmpn.engine import make_loaders, move_batch
+from nemu.loading import load
 from nemu.splits import cv_rotation
 
 FIGURE_FORMATS = ("png", "pdf")
@@ -65,22 +64,16 @@ def _save(fig, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
-def _model_and_test(record: dict, root: Path, checkpoint: Path | None):
-    """The record's trained model, its rotation's test split (normalised as in training) and a loader for any
-    other split (``all_songs``)."""
-    run_dir = Path(record["run_dir"]) if record.get("run_dir") else None
-    if run_dir is not None and (run_dir / "run.json").is_file():
-        from hhmpn.predict import load_run
+def _model_and_test(record: dict, root: Path):
+    """The record's trained model (its run folder), its rotation's test split (normalised as in training) and a
+    loader for any other split (``all_songs``)."""
+    from hhmpn.predict import load_run
 
-        loaded = load_run(run_dir, "cpu")
-        test = loaded.dataset(root, split=None, folds=cv_rotation(record["fold"])["test"])
-        datasets = {"train": loaded.dataset(root, split=None, folds=cv_rotation(record["fold"])["train"])}
-        info = data_info(record["dataset"], root, datasets)
-        return loaded.model.eval(), test, info, lambda: loaded.dataset(root, split=None)
-    datasets = split_datasets(root, record["fold"], None)
+    loaded = load_run(Path(record["run_dir"]), "cpu")
+    test = loaded.dataset(root, split=None, folds=cv_rotation(record["fold"])["test"])
+    datasets = {"train": loaded.dataset(root, split=None, folds=cv_rotation(record["fold"])["train"])}
     info = data_info(record["dataset"], root, datasets)
-    model = load_checkpoint(get(record["model"]).factory(record["settings"], info), checkpoint, "cpu")
-    return model.eval(), datasets["test"], info, None
+    return loaded.model.eval(), test, info, lambda: loaded.dataset(root, split=None)
 
 
 @torch.no_grad()
@@ -210,24 +203,20 @@ def figure3(model, dataset, info, root: Path, out_dir: Path, modality: str = "co
     return paths
 
 
-def write_figures(records: list[dict], roots: dict[str, Path], out_dir: Path, song: str | None = None,
-                  checkpoint_dir: Path | None = None) -> list[Path]:
+def write_figures(records: list[dict], roots: dict[str, Path], out_dir: Path, song: str | None = None) -> list[Path]:
     """Figures from the first HHMPN run (lowest fold and seed) on all modalities of a dataset with comments.
 
-    The model comes from the record's run folder (``run_dir``); ``checkpoint_dir`` is only for stores written
-    before run folders existed (bare state_dicts at ``DIR/dataset/HHMPN/fold<k>-seed<s>.pt``)."""
+    The model comes from the record's run folder (``run_dir``)."""
     for record in sorted(records, key=lambda r: (r["fold"], r["seed"], r["dataset"])):
         if record["model"] != "HHMPN" or record.get("status") != "ok" or "comments" not in record["modalities"]:
             continue
         root = roots.get(record["dataset"])
-        checkpoint = (None if checkpoint_dir is None else
-                      checkpoint_dir / record["dataset"] / "HHMPN" / f"fold{record['fold']}-seed{record['seed']}.pt")
         has_run = bool(record.get("run_dir")) and (Path(record["run_dir"]) / "run.json").is_file()
-        if root is None or not (has_run or (checkpoint is not None and checkpoint.is_file())):
+        if root is None or not has_run:
             continue
         if len(record["modalities"]) < len(full_modalities(records, record["dataset"])):
             continue  # a Table 3 subset run
-        model, test, info, all_songs = _model_and_test(record, root, checkpoint)
+        model, test, info, all_songs = _model_and_test(record, root)
         return (figure3(model, test, info, root, out_dir, song=song, all_songs=all_songs)
                 + figure4(model, test, info, out_dir))
     return []

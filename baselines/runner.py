@@ -153,18 +153,17 @@ def _run_neural(spec: ModelSpec, config: dict, info: DataInfo, datasets: dict, s
         write_predictions(run_dir / "predictions-test.jsonl", prediction_records(
             ids, probabilities, info.label_names, float(config.get("threshold", 0.5)), datasets["test"]))
     return {"test": test, "valid": result.best_valid, "selected": {"epoch": result.best_epoch},
-            "parameters": result.num_parameters, "state": result.best_state}
+            "parameters": result.num_parameters}
 
 
 def run_cell(cell: Cell, spec: ModelSpec, root: Path, profile: str, *, device: str | None = None,
-             checkpoint_dir: Path | None = None, overrides: dict | None = None, out_dir: Path | None = None,
+             overrides: dict | None = None, out_dir: Path | None = None,
              input_normalization: str = DEFAULT_INPUT_NORMALIZATION) -> dict:
     """Train and test ``spec`` on ``cell``; returns the record for the results store.
 
     ``overrides`` replaces entries of the profile's configuration (e.g. ``{"epochs": 1}`` for smoke runs).
     With ``out_dir``, a neural cell writes its run folder ``run_folder(out_dir, cell)`` (path in the record's
-    ``run_dir``). ``checkpoint_dir`` (older layout, kept for the figures until they read run folders) also
-    keeps a bare state_dict of full-modality figure-source cells as ``DIR/dataset/model/fold<k>-seed<s>.pt``.
+    ``run_dir``).
     ``input_normalization``: ``"standardize"`` (default, the protocol) or ``"raw"``.
     """
     base = {"key": cell.key, "model": spec.name, "group": spec.group, "dataset": cell.dataset, "fold": cell.fold,
@@ -190,17 +189,6 @@ def run_cell(cell: Cell, spec: ModelSpec, root: Path, profile: str, *, device: s
     else:
         run_dir = run_folder(out_dir, cell) if out_dir is not None else None
         outcome = _run_neural(spec, config, info, datasets, cell.seed, device, run_dir, root, cell)
-        if spec.figure_source and checkpoint_dir is not None and cell.modalities is None and run_dir is not None:
-            import shutil
-
-            legacy = checkpoint_dir / cell.dataset / spec.name / f"fold{cell.fold}-seed{cell.seed}.pt"
-            legacy.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(run_dir / "model.pt", legacy)
-        elif spec.figure_source and checkpoint_dir is not None and cell.modalities is None:
-            from hhmpn.engine import save_checkpoint
-
-            save_checkpoint(outcome["state"], checkpoint_dir / cell.dataset / spec.name /
-                            f"fold{cell.fold}-seed{cell.seed}.pt")
     seconds = time.perf_counter() - started
     test = outcome["test"]
     record = base | {
