@@ -109,13 +109,20 @@ def test_not_applicable_when_dominant_emotion_is_null_throughout(mosei_planted, 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from nemu.shards import read_manifest, sha256_file, write_manifest
+
     copy = tmp_path / "nulls"
     shutil.copytree(mosei_planted, copy)
-    for shard in copy.glob("*/*.parquet"):
-        table = pq.read_table(shard)
-        index = table.schema.get_field_index("dominant_emotion")
-        table = table.set_column(index, "dominant_emotion", pa.nulls(table.num_rows, pa.string()))
-        pq.write_table(table, shard)
+    manifest = read_manifest(copy)
+    for entries in manifest["shards"].values():
+        for entry in entries:  # rewrite each shard, and its manifest entry, so the folder is one dataset again
+            shard = copy / entry["path"]
+            table = pq.read_table(shard)
+            index = table.schema.get_field_index("dominant_emotion")
+            table = table.set_column(index, "dominant_emotion", pa.nulls(table.num_rows, pa.string()))
+            pq.write_table(table, shard)
+            entry.update(bytes=shard.stat().st_size, sha256=sha256_file(shard))
+    write_manifest(copy, manifest)
     record = run_cell(Cell("MLEE", "mosei", 0, 0), registry.get("MLEE"), copy, "quick", overrides={"epochs": 1})
     assert record["status"] == "not_applicable" and "null" in record["reason"]
 
