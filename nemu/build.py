@@ -519,9 +519,7 @@ def _warm_up_steps():
     if _WORKER["encoder"] is None:
         _WORKER["encoder"] = ImageEncoder(_WORKER["image"])
         yield
-    import jieba
-
-    jieba.initialize()
+    tokenize("预热")  # the tokenizer's own dictionary (jieba.initialize would load the global one's)
     yield
     import soundfile
     from PIL import Image
@@ -535,13 +533,56 @@ def _warm_up_steps():
         yield
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(png)
         _WORKER["encoder"].encode([png])
-        tokenize("预热")
     yield
 
 
-def _worker_main(connection, init_args: tuple) -> None:
+def warm_up_worker_template() -> None:
+    """Run once in the fork server that local workers are forked from (nemu.worker_template): the imports and
+    lazy initialisation every worker needs, whatever the build's settings, so each forked worker starts warm.
+
+    Torch and BLAS are held to one thread before any kernel runs, so the server never starts a thread pool
+    that a forked child would inherit half-copied. The settings-specific part (the build's image encoder) is
+    each worker's own warm-up. Best effort: a failure here only means workers pay for it themselves, and any
+    real error is met again, and reported, by the record that needs the same thing.
+    """
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(1)
+    try:
+        import timm  # noqa: F401  (with torchvision behind it: the image encoders' libraries)
+        from torchvision import transforms  # noqa: F401
+
+        tokenize("预热")
+        rng = np.random.default_rng(0)
+        settings = AudioSettings()
+        from nemu.audio import mfcc_frames
+
+        mfcc_frames((0.1 * rng.standard_normal(settings.sample_rate)).astype(np.float32), settings)
+        import soundfile  # noqa: F401  (decoders: audio_nodes' own imports)
+        import soxr  # noqa: F401
+        from PIL import Image, JpegImagePlugin, PngImagePlugin  # noqa: F401
+
+        # the first convolution, batch norm and pooling kernels (the CPU kernels' lazy set-up), on noise
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.BatchNorm2d(8), torch.nn.ReLU6(),
+                                  torch.nn.Conv2d(8, 8, 3, groups=8), torch.nn.SiLU(),
+                                  torch.nn.AdaptiveAvgPool2d(1)).eval()
+        with torch.inference_mode():
+            net(torch.from_numpy(rng.standard_normal((1, 3, 64, 64), dtype=np.float32)))
+    except Exception:
+        pass
+
+
+def _worker_main(connection, init_args: tuple, environment: dict | None = None) -> None:
     """One extraction process: says "ready" once initialised, warms up while no task has come, then answers
-    (index, record) tasks until None."""
+    (index, record) tasks until None. ``environment``: the build's os.environ when the worker was started."""
+    if environment is not None and dict(os.environ) != environment:
+        import tempfile
+
+        os.environ.clear()
+        os.environ.update(environment)
+        tempfile.tempdir = None  # chosen again from this environment's TMPDIR
     _init_worker(*init_args)
     connection.send(("ready", None, None))
     warm_up = _warm_up_steps()
@@ -591,11 +632,33 @@ class _Worker:
 TASKS_PER_WORKER = 2  # one extracting, one queued: a worker never waits for the build to hand it the next record
 
 
+WORKER_TEMPLATE_MODULE = "nemu.worker_template"
+
+
+def _worker_context():
+    """The start method of local extraction workers.
+
+    A fork server, where the platform has one, whose single preloaded module (nemu.worker_template) imports
+    and warms up what every worker needs: each worker is then a fork of a warm process, so the ~5 CPU-s of
+    start-up per process (torch, torchvision behind timm, librosa with scipy.signal, jieba's dictionary,
+    the first kernels) are paid once per build process instead of once per worker, and a worker's exit is
+    immediate (no interpreter teardown). The server is started clean by multiprocessing, never forked from
+    the build, whose threads (torch's, a caller's) a child would inherit half-copied; it stays up for the
+    build process's next builds. Where there is no fork server (Windows), spawn.
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([WORKER_TEMPLATE_MODULE])  # read when the server starts; later, no-op
+        return context
+    return multiprocessing.get_context("spawn")
+
+
 def _start_worker(init_args: tuple) -> _Worker:
-    # spawn, not fork: forking a process that has already started torch/OpenMP threads can deadlock.
-    context = multiprocessing.get_context("spawn")
+    context = _worker_context()
     parent, child = context.Pipe()
-    process = context.Process(target=_worker_main, args=(child, init_args), daemon=True)
+    # The environment of now, not of the moment the fork server started (a caller, or a test, may have set
+    # variables since): spawn would pass it, so this does too.
+    process = context.Process(target=_worker_main, args=(child, init_args, dict(os.environ)), daemon=True)
     process.start()
     child.close()
     return _Worker(process, parent)

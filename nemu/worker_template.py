@@ -1,0 +1,10 @@
+"""The template that local extraction workers are forked from (nemu.build._worker_context).
+
+Imported once, by the multiprocessing fork server only: it imports and warms up what every worker needs
+(nemu.build.warm_up_worker_template), so each worker forked from the server starts warm. Importing it
+anywhere else costs those seconds and changes nothing.
+"""
+
+from nemu.build import warm_up_worker_template
+
+warm_up_worker_template()
