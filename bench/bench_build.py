@@ -3,7 +3,10 @@
 1. Feature-extraction time of the build vs the bare librosa / torchvision calls on the same files (the
    overhead of validation, tokenising, caching and bookkeeping).
 2. A build with 2 workers vs 1 worker (fresh caches): the extraction stage (build start to last record
-   extracted) and the whole build, wall-clock, with the load average beside them (the machine may be shared).
+   extracted) and the whole build, wall-clock, with the load average beside them (the machine may be shared);
+   then the split of the extraction into start-up (build start to the first record extracted: imports and
+   warm-up, which no number of workers shortens) and the records after it, and the same ratio on a sample of
+   --workers-scale times the songs, where the start-up weighs less.
 3. The Ray engine on a local instance of 2 CPUs vs the local engine with 2 workers (fresh caches).
 4. Peak RSS of a whole build at 1x and 10x the sample size (each build in its own process, 1 worker): the
    streaming build's memory does not grow with the number of songs.
@@ -35,6 +38,7 @@ summary = build(BuildOptions(raw_dir=Path(sys.argv[1]), out_dir=Path(sys.argv[2]
                              image_encoder=sys.argv[4], engine=sys.argv[5], progress=False))
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "extraction_seconds": summary.extraction_seconds, "kept": summary.kept,
+                  "first_record_seconds": summary.first_record_seconds,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "children_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """
@@ -102,6 +106,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--songs", type=cli.positive_int, default=240, metavar="N",
                    help="sample size (1x); 10x is built for the RSS figure")
     p.add_argument("--encoder", default="efficientnet-lite0", help="image encoder to time")
+    p.add_argument("--workers-scale", type=cli.positive_int, default=4, metavar="K",
+                   help="the workers measurement is repeated on a sample of K times --songs (1: not repeated)")
     p.add_argument("--parts", type=lambda text: [part.strip() for part in text.split(",") if part.strip()],
                    default=list(PARTS), metavar="LIST",
                    help=f"comma-separated measurements to run, of {','.join(PARTS)} (default: all; ray needs the "
@@ -115,6 +121,18 @@ def _speed(name_a: str, a: dict, name_b: str, b: dict, songs: int) -> str:
             f"{name_b} {b['extraction_seconds']:.1f} s (load {b['load']:.1f}) -> {name_b} is "
             f"{a['extraction_seconds'] / b['extraction_seconds']:.2f}x as fast; whole build {a['seconds']:.1f} s vs "
             f"{b['seconds']:.1f} s -> {a['seconds'] / b['seconds']:.2f}x")
+
+
+def _start_up(one: dict, two: dict) -> str:
+    """Start-up (build start to the first record extracted) and the records after it, for 1 and 2 workers, and
+    the ratio 2 workers could reach at best with this start-up: 1 worker's time over 2 workers' start-up plus
+    half of 1 worker's records."""
+    after_one = one["extraction_seconds"] - one["first_record_seconds"]
+    after_two = two["extraction_seconds"] - two["first_record_seconds"]
+    bound = one["extraction_seconds"] / (two["first_record_seconds"] + after_one / 2)
+    return (f"1 worker {one['first_record_seconds']:.1f} s to the first record + {after_one:.1f} s for the rest, "
+            f"2 workers {two['first_record_seconds']:.1f} s + {after_two:.1f} s -> the rest {after_one / after_two:.2f}x "
+            f"as fast; with this start-up 2 workers can be at most {bound:.2f}x as fast")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,6 +159,15 @@ def main(argv: list[str] | None = None) -> int:
             two = build_in_child(raw, tmp / "w2", 2, args.encoder)
         if "workers" in args.parts:
             print("workers: " + _speed("1 worker", one, "2 workers", two, args.songs))
+            print("workers, start-up: " + _start_up(one, two))
+            if args.workers_scale > 1:
+                songs = args.workers_scale * args.songs
+                raw_k = tmp / "raw-scale"
+                make_sample(raw_k, songs=songs, seed=args.seed, progress=False)
+                one_k = build_in_child(raw_k, tmp / "w1-scale", 1, args.encoder)
+                two_k = build_in_child(raw_k, tmp / "w2-scale", 2, args.encoder)
+                print(f"workers, {args.workers_scale}x sample: " + _speed("1 worker", one_k, "2 workers", two_k, songs))
+                print(f"workers, {args.workers_scale}x sample, start-up: " + _start_up(one_k, two_k))
         if "ray" in args.parts:
             on_ray = build_in_child(raw, tmp / "ray", 2, args.encoder, engine="ray")
             versus_one = f"; Ray vs 1 local worker {one['extraction_seconds'] / on_ray['extraction_seconds']:.2f}x" \

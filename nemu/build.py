@@ -133,6 +133,8 @@ class BuildSummary:
     cut_by_limits: dict[str, float] = field(default_factory=dict)  # CUT_COUNTS, summed over kept records
     duplicate_media: list[list[str]] = field(default_factory=list)  # ids of songs with byte-identical media
     extraction_seconds: float | None = None  # wall-clock from the start of the build to the last record extracted
+    # ... to the first record extracted: the start-up (imports, warm-up) that the work waited for
+    first_record_seconds: float | None = None
 
     def __str__(self) -> str:
         text = (
@@ -156,6 +158,13 @@ class BuildSummary:
 _WORKER: dict = {}
 
 
+def _settings_state(raw_dir: str, cache_dir: str | None, audio: AudioSettings, image: ImageSettings,
+                    max_comment_chars: int, limits: RecordLimits = RecordLimits()) -> dict:
+    """The settings every record is extracted with, from _init_worker's arguments."""
+    return dict(raw_dir=Path(raw_dir), cache_dir=Path(cache_dir) if cache_dir is not None else None, audio=audio,
+                image=image, max_comment_chars=max_comment_chars, limits=limits)
+
+
 def _init_worker(raw_dir: str, cache_dir: str | None, audio: AudioSettings, image: ImageSettings,
                  max_comment_chars: int, limits: RecordLimits = RecordLimits()):
     import torch
@@ -168,9 +177,7 @@ def _init_worker(raw_dir: str, cache_dir: str | None, audio: AudioSettings, imag
     # between a 2-thread in-process extraction and the build's workers).
     torch.set_num_threads(1)
     _WORKER["blas_limits"] = threadpool_limits(1)
-    _WORKER.update(raw_dir=Path(raw_dir), cache_dir=Path(cache_dir) if cache_dir is not None else None,
-                   audio=audio, image=image,
-                   max_comment_chars=max_comment_chars, limits=limits, encoder=None)
+    _WORKER.update(_settings_state(raw_dir, cache_dir, audio, image, max_comment_chars, limits), encoder=None)
 
 
 def _settings_fingerprint(audio: AudioSettings, image: ImageSettings, max_comment_chars: int,
@@ -323,6 +330,26 @@ def _quarantine(record: RawRecord, field_name: str, reason: str):
     return "quarantined", record, Quarantined(record.id, record.line, field_name, reason), False
 
 
+def _without_extraction(record: RawRecord, state: dict):
+    """(result, media, cache path): extract_record's result where the record needs no extraction (its features
+    are in the cache, or its media cannot be resolved), else (None, media, cache path or None without a
+    cache). Cheap (stat, hash the media, read one cache file): the build process runs it too, before any
+    worker is involved."""
+    limits: RecordLimits = state.get("limits", RecordLimits())
+    fingerprint = _settings_fingerprint(state["audio"], state["image"], state["max_comment_chars"], limits)
+    try:
+        media = _resolve_media(record, state["raw_dir"], limits.max_images)
+    except RecordError as exc:
+        return _quarantine(record, exc.field, exc.reason), None, None
+    path = _cache_path(state["cache_dir"], _record_key(record, media, fingerprint)) \
+        if state["cache_dir"] is not None else None  # no cache: prediction of new songs (nemu.featurize)
+    if path is not None and path.is_file():
+        cached = _load_features(path, state["audio"].n_mfcc, state["image"].dim)
+        if cached is not None:
+            return ("ok", record, cached, True), media, path
+    return None, media, path
+
+
 def extract_record(record: RawRecord) -> tuple[str, RawRecord, dict | Quarantined, bool]:
     """("ok", record, features, from_cache) or ("quarantined", record, Quarantined, False).
 
@@ -333,17 +360,9 @@ def extract_record(record: RawRecord) -> tuple[str, RawRecord, dict | Quarantine
     """
     state = _WORKER
     limits: RecordLimits = state.get("limits", RecordLimits())
-    fingerprint = _settings_fingerprint(state["audio"], state["image"], state["max_comment_chars"], limits)
-    try:
-        media = _resolve_media(record, state["raw_dir"], limits.max_images)
-    except RecordError as exc:
-        return _quarantine(record, exc.field, exc.reason)
-    path = _cache_path(state["cache_dir"], _record_key(record, media, fingerprint)) \
-        if state["cache_dir"] is not None else None  # no cache: prediction of new songs (nemu.featurize)
-    if path is not None and path.is_file():
-        cached = _load_features(path, state["audio"].n_mfcc, state["image"].dim)
-        if cached is not None:
-            return "ok", record, cached, True
+    result, media, path = _without_extraction(record, state)
+    if result is not None:
+        return result
     if state["encoder"] is None:  # loading the model is not this record's business: its errors are not caught
         state["encoder"] = ImageEncoder(state["image"])
     try:
@@ -630,6 +649,7 @@ class _Worker:
 
 
 TASKS_PER_WORKER = 2  # one extracting, one queued: a worker never waits for the build to hand it the next record
+LOOKUP_SLICE_SECONDS = 0.05  # the build's cache look-ups pause this often to serve the workers
 
 
 WORKER_TEMPLATE_MODULE = "nemu.worker_template"
@@ -665,17 +685,25 @@ def _start_worker(init_args: tuple) -> _Worker:
 
 
 class WorkerPool:
-    """Extraction processes started ahead of the work: ``WorkerPool(n, init_args)`` starts them (each imports,
-    loads its encoder and warms up while the caller reads and validates the records), ``extract(records)``
-    then runs ``_parallel_extraction`` on them. ``close()`` stops any not handed over (also on error)."""
+    """Local extraction workers of one build, readied ahead of the work: ``WorkerPool(n, init_args)`` starts the
+    fork server's warm-up (nemu.worker_template) or, where there is no fork server, spawns the n workers, while
+    the caller reads and validates the records; ``extract(records)`` then runs ``_parallel_extraction``, which
+    forks a worker only once a record is missing from the cache. ``close()`` stops any worker not handed over
+    (also on error)."""
 
     def __init__(self, workers: int, init_args: tuple):
-        self.init_args = init_args
-        self.workers: list[_Worker] = [_start_worker(init_args) for _ in range(workers)]
+        self.count, self.init_args = workers, init_args
+        self.workers: list[_Worker] = []
+        if _worker_context().get_start_method() == "forkserver":
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()  # returns at once; forking a worker waits until the server is warm
+        else:
+            self.workers = [_start_worker(init_args) for _ in range(workers)]
 
     def extract(self, records: list[RawRecord]):
         started, self.workers = self.workers, []
-        return _parallel_extraction(records, len(started), self.init_args, started)
+        return _parallel_extraction(records, self.count, self.init_args, started)
 
     def close(self) -> None:
         _stop_workers(self.workers, wait=False)
@@ -697,8 +725,10 @@ def _stop_workers(pool: list, wait: bool) -> None:
 
 
 def _parallel_extraction(records: list[RawRecord], workers: int, init_args: tuple, started: list | None = None):
-    """extract_record's results from ``workers`` spawned processes, in the order they finish.
+    """extract_record's results from ``workers`` worker processes, in the order they finish.
 
+    Each record is first looked up in the cache by this process (``_without_extraction``); only the records
+    to extract go to workers, which are started when the first such record is found.
     Each worker extracts one record at a time, with the next one already in its pipe (``TASKS_PER_WORKER``),
     so a busy build on shared cores does not leave it idle. When a process dies (SIGKILL from the OOM killer,
     a crash inside a decoder) its record is known, the first it has not answered: it is given to a fresh worker
@@ -707,7 +737,9 @@ def _parallel_extraction(records: list[RawRecord], workers: int, init_args: tupl
     ``multiprocessing.connection.wait`` wakes on each worker's pipe and on its process sentinel. Workers that
     die before they are ready (a broken environment, not a record) end the build after three in a row.
     """
-    pending = collections.deque(range(len(records)))
+    unlooked = collections.deque(range(len(records)))  # not yet looked up in the cache by this process
+    pending: collections.deque = collections.deque()  # looked up: to be extracted by a worker
+    lookup_state = _settings_state(*init_args)
     attempts: collections.Counter = collections.Counter()
     pool: list[_Worker] = list(started or [])  # started ahead by a WorkerPool, or here
     failed_starts = 0
@@ -715,6 +747,18 @@ def _parallel_extraction(records: list[RawRecord], workers: int, init_args: tupl
 
     try:
         while remaining:
+            # Cache hits (and media that cannot be resolved) are answered here, without a worker, so a rebuild
+            # from the cache never waits for one to start. Looking up stops while enough records wait for the
+            # workers, and pauses every LOOKUP_SLICE_SECONDS to hand the workers' results on.
+            deadline = time.perf_counter() + LOOKUP_SLICE_SECONDS
+            while unlooked and len(pending) < workers * TASKS_PER_WORKER and time.perf_counter() < deadline:
+                index = unlooked.popleft()
+                result = _without_extraction(records[index], lookup_state)[0]
+                if result is None:
+                    pending.append(index)
+                else:
+                    remaining -= 1
+                    yield result
             busy = sum(bool(w.tasks) for w in pool)
             while len(pool) < min(workers, len(pending) + busy):
                 pool.append(_start_worker(init_args))
@@ -722,8 +766,12 @@ def _parallel_extraction(records: list[RawRecord], workers: int, init_args: tupl
                 while worker.ready and len(worker.tasks) < TASKS_PER_WORKER and pending:
                     worker.tasks.append(pending.popleft())
                     worker.connection.send((worker.tasks[-1], records[worker.tasks[-1]]))
+            if not pool:  # nothing to extract yet: look up more records (or all are answered)
+                continue
+            more_to_look_up = bool(unlooked) and len(pending) < workers * TASKS_PER_WORKER
             woke = set(multiprocessing.connection.wait(
-                [w.connection for w in pool] + [w.process.sentinel for w in pool]))
+                [w.connection for w in pool] + [w.process.sentinel for w in pool],
+                timeout=0 if more_to_look_up else None))
             for worker in list(pool):
                 if worker.connection not in woke and worker.process.sentinel not in woke:
                     continue
@@ -929,13 +977,17 @@ def _cache_path_of(record: RawRecord, features: dict, fingerprint: dict, cache_d
 
 
 def _extract_pass(records: list[RawRecord], options: BuildOptions, image: ImageSettings, cache_dir: Path,
-                  spool, ray_session=None, pool=None) -> tuple[list[_KeptSong], list[Quarantined], int, int]:
-    """Pass 1: extract every record; per kept song its small facts in memory and its spool line."""
+                  spool, ray_session=None, pool=None) -> tuple[list[_KeptSong], list[Quarantined], int, int,
+                                                              float | None]:
+    """Pass 1: extract every record; per kept song its small facts in memory and its spool line. Also returns
+    when (time.perf_counter) the first record's result came, None when there were no records."""
     fingerprint = _settings_fingerprint(options.audio, image, options.max_comment_chars, options.limits)
     kept: list[_KeptSong] = []
     quarantined: list[Quarantined] = []
     extracted = from_cache = 0
+    first_record_at = None
     for status, record, result, cached in _run_extraction(records, options, image, cache_dir, ray_session, pool):
+        first_record_at = first_record_at or time.perf_counter()
         if status != "ok":
             quarantined.append(result)
             continue
@@ -949,7 +1001,7 @@ def _extract_pass(records: list[RawRecord], options: BuildOptions, image: ImageS
         needs_record = not path.is_file()  # a directory or link in the slot is left alone by extract_record
         kept.append(_KeptSong(record if needs_record else replace(record, lyrics="", comments=()), path,
                               result["media_digests"], offset, needs_record))
-    return kept, quarantined, extracted, from_cache
+    return kept, quarantined, extracted, from_cache, first_record_at
 
 
 def _spool_line(spool, offset: int) -> dict:
@@ -991,12 +1043,13 @@ def _build_staged(options: BuildOptions, publisher: DatasetPublisher, ray_sessio
         try:
             read: ReadResult = read_records(options.raw_dir)
             input_count, without_emotion_tag = read.input_count, len(read.without_emotion)
-            kept, extraction_quarantined, extracted, from_cache = _extract_pass(
+            kept, extraction_quarantined, extracted, from_cache, first_record_at = _extract_pass(
                 read.records, options, image, cache_dir, spool, ray_session, pool)
         finally:
             if pool is not None:
                 pool.close()
         extraction_seconds = time.perf_counter() - started
+        first_record_seconds = first_record_at - started if first_record_at is not None else None
         quarantined = read.quarantined + extraction_quarantined
         del read  # the records' texts: kept songs hold what pass 2 needs
         quarantined.sort(key=lambda q: q.line)
@@ -1115,7 +1168,7 @@ def _build_staged(options: BuildOptions, publisher: DatasetPublisher, ray_sessio
                         without_emotion_tag=without_emotion_tag, extracted=extracted, from_cache=from_cache,
                         splits={s: len(p) for s, p in members.items()}, out_dir=options.out_dir,
                         cut_by_limits=facts["limits"]["cut"], duplicate_media=duplicate_media,
-                        extraction_seconds=extraction_seconds)
+                        extraction_seconds=extraction_seconds, first_record_seconds=first_record_seconds)
 
 
 def _row(record: RawRecord, features: dict, label_row: np.ndarray, fold: int, vectors) -> dict:

@@ -254,11 +254,11 @@ def test_the_lock_names_its_holder_and_is_released(tmp_path, raw_and_cache):
 
 
 def test_a_killed_worker_is_retried_once_then_its_record_quarantined(tmp_path, raw_and_cache):
-    raw, cache, _ = raw_and_cache
+    raw, _, _ = raw_and_cache
     out, flag = tmp_path / "out", tmp_path / "killed-once"
     # s003's worker is killed every time it gets s003; s005's only the first time
     env = {"NEMU_TEST_KILL_WORKER": f"s003,s005@{flag}"}
-    command = _command(raw, out, cache)
+    command = _command(raw, out, tmp_path / "cache")  # an empty cache: the build, not a worker, answers hits
     command[command.index("--workers") + 1] = "2"
     started = time.time()
     done = _run(command, env=env, timeout=600)  # on a build that waits for dead workers this times out
