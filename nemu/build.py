@@ -564,12 +564,12 @@ def warm_up_worker_template() -> None:
     each worker's own warm-up. Best effort: a failure here only means workers pay for it themselves, and any
     real error is met again, and reported, by the record that needs the same thing.
     """
-    import torch
-    from threadpoolctl import threadpool_limits
+    try:  # the fork server dies of any exception that escapes its preload, and then no worker starts
+        import torch
+        from threadpoolctl import threadpool_limits
 
-    torch.set_num_threads(1)
-    threadpool_limits(1)
-    try:
+        torch.set_num_threads(1)
+        threadpool_limits(1)
         import timm  # noqa: F401  (with torchvision behind it: the image encoders' libraries)
         from torchvision import transforms  # noqa: F401
 
