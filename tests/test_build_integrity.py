@@ -271,6 +271,18 @@ def test_a_killed_worker_is_retried_once_then_its_record_quarantined(tmp_path, r
     assert "input 12 = kept 11 + quarantined 1" in done.stdout
 
 
+def test_workers_see_the_environment_of_when_they_start_not_of_when_the_template_started(tmp_path, raw_and_cache,
+                                                                                       monkeypatch):
+    """Workers are forks of a long-lived template; like spawned ones, they get the build's environment of now."""
+    raw, _, _ = raw_and_cache
+    build(options(raw, tmp_path / "before", workers=2, cache_dir=tmp_path / "cache-before"))  # template up
+    monkeypatch.setenv("NEMU_TEST_KILL_WORKER", "s004")  # set after the template started
+    summary = build(options(raw, tmp_path / "out", workers=2, cache_dir=tmp_path / "cache"))
+    report = [json.loads(line) for line in (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()]
+    assert [(q["id"], q["reason"]) for q in report] == [("s004", "worker died: signal 9 (SIGKILL)")]
+    assert summary.kept == 11
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Environment faults: one line, exit code 2, the previous dataset intact, no temporary file
 
