@@ -745,13 +745,16 @@ def _parallel_extraction(records: list[RawRecord], workers: int, init_args: tupl
     failed_starts = 0
     remaining = len(records)
 
+    def may_look_up() -> bool:  # records left to look up, and room for them while enough wait for the workers
+        return bool(unlooked) and len(pending) < workers * TASKS_PER_WORKER
+
     try:
         while remaining:
             # Cache hits (and media that cannot be resolved) are answered here, without a worker, so a rebuild
             # from the cache never waits for one to start. Looking up stops while enough records wait for the
             # workers, and pauses every LOOKUP_SLICE_SECONDS to hand the workers' results on.
             deadline = time.perf_counter() + LOOKUP_SLICE_SECONDS
-            while unlooked and len(pending) < workers * TASKS_PER_WORKER and time.perf_counter() < deadline:
+            while may_look_up() and time.perf_counter() < deadline:
                 index = unlooked.popleft()
                 result = _without_extraction(records[index], lookup_state)[0]
                 if result is None:
@@ -768,10 +771,9 @@ def _parallel_extraction(records: list[RawRecord], workers: int, init_args: tupl
                     worker.connection.send((worker.tasks[-1], records[worker.tasks[-1]]))
             if not pool:  # nothing to extract yet: look up more records (or all are answered)
                 continue
-            more_to_look_up = bool(unlooked) and len(pending) < workers * TASKS_PER_WORKER
             woke = set(multiprocessing.connection.wait(
                 [w.connection for w in pool] + [w.process.sentinel for w in pool],
-                timeout=0 if more_to_look_up else None))
+                timeout=0 if may_look_up() else None))
             for worker in list(pool):
                 if worker.connection not in woke and worker.process.sentinel not in woke:
                     continue
@@ -987,7 +989,8 @@ def _extract_pass(records: list[RawRecord], options: BuildOptions, image: ImageS
     extracted = from_cache = 0
     first_record_at = None
     for status, record, result, cached in _run_extraction(records, options, image, cache_dir, ray_session, pool):
-        first_record_at = first_record_at or time.perf_counter()
+        if first_record_at is None:
+            first_record_at = time.perf_counter()
         if status != "ok":
             quarantined.append(result)
             continue
