@@ -133,7 +133,7 @@ def extract_batch(init_args: tuple, use_gpu: bool, batch: list) -> list:
     _prepare_process(init_args, use_gpu)
     results = []
     for index, record in batch:
-        build._worker_test_hook(record.id)
+        build._worker_test_hook(record.id, "whole")
         results.append((index, build.extract_record(record)))
     return results
 

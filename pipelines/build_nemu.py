@@ -38,7 +38,8 @@ def parser() -> argparse.ArgumentParser:
     cli.add_seed(p, what="of the stratified folds and of trained word vectors")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes extracting features (default: all cores); with more than 1, each is forked "
-                        "from one warm template, so start-up is paid once; 1 extracts in this process")
+                        "from one warm template, so start-up is paid once, and one more process extracts the "
+                        "records' text and audio beside them; 1 extracts in this process")
     p.add_argument("--engine", choices=ENGINES, default="local",
                    help="where features are extracted: local worker processes (--workers), or Ray tasks on a "
                         "local instance or a cluster (needs the ray extra: pip install 'nemu-hhmpn[ray]'); the "

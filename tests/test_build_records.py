@@ -378,6 +378,20 @@ def test_cache_entries_of_the_wrong_shape_are_recomputed(tmp_path, hostile):
     assert set(nemu.load(out, None)["id"]) == set(hostile["frame"].index) | {"s026"}
 
 
+def test_two_workers_quarantine_and_keep_exactly_what_one_worker_does(tmp_path, hostile):
+    """With --workers 2 a record's text and audio are extracted by one process and its images by another: the
+    reasons (which modality fails first), the cuts and the shards must still be those of one process."""
+    outs = {}
+    for workers in (1, 2):
+        outs[workers] = tmp_path / f"w{workers}"
+        build(options(hostile["base"] / "raw", outs[workers], audio=AUDIO, limits=LIMITS, workers=workers,
+                      cache_dir=tmp_path / f"cache{workers}"))
+    one, two = ((outs[w] / "quarantine.jsonl").read_bytes() for w in (1, 2))
+    assert one == two and len(one.splitlines()) >= 15
+    assert shard_bytes(outs[2]) == shard_bytes(outs[1])
+    assert nemu.read_manifest(outs[2])["shards"] == nemu.read_manifest(outs[1])["shards"]
+
+
 def test_every_limit_is_a_documented_flag_that_reaches_the_build(monkeypatch, tmp_path):
     from pipelines import build_nemu
 

@@ -4,9 +4,6 @@ carries (Table 1, the counts, the limit cuts) is accumulated without holding the
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +18,6 @@ from nemu.statistics import Table1Statistics, table1_statistics
 from nemu.text import embed_nodes
 from tests.conftest import options
 from tests.rawkit import song, tiny_raw, write_records
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 def _tables(out):
     return {split: pq.read_table(sorted((out / split).glob("*.parquet"))) if list((out / split).glob("*.parquet"))
@@ -139,80 +133,3 @@ def test_a_cache_entry_that_vanishes_between_the_passes_fails_the_build_naming_i
     with pytest.raises(nemu.build.BuildError, match="changed or vanished during the build"):
         build(options(tmp_path / "raw", tmp_path / "out"))
     assert not (tmp_path / "out" / "manifest.json").exists()  # nothing was published
-
-
-_TEMPLATE_PROBE = """
-import json, multiprocessing, os, sys
-from pathlib import Path
-import nemu.build
-from tests.conftest import options
-
-
-def children(name):  # pids of this process's children whose command line contains name (Linux /proc)
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes().replace(b"\\0", b" ").decode(errors="replace")
-        except (OSError, IndexError, ValueError):
-            continue
-        if parent == os.getpid() and name in command:
-            found.append(int(entry.name))
-    return found
-
-
-def parent_of(pid):
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-if __name__ == "__main__":
-    at_read, worker_parents = [], []
-    read, start = nemu.build.read_records, nemu.build._start_worker
-    nemu.build.read_records = lambda *a, **k: at_read.append(children("forkserver")) or read(*a, **k)
-    nemu.build._start_worker = lambda init_args: (w := start(init_args), worker_parents.append(parent_of(w.process.pid)))[0]
-    summary = nemu.build.build(options(Path(sys.argv[1]), Path(sys.argv[2]), workers=2))
-    print(json.dumps({"at_read": at_read, "worker_parents": worker_parents, "extracted": summary.extracted,
-                      "children_after": len(multiprocessing.active_children())}))
-"""
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
-def test_local_workers_are_forked_from_one_warm_template_started_before_the_records_are_read(tmp_path):
-    """--workers N (a fresh build process): the fork server that workers are forked from is already running
-    (warming up) while the build reads and validates the records; every worker is its child, not the
-    build's; the workers are gone after the build."""
-    tiny_raw(tmp_path / "raw", 10)
-    (tmp_path / "probe.py").write_text(_TEMPLATE_PROBE, encoding="utf-8")
-    done = subprocess.run([sys.executable, str(tmp_path / "probe.py"), str(tmp_path / "raw"), str(tmp_path / "out")],
-                          cwd=REPO, capture_output=True, text=True, timeout=600, env=os.environ | {"PYTHONPATH": str(REPO)})
-    assert done.returncode == 0, done.stderr[-2000:]
-    seen = json.loads(done.stdout.splitlines()[-1])
-    assert seen["extracted"] == 10 and seen["children_after"] == 0
-    assert len(seen["at_read"]) == 1 and len(seen["at_read"][0]) == 1, seen  # one template, up before the read
-    assert seen["worker_parents"] and set(seen["worker_parents"]) == set(seen["at_read"][0]), seen
-
-
-def test_a_rebuild_from_the_cache_starts_no_worker(tmp_path, monkeypatch):
-    """Cache hits are answered by the build process itself: a rebuild never waits for a worker's start-up."""
-    tiny_raw(tmp_path / "raw", 10)
-    started = []
-    start = nemu.build._start_worker
-    monkeypatch.setattr(nemu.build, "_start_worker", lambda init_args: started.append(1) or start(init_args))
-    first = build(options(tmp_path / "raw", tmp_path / "first", workers=2, cache_dir=tmp_path / "cache"))
-    assert first.extracted == 10 and started
-    started.clear()
-    again = build(options(tmp_path / "raw", tmp_path / "again", workers=2, cache_dir=tmp_path / "cache"))
-    assert again.from_cache == 10 and again.extracted == 0 and not started
-    assert read_manifest(tmp_path / "first")["shards"] == read_manifest(tmp_path / "again")["shards"]
-
-
-def test_the_worker_template_leaves_its_forks_warm_and_single_threaded():
-    """What each forked worker inherits from nemu.worker_template (checked in a fresh interpreter)."""
-    modules = ["torch", "timm", "torchvision", "librosa.feature", "scipy.signal", "soxr", "soundfile",
-               "PIL.PngImagePlugin"]
-    probe = ("import json, sys, torch, nemu.worker_template, nemu.text; "
-             f"print(json.dumps([[m for m in {modules!r} if m in sys.modules], torch.get_num_threads(), "
-             "nemu.text._TOKENIZER is not None and nemu.text._TOKENIZER.initialized]))")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout.splitlines()[-1]) == [modules, 1, True]
