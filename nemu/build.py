@@ -923,16 +923,18 @@ def _parallel_extraction(records: list[RawRecord], workers: int, init_args: tupl
                 text_and_audio_wanted = False
                 pool.append(_start_text_and_audio(init_args))
             full = [w for w in pool if not w.text_and_audio]
-            splitter = next((w for w in pool if w.text_and_audio), None)
+            text_audio = next((w for w in pool if w.text_and_audio), None)
             needed = min(workers, len(pending) + len(with_part) + sum(bool(w.tasks) for w in full)
-                         + (len(splitter.tasks) if splitter else 0))
+                         + (len(text_audio.tasks) if text_audio else 0))
             for _ in range(needed - len(full) - starts.count):
                 starts.start(init_args)
-            if splitter is not None and splitter.ready:  # first: workers take a whole record only when it idles
-                while len(splitter.tasks) < TASKS_PER_WORKER and pending and \
-                        len(parts) + len(splitter.tasks) < PARTS_AHEAD:
-                    splitter.tasks.append(pending.popleft())
-                    splitter.connection.send((splitter.tasks[-1], records[splitter.tasks[-1]]))
+            # The text-and-audio process is served first, so a worker is left a whole record only when that
+            # process has no part ready for it (it fell behind, or has not started yet).
+            if text_audio is not None and text_audio.ready:
+                while len(text_audio.tasks) < TASKS_PER_WORKER and pending and \
+                        len(parts) + len(text_audio.tasks) < PARTS_AHEAD:
+                    text_audio.tasks.append(pending.popleft())
+                    text_audio.connection.send((text_audio.tasks[-1], records[text_audio.tasks[-1]]))
             for worker in full:
                 while worker.ready and len(worker.tasks) < TASKS_PER_WORKER and (with_part or pending):
                     index = (with_part or pending).popleft()
