@@ -377,10 +377,8 @@ def extract_record(record: RawRecord, text_and_audio: tuple | None = None) -> tu
         if text_and_audio is None or text_and_audio[0] != media.audio_digest:
             text_and_audio = (media.audio_digest, _extract_text_and_audio(record, media, state, limits))
         features = _extract_features(record, media, state, limits, text_and_audio[1])
-    except RecordError as exc:
-        return _quarantine(record, exc.field, exc.reason)
-    except Exception as exc:  # a library failing on this record's data (MemoryError included) is the record's
-        return _quarantine(record, "record", f"feature extraction failed: {type(exc).__name__}: {str(exc)[:300]}")
+    except Exception as exc:
+        return _extraction_failed(record, exc)
     # something else in the cache slot's place (a directory, a link) is left alone
     if path is not None and (not (path.exists() or path.is_symlink()) or path.is_file()):
         _save_features(path, features)
@@ -399,10 +397,16 @@ def extract_text_and_audio(record: RawRecord) -> tuple:
         return result
     try:
         return "part", media.audio_digest, _extract_text_and_audio(record, media, state, limits)
-    except RecordError as exc:
+    except Exception as exc:
+        return _extraction_failed(record, exc)
+
+
+def _extraction_failed(record: RawRecord, exc: Exception):
+    """The quarantine result of a record whose extraction raised ``exc``: a library failing on this record's data
+    (MemoryError included) is the record's."""
+    if isinstance(exc, RecordError):
         return _quarantine(record, exc.field, exc.reason)
-    except Exception as exc:  # as in extract_record
-        return _quarantine(record, "record", f"feature extraction failed: {type(exc).__name__}: {str(exc)[:300]}")
+    return _quarantine(record, "record", f"feature extraction failed: {type(exc).__name__}: {str(exc)[:300]}")
 
 
 def _extract_text_and_audio(record: RawRecord, media: _Media, state: dict, limits: RecordLimits) -> dict:
@@ -750,18 +754,22 @@ def _forks_from_template() -> bool:
     return _worker_context().get_start_method() == "forkserver"
 
 
+def _launch(context, *args, text_and_audio: bool = False) -> _Worker:
+    """An extraction process of ``context`` running _worker_main(its end of a new pipe, *args)."""
+    parent, child = context.Pipe()
+    process = context.Process(target=_worker_main, args=(child, *args), daemon=True)
+    process.start()
+    child.close()
+    return _Worker(process, parent, text_and_audio=text_and_audio)
+
+
 def _start_worker(init_args: tuple) -> _Worker:
     context = _worker_context()
-    parent, child = context.Pipe()
     # The environment of now, not of the moment the fork server started (a caller, or a test, may have set
     # variables since): spawn would pass it, so this does too. A fork of the template warms up for images
     # only: the build's text-and-audio process does the rest of most records.
     warm_up = ("images",) if context.get_start_method() == "forkserver" else WARM_UP_PARTS
-    process = context.Process(target=_worker_main, args=(child, init_args, dict(os.environ), False, warm_up),
-                              daemon=True)
-    process.start()
-    child.close()
-    return _Worker(process, parent)
+    return _launch(context, init_args, dict(os.environ), False, warm_up)
 
 
 def _start_text_and_audio(init_args: tuple) -> _Worker:
@@ -770,12 +778,7 @@ def _start_text_and_audio(init_args: tuple) -> _Worker:
     of the records on the core left idle while the template warms up, and goes on beside the workers, which
     add the images (extract_record with the part); its ~15 % of the work keeps the workers on images, for
     which they are warm."""
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
-    process = context.Process(target=_worker_main, args=(child, init_args, None, True), daemon=True)
-    process.start()
-    child.close()
-    return _Worker(process, parent, text_and_audio=True)
+    return _launch(multiprocessing.get_context("spawn"), init_args, None, True, text_and_audio=True)
 
 
 class _Starts:
