@@ -667,7 +667,7 @@ def _worker_main(connection, init_args: tuple, environment: dict | None = None, 
     tasks: queue.SimpleQueue = queue.SimpleQueue()
     threading.Thread(target=_receive_tasks, args=(connection, tasks), name="nemu-tasks", daemon=True).start()
     connection.send(("ready", None, None))
-    steps = _warm_up_steps(("text", "audio") if text_and_audio else warm_up)
+    steps = _warm_up_steps(warm_up)
     try:  # started before the build has read its records: the wait is spent on what the first record needs
         while tasks.empty() and next(steps, StopIteration) is not StopIteration:
             pass
@@ -737,7 +737,7 @@ def _worker_context():
     """The start method of local extraction workers.
 
     A fork server, where the platform has one, whose single preloaded module (nemu.worker_template) imports
-    and warms up what image extraction needs: each worker is then a fork of a warm process, so the ~3 CPU-s of
+    and warms up what image extraction needs: each worker is then a fork of a warm process, so the ~4.5 CPU-s of
     start-up per process (torch, torchvision behind timm, the first kernels) are paid once per build process
     instead of once per worker, and a worker's exit is immediate (no interpreter teardown). The server is
     started clean by multiprocessing, never forked from the build, whose threads (torch's, a caller's) a
@@ -774,11 +774,12 @@ def _start_worker(init_args: tuple) -> _Worker:
 
 def _start_text_and_audio(init_args: tuple) -> _Worker:
     """The build's text-and-audio process: spawned, with only what records' text and audio need (jieba,
-    librosa: ~2 s to start, against ~3 s for the template's torch and timm), it starts extracting that part
+    librosa: ~1.5 s to start, against ~4.5 s for the template's torch and timm), it starts extracting that part
     of the records on the core left idle while the template warms up, and goes on beside the workers, which
     add the images (extract_record with the part); its ~15 % of the work keeps the workers on images, for
     which they are warm."""
-    return _launch(multiprocessing.get_context("spawn"), init_args, None, True, text_and_audio=True)
+    return _launch(multiprocessing.get_context("spawn"), init_args, None, True, ("text", "audio"),
+                   text_and_audio=True)
 
 
 class _Starts:
