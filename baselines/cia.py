@@ -88,11 +88,10 @@ from itertools import combinations, permutations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from baselines.mult import check_modalities, masked_mean, model_kwargs, zero_padding
-from baselines.registry import DataInfo, register
-from hhmpn.layers import masked_softmax
+from mmer.metrics import DEFAULT_THRESHOLD
+from mmer.neural import check_modalities, masked_mean, masked_softmax, run_rnn, zero_padding
+from mmer.registry import DataInfo, model_kwargs, register
 
 CITATION = ("Chauhan, Akhtar, Ekbal and Bhattacharyya, Context-aware Interactive Attention for Multi-modal Sentiment "
             "and Emotion Analysis, EMNLP-IJCNLP 2019")
@@ -137,25 +136,6 @@ class RunningNorm(nn.Module):
         if self.training:
             self.update(x, mask)
         return self.normalise(x, mask)
-
-
-def run_rnn(rnn: nn.RNNBase, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Run a batch-first ``rnn`` over the real nodes of every row only (right padding is never read).
-
-    Returns (outputs (B, S, H) with zero padding, final hidden state of the last layer (B, H); for a
-    bidirectional RNN the two directions' final states concatenated). A row with no real node gets
-    zeros in both.
-    """
-    lengths = mask.sum(dim=1)
-    present = lengths > 0
-    packed = pack_padded_sequence(x, lengths.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False)
-    output, hidden = rnn(packed)
-    output, _ = pad_packed_sequence(output, batch_first=True, total_length=x.shape[1])
-    if isinstance(hidden, tuple):  # LSTM: (h, c)
-        hidden = hidden[0]
-    directions = 2 if rnn.bidirectional else 1
-    final = hidden[-directions:].transpose(0, 1).reshape(x.shape[0], -1)
-    return zero_padding(output, mask), final * present[:, None].to(final.dtype)
 
 
 def cam(x: Tensor, x_mask: Tensor, y: Tensor, y_mask: Tensor) -> Tensor:
@@ -365,7 +345,7 @@ class CIA(nn.Module):
 # registry entry
 
 PAPER = {"r_units": 50, "td_units": 200, "drop": 0.5, "rdrop": 0.3, "recon_weight": 0.01, "input_norm": None,
-         "epochs": 50, "lr": 1e-3, "batch_size": 16, "clip": 10.0, "threshold": 0.5}
+         "epochs": 50, "lr": 1e-3, "batch_size": 16, "clip": 10.0, "threshold": DEFAULT_THRESHOLD}
 QUICK = PAPER | {"r_units": 16, "td_units": 32, "drop": 0.1, "rdrop": 0.0, "epochs": 10, "lr": 6e-3}
 
 

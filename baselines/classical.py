@@ -1,6 +1,6 @@
 """Classical multi-label baselines of the paper's Table 2 (BR, CC, LP) on scikit-learn.
 
-All estimators share one interface, on an early-fused feature matrix (``baselines.early_fusion``)::
+All estimators share one interface, on an early-fused feature matrix (``mmer.early_fusion``)::
 
     model = BinaryRelevance(C=1.0).fit(X, Y)   # X (N, D) float, Y (N, L) 0/1
     model.predict_proba(X)                     # (N, L) float in [0, 1]
@@ -32,8 +32,8 @@ Common to all (each a deviation from, or a choice left open by, the cited papers
   rotations: BR test micro-F1 0.724 with the scaler, 0.696 without it.
 * **Labels constant in training** (all 0 or all 1 — rare emotions in small folds) get a constant
   predictor (probability 0 or 1) instead of the base classifier, which refuses a single class.
-* **Threshold.** ``predict`` is ``predict_proba > 0.5`` (except ``LabelPowerset.predict``, which
-  returns the most probable label combination).
+* **Threshold.** ``predict`` is ``mmer.metrics.binarize(predict_proba)`` (``p >= 0.5``, the one rule of every
+  model; except ``LabelPowerset.predict``, the most probable label combination, and RAkEL's hard vote).
 * **Randomness.** Every random choice (chain orders, bootstrap samples, labelsets) comes from
   ``random_state``; equal seeds give equal models.
 """
@@ -48,17 +48,15 @@ import numpy as np
 from scipy.special import expit, softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score
-from sklearn.model_selection import ParameterGrid
 from sklearn.multioutput import ClassifierChain, MultiOutputClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from sklearn.utils import check_array, check_random_state
 
-from baselines.registry import register
+from mmer.metrics import binarize
+from mmer.registry import register
 
-THRESHOLD = 0.5
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,7 +160,7 @@ class BinarySafe(ClassifierMixin, BaseEstimator):
         return np.column_stack([1.0 - positive, positive])
 
     def predict(self, X):
-        return (self.predict_proba(X)[:, 1] > THRESHOLD).astype(np.int64)
+        return binarize(self.predict_proba(X)[:, 1])
 
 
 def _scaler(standardize: bool):
@@ -200,8 +198,8 @@ class _MultiLabel(BaseEstimator):
         return make_base(self.base, C=self.C, max_iter=self.max_iter, random_state=self.random_state)
 
     def predict(self, X) -> np.ndarray:
-        """(N, L) int 0/1: ``predict_proba(X) > 0.5``."""
-        return (self.predict_proba(X) > THRESHOLD).astype(np.int64)
+        """(N, L) int 0/1: ``mmer.metrics.binarize(predict_proba(X))``."""
+        return binarize(self.predict_proba(X))
 
 
 class BinaryRelevance(_MultiLabel):
@@ -214,7 +212,7 @@ class BinaryRelevance(_MultiLabel):
 
     Deviations: Shen et al. used SVMs on scene features and combined per-label scores with their own
     decision criteria; here the base is logistic regression by default (``base="linear_svc"`` for an SVM),
-    decisions are ``probability > 0.5`` per label, plus the common choices of the module docstring
+    decisions are ``probability >= 0.5`` per label, plus the common choices of the module docstring
     (standardisation, constant predictor for a label constant in training).
     """
 
@@ -475,38 +473,17 @@ class RAkEL(_MultiLabel):
             votes[:, labels] += lp.predict(Xs) if self.vote == "hard" else lp.predict_proba(Xs)
         return votes / np.maximum(self.label_counts_, 1)
 
-
-# ----------------------------------------------------------------------------------------------
-# model selection
-
-
-def micro_f1(Y_true, Y_pred) -> float:
-    return float(f1_score(np.asarray(Y_true).astype(int), np.asarray(Y_pred).astype(int), average="micro",
-                          zero_division=0))
-
-
-def select_on_validation(factory: Callable[..., object], grid: Mapping[str, Iterable] | Sequence[Mapping],
-                         X_train, Y_train, X_valid, Y_valid,
-                         score: Callable[[np.ndarray, np.ndarray], float] = micro_f1):
-    """Pick hyper-parameters on the validation split: ``(best_params, model fitted on train)``.
-
-    Every point of ``grid`` (a ``ParameterGrid`` spec: {name: values} or a list of such) is fitted as
-    ``factory(**params).fit(X_train, Y_train)`` and scored by ``score(Y_valid, model.predict(X_valid))``
-    (micro-F1 by default). The highest score wins; ties go to the earliest point in grid order. The
-    returned model is the winner as fitted on train (no refit on train + valid); the test split is never
-    seen. ``model.selection_scores_`` lists ``(params, score)`` for every point.
-    """
-    best_params, best_model, best_score, scores = None, None, -np.inf, []
-    for params in ParameterGrid(grid):
-        model = factory(**params).fit(X_train, Y_train)
-        value = float(score(Y_valid, model.predict(X_valid)))
-        scores.append((dict(params), value))
-        if value > best_score:
-            best_params, best_model, best_score = dict(params), model, value
-    if best_model is None:
-        raise ValueError("empty grid")
-    best_model.selection_scores_ = scores
-    return best_params, best_model
+    def predict(self, X) -> np.ndarray:
+        """Hard votes: a strict majority of the labelsets holding a label (Tsoumakas et al.'s vote with t = 0.5,
+        a tie negative) -- the method's own rule on vote counts; soft votes: ``mmer.metrics.binarize``."""
+        if self.vote == "soft":
+            return binarize(self.predict_proba(X))
+        X = self._check_X(X)
+        Xs = self.scaler_.transform(X) if self.scaler_ is not None else X
+        votes = np.zeros((len(X), self.n_labels_), dtype=np.int64)
+        for labels, lp in zip(self.labelsets_, self.powersets_):
+            votes[:, labels] += lp.predict(Xs)
+        return (2 * votes > self.label_counts_).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from baselines.runner import data_info
 from baselines.tables import full_modalities
-from hhmpn.engine import make_loaders, move_batch
+from mmer.engine import make_loaders, move_batch
+from mmer.predict import load_run
+from mmer.runner import data_info
 from nemu.loading import load
 from nemu.splits import cv_rotation
 
@@ -67,7 +68,6 @@ def _save(fig, out_dir: Path, stem: str) -> list[Path]:
 def _model_and_test(record: dict, root: Path):
     """The record's trained model (its run folder), its rotation's test split (normalised as in training) and a
     loader for any other split (``all_songs``)."""
-    from hhmpn.predict import load_run
 
     loaded = load_run(Path(record["run_dir"]), "cpu")
     test = loaded.dataset(root, split=None, folds=cv_rotation(record["fold"])["test"])

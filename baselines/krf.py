@@ -45,7 +45,7 @@ knowledge relation (its knowledge-graph row is a self-loop only).
 
 Input ("review-driven"). KRF encodes a song's reviews hierarchically: words -> comment vectors (BiGRU +
 attention), comments -> document (BiGRU + attention). Here the input is the multi-modal data early-fused
-into one node sequence (``baselines.early_fusion.EarlyFusionSequence``: each modality's nodes projected to
+into one node sequence (``mmer.early_fusion.EarlyFusionSequence``: each modality's nodes projected to
 a common width with a learned linear map plus a modality embedding, concatenated in manifest order), so
 on NEMu the comment nodes are part of it. The word level is already done by the data pipeline (every
 text node is one sentence/comment vector), so the model keeps KRF's comment-level BiGRU + attention over
@@ -83,9 +83,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from baselines.early_fusion import EarlyFusionSequence
-from baselines.lsan import masked_softmax, model_kwargs, run_packed
-from baselines.registry import DataInfo, register
+from mmer.early_fusion import EarlyFusionSequence
+from mmer.metrics import DEFAULT_THRESHOLD
+from mmer.neural import masked_softmax, run_packed
+from mmer.registry import DataInfo, model_kwargs, register
 
 CITATION = ("Ma, Yuan, Zhou, Han and Hu, Beyond Statistical Relations: Integrating Knowledge Relations into "
             "Style Correlations for Multi-Label Music Style Classification, WSDM 2020")
@@ -207,11 +208,11 @@ class KRF(nn.Module):
 
 PAPER = {"d": 200, "gru_hidden": 100, "attention_hidden": 100, "feature": 200, "label_dim": 200,
          "gcn_hidden": 512, "gcn_out": 100, "attention_dropout": 0.5, "cooccurrence_threshold": 10,
-         "epochs": 20, "lr": 1e-3, "batch_size": 128, "clip": 10.0, "threshold": 0.5}
+         "epochs": 20, "lr": 1e-3, "batch_size": 128, "clip": 10.0, "threshold": DEFAULT_THRESHOLD}
 #: Small widths for CPU smoke runs; no attention dropout (on ~200 songs it only slows learning down).
 QUICK = {"d": 64, "gru_hidden": 48, "attention_hidden": 48, "feature": 96, "label_dim": 64,
          "gcn_hidden": 128, "gcn_out": 48, "attention_dropout": 0.0, "cooccurrence_threshold": 2,
-         "epochs": 25, "lr": 2e-3, "batch_size": 16, "clip": 10.0, "threshold": 0.5}
+         "epochs": 25, "lr": 2e-3, "batch_size": 16, "clip": 10.0, "threshold": DEFAULT_THRESHOLD}
 
 
 @register("KRF", group="Linguistic", citation=CITATION, kind="neural", quick=QUICK, paper=PAPER)

@@ -17,7 +17,7 @@ Model (paper section 2; k = LSTM width per direction, L = number of labels)::
 ``C`` (L, k) are label embeddings that attend over the words directly, ``W1`` (d_a, 2k), ``W2`` (L, d_a).
 
 Input: the uni-modal baseline runs on the multi-modal data early-fused into one sequence, as in the seed
-paper (HHMPN, Table 2 note 1): ``baselines.early_fusion.EarlyFusionSequence`` projects every modality's
+paper (HHMPN, Table 2 note 1): ``mmer.early_fusion.EarlyFusionSequence`` projects every modality's
 nodes to a common width ``d`` with a learned linear map, adds a learned modality embedding and
 concatenates the node lists in manifest order (NEMu: lyrics, comments, audio, images; MOSEI: text, audio,
 vision). The fused nodes play the role of LSAN's word embeddings: real nodes are moved to the front
@@ -52,18 +52,19 @@ Deviations from the paper, and why:
   lr 1e-3, batch 64, k = 300, d_a = 200 and embedding width 300 (here the fusion width ``d``) as in the
   authors' ``config.yml``/``classification.py`` (their Adam betas (0.9, 0.99) become PyTorch's defaults).
 
-The helpers :func:`masked_softmax` and :func:`run_packed` (packed recurrent encoder over the fused
-sequence) are reused by ``baselines.seq2set`` and ``baselines.krf``.
+The masked softmax and the packed recurrent encoder over the fused sequence (``run_packed``) are
+``mmer.neural``'s, shared with ``baselines.seq2set`` and ``baselines.krf``.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from baselines.early_fusion import EarlyFusionSequence
-from baselines.registry import TRAINING_KEYS, DataInfo, register
+from mmer.early_fusion import EarlyFusionSequence
+from mmer.metrics import DEFAULT_THRESHOLD
+from mmer.neural import masked_softmax, run_packed
+from mmer.registry import DataInfo, model_kwargs, register
 
 CITATION = ("Xiao, Huang, Chen and Jing, Label-Specific Document Representation for Multi-Label Text "
             "Classification, EMNLP-IJCNLP 2019")
@@ -71,51 +72,6 @@ CITATION = ("Xiao, Huang, Chen and Jing, Label-Specific Document Representation 
 
 # ----------------------------------------------------------------------------------------------
 # sequence helpers shared by the linguistic baselines
-
-
-def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Softmax of ``scores`` over ``dim`` restricted to ``mask`` (True = keep); all-masked slices give zeros."""
-    mask = mask.to(torch.bool).expand_as(scores)
-    scores = scores.masked_fill(~mask, float("-inf"))
-    top = scores.amax(dim=dim, keepdim=True)
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    weights = torch.exp(scores - top) * mask
-    total = weights.sum(dim=dim, keepdim=True)
-    return weights / total.clamp_min(torch.finfo(weights.dtype).tiny)
-
-
-def to_front(states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Move every row's real nodes to the front, keeping their order.
-
-    Returns ``(states (B, S', d), mask (B, S'), lengths (B,))`` with ``S' = max(1, max length)``; padded
-    positions are zero.
-    """
-    mask = mask.to(torch.bool)
-    lengths = mask.sum(dim=1)
-    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices  # real nodes first, in order
-    width = max(1, int(lengths.max()) if lengths.numel() else 1)
-    order = order[:, :width]
-    states = torch.gather(states, 1, order[..., None].expand(-1, -1, states.shape[-1]))
-    front = torch.arange(width, device=mask.device)[None, :] < lengths[:, None]
-    return states * front[..., None], front, lengths
-
-
-def run_packed(rnn: nn.RNNBase, states: torch.Tensor, mask: torch.Tensor):
-    """Run a batch-first (bi)LSTM/GRU over the real nodes of each row only.
-
-    Returns ``(outputs (B, S', hidden*directions), mask (B, S'), final hidden state)``; outputs are zero at
-    padded positions. A row without any real node runs on one zero vector and gets an all-False mask.
-    """
-    states, front, lengths = to_front(states, mask)
-    packed = pack_padded_sequence(states, lengths.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False)
-    outputs, final = rnn(packed)
-    outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=states.shape[1])
-    return outputs * front[..., None], front, final
-
-
-def model_kwargs(config: dict) -> dict:
-    """The model hyper-parameters of a registry configuration (training keys and seed removed)."""
-    return {k: v for k, v in config.items() if k not in TRAINING_KEYS and k != "seed"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,10 +125,10 @@ class LSAN(nn.Module):
 
 
 PAPER = {"d": 300, "hidden": 300, "d_a": 200, "mlp_hidden": 600, "dropout": 0.3,
-         "epochs": 10, "lr": 1e-3, "batch_size": 64, "clip": 10.0, "threshold": 0.5}
+         "epochs": 10, "lr": 1e-3, "batch_size": 64, "clip": 10.0, "threshold": DEFAULT_THRESHOLD}
 #: Small widths for CPU smoke runs; more epochs and a larger learning rate than the paper's to learn on ~200 songs.
 QUICK = {"d": 64, "hidden": 48, "d_a": 32, "mlp_hidden": 64, "dropout": 0.3,
-         "epochs": 20, "lr": 3e-3, "batch_size": 16, "clip": 10.0, "threshold": 0.5}
+         "epochs": 20, "lr": 3e-3, "batch_size": 16, "clip": 10.0, "threshold": DEFAULT_THRESHOLD}
 
 
 @register("LSAN", group="Linguistic", citation=CITATION, kind="neural", quick=QUICK, paper=PAPER)

@@ -89,9 +89,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from baselines.cia import run_rnn, zero_padding
-from baselines.mult import check_modalities, masked_mean, model_kwargs
-from baselines.registry import DataInfo, register
+from mmer.metrics import DEFAULT_THRESHOLD
+from mmer.neural import check_modalities, masked_mean, run_rnn, zero_padding
+from mmer.registry import DataInfo, model_kwargs, register
 
 CITATION = ("Mittal, Bhattacharya, Chandra, Bera and Manocha, M3ER: Multiplicative Multimodal Emotion Recognition "
             "Using Facial, Textual, and Speech Cues, AAAI 2020")
@@ -437,7 +437,7 @@ class M3ER(nn.Module):
 
 PAPER = {"hidden": 128, "dropout": 0.2, "readout": "mean", "beta": 1.0, "weighting": "m3er", "cca_components": 8,
          "cca_shrinkage": 0.1, "cca_pca": 64, "tau_z": 1.0, "epochs": 50, "lr": 1e-3, "batch_size": 32, "clip": 10.0,
-         "threshold": 0.5}
+         "threshold": DEFAULT_THRESHOLD}
 QUICK = PAPER | {"hidden": 64, "cca_shrinkage": 0.5, "cca_pca": 16, "epochs": 15, "lr": 6e-3, "batch_size": 16}
 
 

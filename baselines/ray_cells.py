@@ -13,25 +13,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from baselines.cells import limit_threads, run_one
+from mmer.registry import models
+from nemu.ray_engine import RaySession, import_ray
+
 
 def _cell_task(threads: int, cell, root: Path, profile: str, device: str | None, out: Path,
-               input_normalization: str):
-    """One cell in a Ray worker process: run_all's own thread limit and cell runner."""
-    from baselines import run_all
-
-    run_all._limit_threads(threads)
-    return run_all._run_one(cell, root, profile, device, out, input_normalization)
+               input_normalization: str, overrides: dict | None):
+    """One cell in a Ray worker process: the local workers' own thread limit and cell runner."""
+    limit_threads(threads)
+    return run_one(cell, root, profile, device, out, input_normalization, overrides)
 
 
 def run_cells(todo: list, datasets: dict[str, Path], *, profile: str, device: str | None, out: Path,
               input_normalization: str, threads: int, jobs: int, address: str | None,
-              finish: Callable[[object, tuple[str, object]], None]) -> None:
+              finish: Callable[[object, tuple[str, object]], None], overrides: dict | None = None) -> None:
     """Run ``todo`` as Ray tasks, calling ``finish(cell, outcome)`` in the driver as each one ends.
 
     Without ``address`` (and RAY_ADDRESS) a local Ray instance of ``jobs`` x ``threads`` CPUs is started."""
-    from baselines.registry import models
-    from nemu.ray_engine import RaySession, import_ray
-
     ray = import_ray()
     registry = models()
     with RaySession(address, jobs * threads) as session:
@@ -42,7 +41,7 @@ def run_cells(todo: list, datasets: dict[str, Path], *, profile: str, device: st
             options = {"num_cpus": threads, "num_gpus": 1 if neural_gpu else 0}
             ref = task.options(**options).remote(threads, cell, datasets[cell.dataset], profile,
                                                  device or ("cuda" if neural_gpu else None), out,
-                                                 input_normalization)
+                                                 input_normalization, overrides)
             pending[ref] = cell
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

@@ -13,50 +13,16 @@ setting reruns the cell instead of reusing an old number; :func:`stale_reasons` 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
+
+from mmer.runner import POSITION_SETTINGS, Cell
 
 RESULTS_FILE = "results.jsonl"
 FAILURES_FILE = "failures.jsonl"
-#: Per-cell entries of a record's ``settings`` that are part of the grid position, not of the settings.
-POSITION_SETTINGS = ("seed",)
-
-
-def _canonical(obj) -> str:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-
-
-def settings_digest(settings: Mapping) -> str:
-    """sha256 (first 16 hex digits) of the resolved settings, without the per-cell seed."""
-    relevant = {k: v for k, v in settings.items() if k not in POSITION_SETTINGS}
-    return hashlib.sha256(_canonical(relevant).encode("utf-8")).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class Cell:
-    model: str
-    dataset: str
-    fold: int
-    seed: int
-    modalities: tuple[str, ...] | None = None  # None: all the dataset's modalities
-    fingerprint: str = ""  # the dataset build's fingerprint ("" when not known, e.g. in unit tests)
-    settings: str = ""  # settings_digest of the model's resolved settings
-
-    @property
-    def key(self) -> str:
-        """The cell's place in the grid (what it is), independent of the data build and settings."""
-        subset = "+".join(self.modalities) if self.modalities else "all"
-        return f"{self.model}|{self.dataset}|fold={self.fold}|seed={self.seed}|modalities={subset}"
-
-    @property
-    def identity(self) -> str:
-        """The grid place plus what it is computed from: a record is reused only under the same identity."""
-        return f"{self.key}|data={self.fingerprint}|settings={self.settings}"
 
 
 def _short(fingerprint: str | None) -> str:

@@ -15,7 +15,7 @@ end-of-set token::
     output       p(y_t) = softmax(W_s o_t + I_t) over the L labels and EOS, where I_t = -inf on labels
                  already emitted (SGM's mask: a set has no repeats)
 
-Training, in two phases (``baselines.phases.PhasedModule``; the shared engine's epoch count drives it):
+Training, in two phases (``mmer.phases.PhasedModule``; the shared engine's epoch count drives it):
 
 1. ``mle`` (the first ``mle_epochs`` epochs): teacher-forced cross-entropy on each sample's labels in a
    fixed order -- descending training-set frequency, then label index, as in SGM -- followed by EOS.
@@ -30,7 +30,7 @@ Evaluation (``forward`` in eval mode): greedy decoding (``beam_size`` = 1) or be
 ``sigmoid >= 0.5`` reproduces the decoded set exactly. ``"token_logits"`` and the eval ``loss`` are the
 teacher-forced cross-entropy (what the engine reports as validation loss).
 
-Input: the early-fused sequence of ``baselines.early_fusion.EarlyFusionSequence`` (each modality's nodes
+Input: the early-fused sequence of ``mmer.early_fusion.EarlyFusionSequence`` (each modality's nodes
 projected to a common width with a learned linear map plus a modality embedding, concatenated in manifest
 order), packed so that padding never enters the encoder; the decoder's attention ignores padding.
 
@@ -69,10 +69,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from baselines.early_fusion import EarlyFusionSequence
-from baselines.lsan import masked_softmax, model_kwargs, run_packed
-from baselines.phases import PhasedModule
-from baselines.registry import DataInfo, register
+from mmer.early_fusion import EarlyFusionSequence
+from mmer.metrics import DEFAULT_THRESHOLD
+from mmer.neural import masked_softmax, run_packed
+from mmer.phases import PhasedModule
+from mmer.registry import DataInfo, model_kwargs, register
 
 CITATION = ("Yang, Luo, Ma, Lin and Sun, A Deep Reinforced Sequence-to-Set Model for Multi-Label "
             "Classification, ACL 2019")
@@ -285,10 +286,10 @@ class Seq2Set(PhasedModule):
 
 
 PAPER = {"d": 256, "emb_size": 256, "encoder_hidden": 256, "num_layers": 2, "dropout": 0.5, "mle_epochs": 20,
-         "beam_size": 10, "epochs": 30, "lr": 3e-4, "batch_size": 64, "clip": 8.0, "threshold": 0.5}
+         "beam_size": 10, "epochs": 30, "lr": 3e-4, "batch_size": 64, "clip": 8.0, "threshold": DEFAULT_THRESHOLD}
 #: Small widths for CPU smoke runs: 16 epochs of pre-training, then 6 of policy gradient, greedy decoding.
 QUICK = {"d": 64, "emb_size": 32, "encoder_hidden": 48, "num_layers": 1, "dropout": 0.2, "mle_epochs": 16,
-         "beam_size": 1, "epochs": 22, "lr": 3e-3, "batch_size": 16, "clip": 10.0, "threshold": 0.5}
+         "beam_size": 1, "epochs": 22, "lr": 3e-3, "batch_size": 16, "clip": 10.0, "threshold": DEFAULT_THRESHOLD}
 
 
 @register("Seq2Set", group="Linguistic", citation=CITATION, kind="neural", quick=QUICK, paper=PAPER)

@@ -7,7 +7,7 @@ dataset and metric (scipy.stats.ttest_rel); a marker means p < 0.05 with HHMPN t
 A test needs at least two common folds: with fewer, no test runs, no marker is printed and the tables carry
 no significance footnote.
 A model with no result is absent; a model that cannot run on a dataset (MLEE without dominant-emotion
-annotations) shows "–". Rows follow the paper: Table 2 in its order (``baselines.registry.PAPER_ORDER``),
+annotations) shows "–". Rows follow the paper: Table 2 in its order (``mmer.registry.PAPER_ORDER``),
 Table 3 from three modalities down to one in the order L, A, C, V, Table 4 the paper's two blocks.
 
 Every table is written as markdown (display), CSV (numbers only: mean and std in their own columns, in the
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import ttest_rel
 
-from baselines.registry import GROUPS, models
+from mmer.registry import GROUPS, models
 from nemu.shards import dataset_fingerprint
 from nemu.statistics import PAPER_TABLE1
 

@@ -100,7 +100,7 @@ def build_extraction_seconds(raw: Path, out: Path, encoder: str) -> float:
 
 
 def parser() -> argparse.ArgumentParser:
-    from nemu import cli
+    from pipelines import cli
 
     p = cli.command_parser("bench.bench_build", __doc__)
     p.add_argument("--songs", type=cli.positive_int, default=240, metavar="N",

@@ -5,7 +5,7 @@
    10-60 real steps; label-id lists ``[BOS, ids..., EOS]``) to a temporary folder under /tmp and builds
    it with our ``python -m pipelines.build_mosei``.
 2. Trains OUR HHMPN (``hhmpn.model.HHMPN``, ``profile("paper")``: d=256, T=3, batch 64, lambda=0.2,
-   lr 1e-4, Adam, clipping at 10) with ``hhmpn.engine.fit`` for ``--epochs`` epochs over the
+   lr 1e-4, Adam, clipping at 10) with ``mmer.engine.fit`` for ``--epochs`` epochs over the
    ``--samples`` training samples. Timed: the training loop only (data loading, forward, backward,
    clipping, optimizer step); the per-epoch validation that ``fit`` runs is excluded.
 3. Extracts the official implementation (MANLP-suda/HHMPN) from the git directory given with
@@ -205,7 +205,7 @@ def run_ours(built: Path, epochs: int, seed: int) -> dict:
     import torch
 
     from hhmpn.config import profile
-    from hhmpn.engine import count_parameters, fit, make_loaders, seed_everything
+    from mmer.engine import count_parameters, fit, make_loaders, seed_everything
     from hhmpn.model import HHMPN
     from nemu import MMERDataset
 

@@ -22,8 +22,9 @@ TARGET_SECONDS = 15 * 60
 
 
 def main(argv: list[str] | None = None) -> int:
-    from baselines.run_all import PROFILE_FOLDS, default_jobs
-    from nemu import cli
+    from baselines.cells import default_jobs
+    from baselines.run_all import PROFILE_FOLDS
+    from pipelines import cli
 
     parser = cli.command_parser("bench.bench_run_all", __doc__)
     cli.add_data(parser, required=False, default=Path("data/nemu"),
@@ -34,11 +35,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="worker processes (default: the CPU cores available, %(default)s)")
     args = parser.parse_args(argv)
 
-    from baselines.registry import models
+    from mmer.registry import models
     from baselines.results import ResultsStore
-    from baselines.run_all import _limit_threads, ensure_sample, run
+    from baselines.cells import limit_threads
+    from baselines.run_all import ensure_sample, run
 
-    _limit_threads(1)
+    limit_threads(1)
     data = ensure_sample(args.data)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,7 +3,7 @@
 HHMPN at the paper's configuration (``hhmpn.config.profile("paper")``: d=256, T=3, batch 64, lambda 0.2,
 lr 1e-4, Adam, clipping at 10) on CMU-MOSEI shapes: 60 aligned steps per sample of text 300, audio 74
 and visual 35 dims, 6 labels; each sample has 10-60 real steps (the rest is padding, as in the aligned
-MOSEI). The tensors are seeded synthetic ones, already collated: the timed loop is ``hhmpn.engine``'s
+MOSEI). The tensors are seeded synthetic ones, already collated: the timed loop is ``mmer.engine``'s
 training epoch (move to device, forward, loss, backward, clipping, Adam step, loss bookkeeping), i.e.
 what ``fit`` runs per batch; collation is timed separately (``nemu.loading.collate`` on the same shapes).
 
@@ -138,9 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
     import torch
 
-    from hhmpn import engine
+    from mmer import engine
     from hhmpn.config import profile
-    from hhmpn.engine import seed_everything
+    from mmer.engine import seed_everything
     from hhmpn.model import HHMPN
 
     if args.threads:
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if "precision" in inspect.signature(engine.fit).parameters:
         optional = {"precision": args.precision, "compile": args.compile}
     elif args.precision != "fp32" or args.compile:
-        parser.error("this hhmpn.engine has no precision/compile options")
+        parser.error("this mmer.engine has no precision/compile options")
 
     def sync():
         if device.type == "cuda":

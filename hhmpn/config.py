@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from mmer.metrics import DEFAULT_THRESHOLD
+
 
 @dataclass(frozen=True)
 class HHMPNConfig:
@@ -31,7 +33,7 @@ class HHMPNConfig:
     epochs: int = 50
     lr: float = 1e-4
     clip: float = 10.0
-    threshold: float = 0.5
+    threshold: float = DEFAULT_THRESHOLD
 
     def model_kwargs(self) -> dict:
         """Keyword arguments of :class:`hhmpn.model.HHMPN` besides modality_dims and num_labels."""

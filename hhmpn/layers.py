@@ -22,17 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def masked_softmax(scores: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
-    """Softmax of ``scores`` over ``dim`` restricted to ``mask`` (True = keep).
-
-    Masked entries get weight exactly 0. A row with no unmasked entry (a modality with zero real
-    nodes) gets all-zero weights instead of NaN, so it sends no message.
-    """
-    mask = mask.to(torch.bool)
-    filled = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    weights = torch.softmax(filled, dim=dim)
-    return weights * mask.to(weights.dtype)
+from mmer.neural import masked_softmax
 
 
 def masked_uniform(mask: Tensor, shape: torch.Size, dtype: torch.dtype, dim: int = -1) -> Tensor:

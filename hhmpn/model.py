@@ -75,7 +75,7 @@ and every number this toolkit reports comes from the protocol in ``hhmpn/engine.
   validation micro-F1 and report every test metric from it.
 * **"ACC" is subset accuracy.** ``utils/evals.py:compute_metrics`` stores ``eval_ret['Subset
   accuracy']`` (exact match of the whole label set) as ``ACC``, while the paper's Acc is the
-  multi-label accuracy of its cited works (the per-sample Jaccard index); ``nemu.metrics`` reports
+  multi-label accuracy of its cited works (the per-sample Jaccard index); ``mmer.metrics`` reports
   both, as ``accuracy`` (Jaccard) and ``subset_accuracy``.
 * Smaller ones: Adam betas (0.9, 0.98), lr 1e-5 with 8-step gradient accumulation of batches of 8,
   d_model 512 and dropout 0.2 in ``begin.sh`` (see ``hhmpn/config.py`` for ours).

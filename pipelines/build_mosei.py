@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from nemu import cli
+from pipelines import cli
 from nemu.mosei import FORMS, MoseiError, MoseiOptions, build_mosei
 
 

@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from nemu import cli
+from pipelines import cli
 from nemu.audio import AudioSettings
 from nemu.build import ENGINES, BuildError, BuildOptions, RecordLimits, build
 from nemu.images import IMAGE_ENCODERS, ImageWeightsUnavailable

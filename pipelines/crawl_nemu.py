@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from nemu import cli
+from pipelines import cli
 from nemu.labels import CHINESE_NAMES
 
 try:  # requests and urllib3 are the crawl extra: pip install "nemu-hhmpn[crawl]"

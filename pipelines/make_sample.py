@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from nemu import cli
+from pipelines import cli
 
 DESCRIPTION = """\
 Generate a small, deterministic NEMu raw folder from real material shipped with the project and its

@@ -9,12 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines import registry
-from baselines.cia import CIA, MultiStreamBiGRU, cam, run_rnn
-from baselines.mult import masked_mean
-from baselines.results import Cell
-from baselines.runner import data_info, run_cell
-from hhmpn.engine import seed_everything, train_and_test
+from mmer import registry
+from baselines.cia import CIA, MultiStreamBiGRU, cam
+from mmer.neural import run_rnn
+from mmer.neural import masked_mean
+from mmer.runner import Cell
+from mmer.runner import data_info, run_cell
+from mmer.engine import seed_everything, train_and_test
 from nemu.loading import split_datasets
 from tests.conftest import constant_baseline_micro_f1
 from tests.test_mult import DIMS, make_batch, repad

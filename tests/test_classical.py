@@ -17,9 +17,9 @@ from baselines.classical import (
     RAkEL,
     make_base,
     random_labelsets,
-    select_on_validation,
 )
-from baselines.early_fusion import column_names, early_fused, mean_pooled, modality_slices
+from mmer.runner import select_on_validation
+from mmer.early_fusion import column_names, early_fused, mean_pooled, modality_slices
 
 
 def micro(Y_true, Y_pred) -> float:
@@ -318,7 +318,7 @@ def test_select_on_validation_picks_best_C():
 def test_early_fusion_sequence_concatenates_projected_modalities_and_masks():
     import torch
 
-    from baselines.early_fusion import EarlyFusionSequence
+    from mmer.early_fusion import EarlyFusionSequence
 
     torch.manual_seed(0)
     fusion = EarlyFusionSequence({"a": 3, "b": 2}, d=4)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from nemu import cli
-from nemu.cli import COMMANDS, HELP
+from pipelines import cli
+from pipelines.cli import COMMANDS, HELP
 
 BENCHMARKS = ("bench.bench_build", "bench.bench_run_all")
 

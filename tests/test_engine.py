@@ -1,4 +1,4 @@
-"""hhmpn.engine: learning, checkpoint selection on validation micro-F1 only, checkpoints, determinism."""
+"""mmer.engine: learning, checkpoint selection on validation micro-F1 only, checkpoints, determinism."""
 
 import functools
 
@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from hhmpn.engine import (
+from mmer.engine import (
     SELECTION_METRIC,
     evaluate_loader,
     fit,
@@ -20,7 +20,7 @@ from hhmpn.engine import (
     seed_everything,
 )
 from hhmpn.model import HHMPN
-from nemu.metrics import binarize, evaluate
+from mmer.metrics import binarize, evaluate
 
 
 @pytest.fixture(autouse=True)

@@ -12,8 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from baselines import registry, run_all
-from baselines.results import Cell, ResultsStore
+from mmer import registry
+from baselines import cells, run_all
+from pipelines import benchmark
+from baselines.results import ResultsStore
+from mmer.runner import Cell
 from baselines.tables import table2, table3, table4
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,7 +144,7 @@ def test_results_store_ignores_a_torn_line(tmp_path):
 
 @pytest.mark.parametrize("name", list(registry.models()))
 def test_every_registered_model_runs_one_epoch_on_the_sample(name, built):
-    from baselines.runner import run_cell
+    from mmer.runner import run_cell
 
     base, _, _ = built
     spec = registry.get(name)
@@ -153,8 +156,8 @@ def test_every_registered_model_runs_one_epoch_on_the_sample(name, built):
 
 
 def test_a_model_needing_dominant_emotion_is_not_applicable_on_nemu(built):
-    from baselines.registry import ModelSpec
-    from baselines.runner import run_cell
+    from mmer.registry import ModelSpec
+    from mmer.runner import run_cell
 
     base, _, _ = built
     spec = ModelSpec("NeedsDominant", "Non-linguistic", "test", "neural", lambda c, i: None, {"quick": {}},
@@ -174,11 +177,11 @@ def test_run_all_defaults_to_five_rotations_for_tables_2_and_3_on_every_core(bui
         return {"cells": 0, "ran": 0, "skipped": 0, "failed": 0, "tables": [], "figures": []}
 
     monkeypatch.setattr(run_all, "run", fake_run)
-    assert run_all.main(["--datasets", f"nemu={base / 'out'}", "--models", "br,hhmpn", "--no-progress"]) == 0
+    assert benchmark.main(["--datasets", f"nemu={base / 'out'}", "--models", "br,hhmpn", "--no-progress"]) == 0
     assert seen["models"] == ["BR", "HHMPN"]
     assert seen["folds"] == seen["table3_folds"] == [0, 1, 2, 3, 4]
-    assert seen["jobs"] == run_all.default_jobs() and seen["threads"] == 1
-    assert run_all.main(["--datasets", f"nemu={base / 'out'}", "--profile", "paper", "--table3-folds", "3"]) == 0
+    assert seen["jobs"] == cells.default_jobs() and seen["threads"] == 1
+    assert benchmark.main(["--datasets", f"nemu={base / 'out'}", "--profile", "paper", "--table3-folds", "3"]) == 0
     assert len(seen["folds"]) == 10 and seen["table3_folds"] == [0, 1, 2]
 
 
@@ -196,10 +199,10 @@ def test_worker_processes_run_every_thread_pool_single_threaded(monkeypatch):
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    for variable in run_all.THREAD_VARIABLES:
+    for variable in cells.THREAD_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
 
-    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=run_all._worker_start,
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=cells.worker_start,
                              initargs=(1,)) as pool:
         pools, torch_threads = pool.submit(_thread_pools).result()
     assert torch_threads == 1 and pools and all(threads == 1 for _, threads in pools)

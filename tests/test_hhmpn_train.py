@@ -7,7 +7,7 @@ import json
 import pytest
 
 import nemu
-from hhmpn import predict, train
+from pipelines import predict, train
 from tests.conftest import constant_baseline_micro_f1
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import nemu
-from baselines import registry
+from mmer import registry
 from baselines.krf import (KNOWLEDGE_FILE, KRF, SAME_CATEGORY, SAME_POLARITY, emotion_knowledge,
                            knowledge_relations, normalize_adjacency, statistical_relations)
 from nemu.labels import LABEL_NAMES
@@ -122,7 +122,7 @@ def test_scores_are_the_bilinear_form_of_review_features_and_label_representatio
 
 
 def test_factory_builds_both_relation_graphs_from_the_data_info():
-    from baselines.registry import DataInfo
+    from mmer.registry import DataInfo
 
     Y = np.array([[1, 1, 0, 0]] * 3 + [[0, 0, 1, 1]] * 1, dtype=np.int8)
     info = DataInfo("nemu", dict(DIMS), ["Sad", "Happy", "Miss", "Quiet"], Y)
@@ -144,8 +144,8 @@ def test_registered_once_in_the_linguistic_group_with_both_profiles():
 
 
 def test_one_epoch_on_the_tiny_build(built):
-    from baselines.results import Cell
-    from baselines.runner import run_cell
+    from mmer.runner import Cell
+    from mmer.runner import run_cell
 
     base, _, _ = built
     record = run_cell(Cell("KRF", "nemu", 0, 0), registry.get("KRF"), base / "out", "quick", overrides={"epochs": 1})
@@ -153,9 +153,9 @@ def test_one_epoch_on_the_tiny_build(built):
 
 
 def test_learns_the_samples_planted_signal(sample_dataset):
-    from hhmpn.engine import seed_everything, train_and_test
+    from mmer.engine import seed_everything, train_and_test
     from nemu.loading import split_datasets
-    from baselines.runner import data_info
+    from mmer.runner import data_info
 
     datasets = split_datasets(sample_dataset)
     spec = registry.get("KRF")

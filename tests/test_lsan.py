@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import nemu
-from baselines import registry
-from baselines.lsan import LSAN, masked_softmax, run_packed, to_front
+from mmer import registry
+from baselines.lsan import LSAN
+from mmer.neural import masked_softmax, run_packed, to_front
 from tests.conftest import constant_baseline_micro_f1
 
 DIMS = {"a": 5, "b": 3}
@@ -125,8 +126,8 @@ def test_registered_once_in_the_linguistic_group_with_both_profiles():
 
 
 def test_one_epoch_on_the_tiny_build(built):
-    from baselines.results import Cell
-    from baselines.runner import run_cell
+    from mmer.runner import Cell
+    from mmer.runner import run_cell
 
     base, _, _ = built
     record = run_cell(Cell("LSAN", "nemu", 0, 0), registry.get("LSAN"), base / "out", "quick",
@@ -136,9 +137,9 @@ def test_one_epoch_on_the_tiny_build(built):
 
 
 def test_learns_the_samples_planted_signal(sample_dataset):
-    from hhmpn.engine import seed_everything, train_and_test
+    from mmer.engine import seed_everything, train_and_test
     from nemu.loading import split_datasets
-    from baselines.runner import data_info
+    from mmer.runner import data_info
 
     datasets = split_datasets(sample_dataset)
     spec = registry.get("LSAN")

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from sklearn.cross_decomposition import CCA
 
-from baselines import registry
+from mmer import registry
 from baselines.m3er import PHASE_ACTIVE, PHASE_AGREEMENT, PHASE_MOMENTS, M3ER, ModalityCheck
-from baselines.results import Cell
-from baselines.runner import data_info, run_cell
-from hhmpn.engine import seed_everything, train_and_test
+from mmer.runner import Cell
+from mmer.runner import data_info, run_cell
+from mmer.engine import seed_everything, train_and_test
 from nemu.loading import split_datasets
 from tests.conftest import constant_baseline_micro_f1
 from tests.test_mult import DIMS, make_batch, repad

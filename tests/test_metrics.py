@@ -1,9 +1,9 @@
-"""nemu.metrics against hand-computed cases."""
+"""mmer.metrics against hand-computed cases."""
 
 import numpy as np
 import pytest
 
-from nemu.metrics import EMPTY_UNION_SCORE, SCALAR_KEYS, binarize, evaluate, evaluate_probabilities
+from mmer.metrics import EMPTY_UNION_SCORE, SCALAR_KEYS, binarize, evaluate, evaluate_probabilities
 
 # 4 samples x 3 labels.
 Y_TRUE = np.array(

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from baselines import registry
+from mmer import registry
 from baselines.mlee import MLEE, AttentionPool, compact
-from baselines.results import Cell
-from baselines.runner import data_info, run_cell
-from hhmpn.engine import seed_everything, train_and_test
+from mmer.runner import Cell
+from mmer.runner import data_info, run_cell
+from mmer.engine import seed_everything, train_and_test
 from nemu.loading import collate, split_datasets
 from nemu.mosei import LABELS, MoseiOptions, build_mosei
 from tests.conftest import constant_baseline_micro_f1

@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from baselines import registry
-from baselines.early_fusion import mean_pooled
+from mmer import registry
+from mmer.early_fusion import mean_pooled
 from baselines.mlgcn import (
     EMBEDDINGS_FILE, MLGCN, TABLE_WORDS, correlation_matrix, fallback_vector, label_embeddings,
-    load_embedding_table, main, normalize_adjacency, pooled_features, write_embedding_table,
+    load_embedding_table, normalize_adjacency, pooled_features, write_embedding_table,
 )
-from baselines.results import Cell
-from baselines.runner import data_info, run_cell
-from hhmpn.engine import seed_everything, train_and_test
+from mmer.runner import Cell, data_info, run_cell
+from mmer.engine import seed_everything, train_and_test
 from nemu.labels import LABEL_NAMES
 from nemu.loading import MMERDataset, collate, split_datasets
 from nemu.mosei import LABELS as MOSEI_LABELS
+from pipelines.label_embeddings import main
 from tests.conftest import constant_baseline_micro_f1
 
 

@@ -319,13 +319,14 @@ def test_loader_and_collate_read_dims_from_manifest(pt_built):
 
 def test_hhmpn_train_and_run_all_accept_the_result_unchanged(pt_built, tmp_path):
     from baselines import run_all
-    from hhmpn import train
+    from pipelines import benchmark
+    from pipelines import train
 
     base = pt_built[0]
     args = ["--data", str(base / "out"), "--profile", "quick", "--epochs", "1", "--d", "16", "--no-progress"]
     assert train.main(args + ["--out", str(tmp_path / "run")]) == 0
     assert train.main(args + ["--out", str(tmp_path / "cv"), "--fold", "3"]) == 0
-    code = run_all.main(["--data", f"mosei={base / 'out'}", "--models", "BR,HHMPN", "--out",
+    code = benchmark.main(["--data", f"mosei={base / 'out'}", "--models", "BR,HHMPN", "--out",
                          str(tmp_path / "results"), "--no-progress"])
     assert code == 0
     table = (tmp_path / "results" / "table2.md").read_text(encoding="utf-8")

@@ -8,11 +8,12 @@ from itertools import permutations
 import pytest
 import torch
 
-from baselines import registry
-from baselines.mult import MulT, TransformerEncoder, last_real, masked_mean, sinusoidal_positions
-from baselines.results import Cell
-from baselines.runner import data_info, run_cell
-from hhmpn.engine import seed_everything, train_and_test
+from mmer import registry
+from baselines.mult import MulT, TransformerEncoder, sinusoidal_positions
+from mmer.neural import last_real, masked_mean
+from mmer.runner import Cell
+from mmer.runner import data_info, run_cell
+from mmer.engine import seed_everything, train_and_test
 from nemu.loading import split_datasets
 from tests.conftest import constant_baseline_micro_f1
 

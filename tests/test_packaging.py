@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from nemu.cli import COMMANDS
+from pipelines.cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
 

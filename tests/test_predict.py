@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.registry import get, models
-from baselines.results import Cell
-from baselines.runner import run_cell, run_folder
-from hhmpn import predict, train
-from hhmpn.predict import load_run
-from hhmpn.runs import RunFolderError
+from mmer.registry import get, models
+from mmer.runner import Cell
+from mmer.runner import run_cell, run_folder
+from pipelines import predict, train
+from mmer.predict import load_run
+from mmer.runs import RunFolderError
 from nemu.loading import split_datasets
-from nemu.metrics import binarize, evaluate
+from mmer.metrics import binarize, evaluate
 
 NEURAL = [name for name, spec in models().items() if spec.kind == "neural"]
 

@@ -1,4 +1,4 @@
-"""Emotions of new songs from raw files (``hhmpn.predict --raw``, ``--lyrics/--audio/--image``, hhmpn.inference):
+"""Emotions of new songs from raw files (``hhmpn.predict --raw``, ``--lyrics/--audio/--image``, mmer.inference):
 the same probabilities as predicting the built dataset, features made with exactly the dataset's settings
 (refused, naming what differs, when they cannot be), the build's quarantine rules, missing modalities."""
 
@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.registry import get, models
-from baselines.results import Cell
-from baselines.runner import run_cell
-from hhmpn import predict, train
-from hhmpn.inference import Predictor
-from hhmpn.predict import load_run
+from mmer.registry import get, models
+from mmer.runner import Cell
+from mmer.runner import run_cell
+from pipelines import predict, train
+from mmer.inference import Predictor
+from mmer.predict import load_run
 from nemu.featurize import Featurizer, FeatureMismatch
 from nemu.loading import load
 from nemu.records import RECORDS_FILE

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import nemu
-from baselines.registry import get
-from baselines.results import Cell
-from baselines.runner import run_cell, run_folder
+from mmer.registry import get
+from mmer.runner import Cell
+from mmer.runner import run_cell, run_folder
 from nemu.loading import clear_cache, collate, split_datasets
 from nemu.normalization import NORMALIZATION_FILE, NodeStatistics
 from nemu.shards import read_manifest, sha256_file

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from baselines import registry, run_all
+from mmer import registry
+from baselines import run_all
 from baselines.results import ResultsStore
 from baselines.tables import write_tables
 from nemu.shards import dataset_fingerprint, read_manifest, write_manifest

@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.metrics import f1_score
 
 from baselines.classical import BinaryRelevance
-from baselines.early_fusion import early_fused
+from mmer.early_fusion import early_fused
 from nemu import MMERDataset
 from nemu.labels import LABEL_NAMES
 from nemu.sample import MODALITIES, TRACE_MODALITIES

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import nemu
-from baselines import registry
-from baselines.phases import EpochPhases, PhasedModule
+from mmer import registry
+from mmer.phases import EpochPhases, PhasedModule
 from baselines.seq2set import SET_LOGIT, Seq2Set, frequency_order, set_f1
 from tests.conftest import constant_baseline_micro_f1
 from tests.test_lsan import DIMS, padded, toy_batch
@@ -55,7 +55,7 @@ class Recorder(PhasedModule):
 
 
 def test_phase_follows_the_engines_epochs():
-    from hhmpn.engine import fit
+    from mmer.engine import fit
 
     batches = [{"x": torch.randn(3, 1), "labels": torch.ones(3, 2)} for _ in range(3)]
     model = Recorder()
@@ -215,8 +215,8 @@ def test_registered_once_in_the_linguistic_group_with_both_profiles():
 
 
 def test_one_epoch_on_the_tiny_build(built):
-    from baselines.results import Cell
-    from baselines.runner import run_cell
+    from mmer.runner import Cell
+    from mmer.runner import run_cell
 
     base, _, _ = built
     record = run_cell(Cell("Seq2Set", "nemu", 0, 0), registry.get("Seq2Set"), base / "out", "quick",
@@ -225,9 +225,9 @@ def test_one_epoch_on_the_tiny_build(built):
 
 
 def test_learns_the_samples_planted_signal(sample_dataset):
-    from hhmpn.engine import seed_everything, train_and_test
+    from mmer.engine import seed_everything, train_and_test
     from nemu.loading import split_datasets
-    from baselines.runner import data_info
+    from mmer.runner import data_info
 
     datasets = split_datasets(sample_dataset)
     spec = registry.get("Seq2Set")

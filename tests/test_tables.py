@@ -9,8 +9,10 @@ import io
 import numpy as np
 import pytest
 
-from baselines import registry, run_all
-from baselines.results import Cell
+from mmer import registry
+from baselines import run_all
+from pipelines import benchmark
+from mmer.runner import Cell
 from baselines.tables import PAPER_TABLE2, table2, table3, table4
 
 
@@ -152,5 +154,5 @@ def test_a_typo_gets_a_suggestion(capsys):
     with pytest.raises(registry.UnknownModelError, match=r"unknown model 'mlgnc' \(did you mean 'ML-GCN'\?\)"):
         registry.resolve("mlgnc")
     assert registry.resolve_names("br, BR,hhmpn") == ["BR", "HHMPN"]
-    assert run_all.main(["--models", "BR,Seq2Sat", "--no-progress"]) == 2
+    assert benchmark.main(["--models", "BR,Seq2Sat", "--no-progress"]) == 2
     assert "did you mean 'Seq2Set'?" in capsys.readouterr().err

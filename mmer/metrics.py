@@ -59,6 +59,12 @@ def binarize(probabilities: np.ndarray, threshold: float = DEFAULT_THRESHOLD) ->
     return (np.asarray(probabilities) >= threshold).astype(np.int64)
 
 
+def micro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Micro-F1 of 0/1 matrices, the selection metric of every model (validation only) and :func:`evaluate`'s."""
+    return float(f1_score(np.asarray(y_true).astype(np.int64), np.asarray(y_pred).astype(np.int64),
+                          average="micro", zero_division=F1_ZERO_DIVISION))
+
+
 def _as_indicator(y: np.ndarray, name: str) -> np.ndarray:
     array = np.asarray(y)
     if array.ndim != 2:

@@ -36,7 +36,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from nemu.metrics import DEFAULT_THRESHOLD, binarize, evaluate
+from mmer.metrics import DEFAULT_THRESHOLD, binarize, evaluate, micro_f1
+from nemu.loading import collate
 
 #: The only metric used to select the checkpoint, computed on the validation set.
 SELECTION_METRIC = "micro_f1"
@@ -132,7 +133,7 @@ class TrainResult:
     """Outcome of :func:`fit`.
 
     ``best_epoch`` is 1-based; ``history`` has one record per epoch with ``epoch``, ``train_loss``,
-    ``valid_loss``, ``valid`` (the :func:`nemu.metrics.evaluate` dict) and ``seconds``;
+    ``valid_loss``, ``valid`` (the :func:`mmer.metrics.evaluate` dict) and ``seconds``;
     ``best_state`` is a CPU copy of the selected state dict (already loaded into the model).
     """
 
@@ -213,7 +214,7 @@ def evaluate_loader(
     progress: bool = False,
     precision: str = "fp32",
 ) -> dict:
-    """:func:`nemu.metrics.evaluate` of the model's thresholded predictions on ``loader``.
+    """:func:`mmer.metrics.evaluate` of the model's thresholded predictions on ``loader``.
 
     Adds ``threshold`` and, with ``with_loss``, the mean model loss under ``loss``.
     """
@@ -358,7 +359,7 @@ def fit(
         if epoch_metrics == "all":
             valid_metrics = evaluate(labels, predictions, label_names)
         else:
-            valid_metrics = {SELECTION_METRIC: _micro_f1(labels, predictions)}
+            valid_metrics = {SELECTION_METRIC: micro_f1(labels, predictions)}
         valid_metrics["threshold"] = float(threshold)
         record = {
             "epoch": epoch,
@@ -396,16 +397,6 @@ def fit(
     )
 
 
-def _micro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Micro-F1 exactly as :func:`nemu.metrics.evaluate` computes it (scikit-learn, same zero_division)."""
-    from sklearn.metrics import f1_score
-
-    from nemu.metrics import F1_ZERO_DIVISION
-
-    return float(f1_score(y_true.astype(np.int64), y_pred.astype(np.int64), average="micro",
-                          zero_division=F1_ZERO_DIVISION))
-
-
 def make_loaders(datasets: Mapping[str, "torch.utils.data.Dataset"], batch_size: int, seed: int) -> dict:
     """DataLoaders over ``{"train", "valid", "test"}`` datasets with ``nemu.collate``.
 
@@ -414,7 +405,6 @@ def make_loaders(datasets: Mapping[str, "torch.utils.data.Dataset"], batch_size:
     """
     from torch.utils.data import DataLoader
 
-    from nemu.loading import collate
 
     generator = torch.Generator().manual_seed(seed)
     return {split: DataLoader(ds, batch_size=batch_size, shuffle=split == "train", collate_fn=collate,

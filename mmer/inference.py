@@ -2,7 +2,7 @@
 
 From Python (load a run once, predict many)::
 
-    from hhmpn.inference import Predictor
+    from mmer.inference import Predictor
     predictor = Predictor.load("runs/hhmpn")                  # the run folder of hhmpn.train or a run_all cell
     result = predictor.predict_raw("RAW")                     # a raw folder; records may carry no tags
     result = predictor.predict_records([{"id": "x", "lyrics": "...", "audio": "x.wav", "images": []}], raw_dir=".")
@@ -31,9 +31,10 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from hhmpn.predict import LoadedRun, load_run
-from hhmpn.runs import RunFolderError
+from mmer.predict import LoadedRun, load_run
+from mmer.runs import RunFolderError
 from nemu.featurize import Featurized, Featurizer, FeatureMismatch
+from nemu.shards import dataset_fingerprint, read_manifest
 
 
 class NewSongs:
@@ -92,8 +93,6 @@ class Predictor:
              image_weights: str | Path | None = None, device: str | None = None, workers: int = 1,
              batch_size: int = 64, progress: bool = False) -> "Predictor":
         """Load ``run_dir`` and the featuriser of its dataset (``data`` where it has moved; see the module)."""
-        from nemu.shards import dataset_fingerprint, read_manifest
-
         run = load_run(run_dir, device)
         if run.run.get("extra_columns"):
             raise RunFolderError(f"{run.run_dir}: model {run.run['model']} reads the per-sample column(s) "
@@ -161,99 +160,3 @@ class Predictor:
         records = self.run.records(ids, probabilities, truth if labelled else None)
         return Predictions(records, list(ids), np.asarray(probabilities), self.label_names, self.run.threshold,
                            [q.to_json() for q in featurized.quarantined], featurized.text_nodes_without_word_vectors)
-
-
-# ----------------------------------------------------------------------------------------------
-# The command line's new-song modes (wired into ``python -m hhmpn.predict``)
-
-NEW_SONG_FLAGS = ("raw", "lyrics", "audio", "image", "comments")
-
-
-def add_new_song_arguments(parser) -> None:
-    """``--raw RAW`` or one song's ``--lyrics/--audio/--image/--comments`` files, and what featurising needs."""
-    from nemu.cli import HELP, positive_int
-
-    import textwrap
-
-    group = parser.add_argument_group(
-        "new songs from raw files (instead of a split of --data)", textwrap.fill(
-        "Features are made with exactly the settings of the dataset the run was trained on (its manifest: image "
-        "encoder and weights, audio settings, comment splitting, word vectors), then the run's normalisation "
-        "statistics, then the model. --data then names that dataset where it is now (default: the dataset "
-        "RUN/run.json names); it must be the same build (fingerprint). Records that cannot be used are reported "
-        "on stderr with line, id, field and reason; the others are predicted. Output default: standard output.",
-        width=90))
-    group.add_argument("--raw", type=Path, metavar="RAW",
-                       help=HELP["raw"] + "; records may carry no tags; every usable song is predicted, in RAW's order")
-    group.add_argument("--lyrics", type=Path, metavar="FILE", help="one song's lyrics: a UTF-8 text file, LRC or plain")
-    group.add_argument("--audio", type=Path, metavar="FILE", help="one song's audio file: wav, flac, ogg or mp3")
-    group.add_argument("--image", type=Path, nargs="+", action="extend", metavar="FILE",
-                       help="one song's images: jpg or png files (several after one --image, or --image repeated)")
-    group.add_argument("--comments", type=Path, metavar="FILE",
-                       help="one song's comments: a UTF-8 text file, one comment per line")
-    group.add_argument("--id", dest="song_id", metavar="ID",
-                       help="one song's id in the output; default: its first file's name without the suffix")
-    group.add_argument("--word-vectors", type=Path, metavar="PATH",
-                       help="the word-vector file the dataset was built from with --word-vectors (needed then; "
-                            "matched by sha256); default: DATA/word_vectors.bin, the vectors the build trained")
-    group.add_argument("--image-weights", type=Path, metavar="PATH",
-                       help="the image encoder's weights file (matched by sha256 with the dataset's), where the "
-                            "build's own search (torchvision's cache, the efficientnet-lite0 package) does not find "
-                            "them; default: that search")
-    group.add_argument("--workers", type=positive_int, default=1, metavar="N",
-                       help="feature-extraction processes; default: 1")
-
-
-def wants_new_songs(args) -> bool:
-    return any(getattr(args, flag, None) for flag in NEW_SONG_FLAGS)
-
-
-def predict_new_songs(args, run_dir: Path, prog: str = "hhmpn.predict") -> int:
-    """The new-song modes of the command line: predict, write JSON lines, report skipped records on stderr.
-
-    Raises ValueError/OSError (one line) for anything that stops the whole prediction; main turns them into
-    exit code 2."""
-    import json
-    import sys
-
-    from hhmpn.predict import write_predictions
-    from nemu.build import BuildError
-
-    files = [args.lyrics, args.audio, *(args.image or []), args.comments]
-    if args.raw and any(files):
-        raise ValueError("give --raw RAW or one song's --lyrics/--audio/--image/--comments files, not both")
-    if getattr(args, "fold", None) is not None:
-        raise ValueError("--fold selects a split of --data; new songs from raw files have none")
-    predictor = Predictor.load(run_dir, data=args.data, word_vectors=args.word_vectors,
-                               image_weights=args.image_weights, device=args.device, workers=args.workers,
-                               batch_size=args.batch_size)
-    try:
-        if args.raw:
-            result = predictor.predict_raw(args.raw)
-        else:
-            result = predictor.predict_files(lyrics=args.lyrics, audio=args.audio, images=args.image or [],
-                                             comments=args.comments, song_id=args.song_id)
-    except BuildError as exc:  # extraction workers that cannot start: the environment's fault, said in one line
-        raise ValueError(str(exc).splitlines()[0]) from None
-    for skipped in result.quarantined:
-        print(f"{prog}: skipped line {skipped['line']}" + (f" id {skipped['id']!r}" if skipped["id"] is not None
-                                                           else " (no id)")
-              + f" field {skipped['field']}: {skipped['reason']}", file=sys.stderr)
-    if not result.records and not result.quarantined:
-        raise ValueError(f"{args.raw} holds no record to predict")
-    if not result.records:
-        raise ValueError(f"no song of {args.raw} could be predicted ({len(result.quarantined)} record(s) skipped, "
-                         f"reasons above)" if args.raw else "the song could not be predicted (reason above)")
-    if args.output:
-        write_predictions(args.output, result.records)
-        where = f"wrote {args.output}"
-    else:
-        for record in result.records:
-            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
-        where = "written to standard output"
-    if result.text_nodes_without_word_vectors:
-        print(f"{prog}: note: {result.text_nodes_without_word_vectors} text node(s) hold no word the dataset's "
-              f"vectors know; their features are zeros, as in the build", file=sys.stderr)
-    print(f"{prog}: predicted {len(result.records)} song(s), skipped {len(result.quarantined)}; {where}",
-          file=sys.stderr)
-    return 0

@@ -1,39 +1,91 @@
 """Run one cell of the benchmark grid: train a registered model on one CV rotation and test it.
 
 Model selection uses the validation split only: estimators pick their grid point by validation
-micro-F1, neural models keep the single epoch with the best validation micro-F1 (``hhmpn.engine``).
+micro-F1, neural models keep the single epoch with the best validation micro-F1 (``mmer.engine``).
 Every record carries its cost: wall time, parameter count and peak resident memory.
 
 Inputs follow the benchmark protocol (README, "The benchmark protocol"): every model gets the node
 features of ``nemu.loading.split_datasets`` standardised with the training split's statistics of the
 rotation in use (``input_normalization="raw"`` feeds the stored features); the setting is in every record.
 
-Every neural cell leaves a run folder (``run_folder``; format in ``hhmpn.runs``) that ``hhmpn.predict``
+Every neural cell leaves a run folder (``run_folder``; format in ``mmer.runs``) that ``hhmpn.predict``
 accepts: the selected checkpoint, run.json, the normalisation statistics, the training labels, and the
 cell's own test predictions (``predictions-test.jsonl``, predict's output format).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import time
 import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import ParameterGrid
 
-from baselines.registry import TRAINING_KEYS, DataInfo, ModelSpec
-from baselines.results import Cell
+from mmer.early_fusion import early_fused
+from mmer.engine import TrainResult, make_loaders, predict, seed_everything, train_and_test
+from mmer.metrics import DEFAULT_THRESHOLD, evaluate, micro_f1
+from mmer.predict import prediction_records, write_predictions
+from mmer.registry import TRAINING_KEYS, DataInfo, ModelSpec
+from mmer.runs import CHECKPOINT_FILE, start_run, write_run
 from nemu.loading import column_names, read_table, split_datasets
-from nemu.metrics import evaluate
 from nemu.normalization import DEFAULT_INPUT_NORMALIZATION
 from nemu.shards import dataset_fingerprint, read_manifest
 
 METRIC_KEYS = ("accuracy", "hamming_loss", "micro_f1", "macro_f1", "subset_accuracy")
-
-
 RUNS_DIR = "runs"
+#: Per-cell entries of a record's ``settings`` that are part of the grid position, not of the settings.
+POSITION_SETTINGS = ("seed",)
+#: Gradient-norm clip of a neural configuration that names none.
+DEFAULT_CLIP = 10.0
+
+
+def _canonical(obj) -> str:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def resolved_settings(spec: ModelSpec, profile: str, overrides: Mapping | None = None,
+                      input_normalization: str = DEFAULT_INPUT_NORMALIZATION) -> dict:
+    """Everything a cell's result depends on besides its data and grid place, resolved once: the profile's
+    configuration, ``overrides`` and the input normalisation. The cell's digest and its run both come from it."""
+    return spec.config(profile) | dict(overrides or {}) | {"input_normalization": input_normalization}
+
+
+def settings_digest(settings: Mapping) -> str:
+    """sha256 (first 16 hex digits) of the resolved settings, without the per-cell seed."""
+    relevant = {k: v for k, v in settings.items() if k not in POSITION_SETTINGS}
+    return hashlib.sha256(_canonical(relevant).encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of the benchmark grid: a model on one dataset, CV rotation, seed and modality subset."""
+
+    model: str
+    dataset: str
+    fold: int
+    seed: int
+    modalities: tuple[str, ...] | None = None  # None: all the dataset's modalities
+    fingerprint: str = ""  # the dataset build's fingerprint ("" when not known, e.g. in unit tests)
+    settings: str = ""  # settings_digest of the model's resolved settings ("" when not known)
+
+    @property
+    def key(self) -> str:
+        """The cell's place in the grid (what it is), independent of the data build and settings."""
+        subset = "+".join(self.modalities) if self.modalities else "all"
+        return f"{self.model}|{self.dataset}|fold={self.fold}|seed={self.seed}|modalities={subset}"
+
+    @property
+    def identity(self) -> str:
+        """The grid place plus what it is computed from: a record is reused only under the same identity."""
+        return f"{self.key}|data={self.fingerprint}|settings={self.settings}"
 
 
 def model_slug(name: str) -> str:
@@ -90,8 +142,6 @@ def missing_columns(root: Path, columns: tuple[str, ...]) -> str | None:
 
 def estimator_parameters(model) -> int:
     """Learned coefficients (``coef_``, ``intercept_``) of a possibly nested scikit-learn estimator."""
-    from sklearn.base import BaseEstimator
-
     seen, total, stack = set(), 0, [model]
     while stack:
         current = stack.pop()
@@ -110,10 +160,32 @@ def estimator_parameters(model) -> int:
     return total
 
 
-def _run_estimator(spec: ModelSpec, config: dict, info: DataInfo, datasets: dict) -> dict:
-    from baselines.classical import select_on_validation
-    from baselines.early_fusion import early_fused
+def select_on_validation(factory: Callable[..., object], grid: Mapping[str, Iterable] | Sequence[Mapping],
+                         X_train, Y_train, X_valid, Y_valid,
+                         score: Callable[[np.ndarray, np.ndarray], float] = micro_f1):
+    """Pick hyper-parameters on the validation split: ``(best_params, model fitted on train)``.
 
+    Every point of ``grid`` (a ``ParameterGrid`` spec: {name: values} or a list of such) is fitted as
+    ``factory(**params).fit(X_train, Y_train)`` and scored by ``score(Y_valid, model.predict(X_valid))``
+    (micro-F1 by default). The highest score wins; ties go to the earliest point in grid order. The
+    returned model is the winner as fitted on train (no refit on train + valid); the test split is never
+    seen. ``model.selection_scores_`` lists ``(params, score)`` for every point.
+    """
+    best_params, best_model, best_score, scores = None, None, -np.inf, []
+    for params in ParameterGrid(grid):
+        model = factory(**params).fit(X_train, Y_train)
+        value = float(score(Y_valid, model.predict(X_valid)))
+        scores.append((dict(params), value))
+        if value > best_score:
+            best_params, best_model, best_score = dict(params), model, value
+    if best_model is None:
+        raise ValueError("empty grid")
+    best_model.selection_scores_ = scores
+    return best_params, best_model
+
+
+
+def _run_estimator(spec: ModelSpec, config: dict, info: DataInfo, datasets: dict) -> dict:
     (x_train, y_train), (x_valid, y_valid), (x_test, y_test) = (early_fused(datasets[s]) for s in
                                                                 ("train", "valid", "test"))
     grid = config.get("grid") or {}
@@ -126,32 +198,41 @@ def _run_estimator(spec: ModelSpec, config: dict, info: DataInfo, datasets: dict
             "selected": params, "parameters": estimator_parameters(model)}
 
 
-def _run_neural(spec: ModelSpec, config: dict, info: DataInfo, datasets: dict, seed: int, device: str | None,
-                run_dir: Path | None, root: Path, cell: Cell) -> dict:
-    from hhmpn.engine import make_loaders, predict, seed_everything, train_and_test
-    from hhmpn.runs import CHECKPOINT_FILE, start_run, write_run
+def train_neural(spec: ModelSpec, config: dict, info: DataInfo, datasets: dict, *, root: Path, fold: int | None,
+                 seed: int, device: str | None = None, run_dir: Path | None = None,
+                 progress: bool = False) -> tuple[TrainResult, dict, object]:
+    """The one training entry point of every neural model (``hhmpn-train`` and the benchmark's cells).
 
+    Builds the model with the registry's factory (as ``mmer.predict`` rebuilds it from run.json), trains on
+    train, keeps the single epoch with the best validation micro-F1 and tests that checkpoint. With
+    ``run_dir`` it writes the run folder (``mmer.runs``). Returns ``(TrainResult, test metrics, model)``."""
     seed_everything(seed)  # weight initialisation
     model = spec.factory(config, info)
     if run_dir is not None:
         start_run(run_dir)
     result, test = train_and_test(
         model, datasets, epochs=config["epochs"], lr=config["lr"], batch_size=config["batch_size"],
-        clip=config.get("clip", 10.0), threshold=config.get("threshold", 0.5), seed=seed, device=device,
-        checkpoint_path=None if run_dir is None else run_dir / CHECKPOINT_FILE, progress=False,
+        clip=config.get("clip", DEFAULT_CLIP), threshold=config.get("threshold", DEFAULT_THRESHOLD), seed=seed,
+        device=device, checkpoint_path=None if run_dir is None else run_dir / CHECKPOINT_FILE, progress=progress,
         label_names=info.label_names)
     if run_dir is not None:
-        from hhmpn.predict import prediction_records, write_predictions
-
-        statistics = datasets["train"].normalization
-        write_run(run_dir, model=spec.name, config=config, info=info, fold=cell.fold, seed=seed,
-                  statistics=statistics, data=root, manifest=read_manifest(root),
+        write_run(run_dir, model=spec.name, config=config, info=info, fold=fold, seed=seed,
+                  statistics=datasets["train"].normalization, data=root, manifest=read_manifest(root),
                   extra={"extra_columns": list(spec.extra_columns)})
+    return result, test, model
+
+
+def _run_neural(spec: ModelSpec, config: dict, info: DataInfo, datasets: dict, seed: int, device: str | None,
+                run_dir: Path | None, root: Path, cell: Cell) -> dict:
+    result, test, model = train_neural(spec, config, info, datasets, root=root, fold=cell.fold, seed=seed,
+                                       device=device, run_dir=run_dir)
+    if run_dir is not None:
         # the cell's own test probabilities, in predict's format, from the selected checkpoint
         ids, probabilities = predict(model, make_loaders({"test": datasets["test"]}, config["batch_size"], seed)
                                      ["test"], device)
         write_predictions(run_dir / "predictions-test.jsonl", prediction_records(
-            ids, probabilities, info.label_names, float(config.get("threshold", 0.5)), datasets["test"]))
+            ids, probabilities, info.label_names, float(config.get("threshold", DEFAULT_THRESHOLD)),
+            datasets["test"]))
     return {"test": test, "valid": result.best_valid, "selected": {"epoch": result.best_epoch},
             "parameters": result.num_parameters}
 
@@ -180,7 +261,12 @@ def run_cell(cell: Cell, spec: ModelSpec, root: Path, profile: str, *, device: s
     reason = spec.applicable(info)
     if reason is not None:
         return base | {"status": "not_applicable", "reason": reason}
-    config = spec.config(profile) | (overrides or {}) | {"seed": cell.seed}
+    settings = resolved_settings(spec, profile, overrides, input_normalization)
+    if cell.settings and cell.settings != settings_digest(settings):
+        raise ValueError(f"cell {cell.key}: its settings digest {cell.settings} is not that of the settings it "
+                         f"would run with ({settings_digest(settings)}); build cells and runs from one "
+                         f"resolved_settings()")
+    config = {k: v for k, v in settings.items() if k != "input_normalization"} | {"seed": cell.seed}
     _reset_peak_rss()
     started = time.perf_counter()
     run_dir = None

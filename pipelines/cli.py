@@ -36,11 +36,14 @@ COMMANDS = {
     "nemu-build": "pipelines.build_nemu",
     "nemu-build-mosei": "pipelines.build_mosei",
     "nemu-crawl": "pipelines.crawl_nemu",
-    "hhmpn-train": "hhmpn.train",
-    "hhmpn-predict": "hhmpn.predict",
-    "nemu-benchmark": "baselines.run_all",
+    "hhmpn-train": "pipelines.train",
+    "hhmpn-predict": "pipelines.predict",
+    "nemu-benchmark": "pipelines.benchmark",
 }
 SCRIPTS = {module: script for script, module in COMMANDS.items()}
+# the documented ``python -m`` spellings kept for these commands (each module's ``__main__`` block runs the command)
+MODULE_ALIASES = {"pipelines.train": "hhmpn.train", "pipelines.predict": "hhmpn.predict",
+                  "pipelines.benchmark": "baselines.run_all"}
 
 # The shared flags' help, word for word the same in every command
 HELP = {
@@ -141,7 +144,8 @@ def command_parser(module: str, description: str | None = None, **kwargs) -> Com
     script = SCRIPTS.get(module)
     prog = script or f"python -m {module}"
     epilog = kwargs.pop("epilog", None)
-    also = f"Also run as: python -m {module}" if script else None
+    alias = f" (or python -m {MODULE_ALIASES[module]})" if module in MODULE_ALIASES else ""
+    also = f"Also run as: python -m {module}{alias}" if script else None
     return CommandParser(prog=prog, description=description,
                          epilog="\n\n".join(part for part in (epilog, also) if part) or None, **kwargs)
 

@@ -1,27 +1,27 @@
 """The one list of models: every model is registered exactly once, next to its own code.
 
-A model module decorates its factory with :func:`register`; :func:`models` imports every module of the
-``baselines`` package (and ``MODEL_MODULES``), so adding a baseline is adding its module. The harness, the tables and the command-line choices
-all read this registry and nothing else.
+A model module decorates its factory with :func:`register` and is named once in the ``mmer.models`` entry-point
+group (pyproject.toml); :func:`models` imports exactly those modules, so listing the models never loads the
+benchmark harness (tables, figures, ``run_all``) and a model of another installed package is found the same way.
+The harness, the tables, prediction and the command-line choices all read this registry and nothing else.
 
 Two kinds of model share the harness:
 
 * ``estimator``: ``factory(config, info) -> object`` with ``fit(X, Y)`` / ``predict_proba(X)`` on the
-  early-fused features (``baselines.early_fusion``); ``config["grid"]`` (optional) is searched on the
+  early-fused features (``mmer.early_fusion``); ``config["grid"]`` (optional) is searched on the
   validation split only.
 * ``neural``: ``factory(config, info) -> torch.nn.Module`` following the batch interface of
-  ``hhmpn.engine``; trained by the shared engine with ``config``'s ``epochs``, ``lr``, ``batch_size``,
+  ``mmer.engine``; trained by the shared engine with ``config``'s ``epochs``, ``lr``, ``batch_size``,
   ``clip`` and ``threshold``.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from importlib.metadata import entry_points
 
 import numpy as np
 
@@ -32,8 +32,13 @@ PAPER_ORDER = ("BR", "CC", "LP", "LSAN", "Seq2Set", "KRF", "ML-GCN", "MLEE", "Mu
 KINDS = ("estimator", "neural")
 TRAINING_KEYS = ("epochs", "lr", "batch_size", "clip", "threshold")
 
-#: Modules outside the ``baselines`` package's own files that register models.
-MODEL_MODULES: tuple[str, ...] = ()
+#: The entry-point group naming the modules that register models (pyproject.toml, ``[project.entry-points]``).
+ENTRY_POINT_GROUP = "mmer.models"
+
+
+def model_kwargs(config: Mapping) -> dict:
+    """The model hyper-parameters of a registry configuration: training keys and the seed removed."""
+    return {k: v for k, v in config.items() if k not in TRAINING_KEYS and k != "seed"}
 
 
 @dataclass(frozen=True)
@@ -99,11 +104,12 @@ def register(name: str, *, group: str, citation: str, kind: str, quick: dict, pa
 
 def models() -> dict[str, ModelSpec]:
     """Every registered model, in group order, then the paper's order (``PAPER_ORDER``), then registration order."""
-    package = Path(__file__).resolve().parent
-    for module in sorted(p.stem for p in package.glob("*.py") if not p.stem.startswith("_")):
-        importlib.import_module(f"baselines.{module}")
-    for module in MODEL_MODULES:
-        importlib.import_module(module)
+    modules = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda point: point.name)
+    if not modules:
+        raise RuntimeError(f"no model modules in the {ENTRY_POINT_GROUP!r} entry points: install the project "
+                           f"(make setup, or pip install -e .) so that its models are registered")
+    for module in modules:
+        module.load()  # importing the module runs its register() calls
     registered = list(_REGISTRY)
     order = sorted(registered, key=lambda n: (GROUPS.index(_REGISTRY[n].group),
                                               PAPER_ORDER.index(n) if n in PAPER_ORDER else len(PAPER_ORDER),

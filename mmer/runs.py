@@ -10,7 +10,7 @@ Written by ``hhmpn.train`` and by every neural cell of ``baselines.run_all``; re
                             label graphs from (ML-GCN, KRF); loaded with allow_pickle=False
 
 ``run.json`` is written last (atomically), so a folder with a run.json is complete. A model is rebuilt as
-``baselines.registry.models()[run["model"]].factory(run["config"], info)`` with ``info`` from the folder.
+``mmer.registry.models()[run["model"]].factory(run["config"], info)`` with ``info`` from the folder.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from nemu.normalization import NORMALIZATION_FILE, NodeStatistics, check_setting
+from nemu.shards import dataset_fingerprint
 
 CHECKPOINT_FILE = "model.pt"
 RUN_FILE = "run.json"
@@ -32,7 +33,6 @@ REQUIRED_KEYS = ("model", "config", "modality_dims", "labels", "input_normalizat
 
 class RunFolderError(ValueError):
     """A run folder that cannot be used: missing or unreadable files, or contents that do not fit."""
-
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
@@ -51,8 +51,6 @@ def start_run(run_dir: Path) -> Path:
 def write_run(run_dir: Path, *, model: str, config: dict, info, fold: int | None, seed: int,
               statistics: NodeStatistics, data: Path, manifest: dict, extra: dict | None = None) -> dict:
     """Write normalization.json, train_labels.npy and (last) run.json; ``info`` is a ``DataInfo``."""
-    from nemu.shards import dataset_fingerprint
-
     run_dir = Path(run_dir)
     statistics.save(run_dir / NORMALIZATION_FILE)
     tmp = run_dir / (TRAIN_LABELS_FILE + ".tmp.npy")

@@ -1,14 +1,14 @@
 """Registry entries for HHMPN (Zhang et al., AAAI 2021) and its four ablations (paper, Table 2).
 
-The model itself lives in ``hhmpn/``; its configurations in ``hhmpn.config`` (one source for both the
-``hhmpn.train`` command and the harness).
+The model lives in ``hhmpn.model``, its configurations in ``hhmpn.config`` (one source for both the
+``hhmpn-train`` command and the benchmark).
 """
 
 from __future__ import annotations
 
 from hhmpn.config import profile
 from hhmpn.model import HHMPN
-from baselines.registry import DataInfo, TRAINING_KEYS, register
+from mmer.registry import DataInfo, model_kwargs, register
 
 CITATION = "Zhang et al., AAAI 2021"
 VARIANTS = {"HHMPN": None, "HHMPN w/o F2F": "no_f2f", "HHMPN w/o F2L": "no_f2l", "HHMPN w/o L2L": "no_l2l",
@@ -20,8 +20,7 @@ def _config(name: str, ablation: str | None) -> dict:
 
 
 def _factory(config: dict, info: DataInfo) -> HHMPN:
-    model_kwargs = {k: v for k, v in config.items() if k not in TRAINING_KEYS and k != "seed"}
-    return HHMPN(info.modality_dims, info.num_labels, **model_kwargs)
+    return HHMPN(info.modality_dims, info.num_labels, **model_kwargs(config))
 
 
 for _name, _ablation in VARIANTS.items():

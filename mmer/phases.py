@@ -1,4 +1,4 @@
-"""Epoch-driven training phases for models trained by the unchanged shared engine (``hhmpn.engine``).
+"""Epoch-driven training phases for models trained by the unchanged shared engine (``mmer.engine``).
 
 Some baselines train in stages: Seq2Set (Yang et al., ACL 2019) pre-trains its label decoder by maximum
 likelihood (teacher forcing) and then fine-tunes it by policy gradient. The shared engine only calls
@@ -8,7 +8,7 @@ and it needs to know which epoch is being trained. :class:`PhasedModule` tells i
 calls the engine already makes:
 
 * an epoch starts with the first training-mode ``forward`` after construction or after the model was put
-  in eval mode (``hhmpn.engine.fit`` evaluates on the validation set after every epoch, which calls
+  in eval mode (``mmer.engine.fit`` evaluates on the validation set after every epoch, which calls
   ``model.eval()``), so the count is exact under ``fit`` and unaffected by stray ``model.train()`` calls;
 * ``self.epoch`` is that 1-based count and ``self.phase`` the name of the phase it falls in, from a
   schedule such as ``(("mle", 5), ("rl", None))`` (5 epochs of pre-training, then fine-tuning for the
@@ -72,7 +72,7 @@ class EpochPhases:
 
 
 class PhasedModule(nn.Module):
-    """``nn.Module`` whose ``phase`` follows the epochs of ``hhmpn.engine.fit`` (see the module docstring)."""
+    """``nn.Module`` whose ``phase`` follows the epochs of ``mmer.engine.fit`` (see the module docstring)."""
 
     def __init__(self, phases: Sequence[tuple[str, int | None]]):
         super().__init__()

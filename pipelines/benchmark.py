@@ -1,0 +1,127 @@
+"""nemu-benchmark (``python -m baselines.run_all``): the benchmark grid, then Tables 1-4 and Figures 3-4.
+
+With no arguments: the quick profile on the embedded sample (built into data/nemu first if missing),
+5 CV rotations, every registered model, HHMPN on every modality subset (Table 3), results in results/,
+cells run in parallel on every CPU core (one thread each). Every finished cell (model x dataset x fold x
+seed, plus HHMPN on each modality subset) is appended to RESULTS/results.jsonl at once; a killed run
+started again skips the finished cells. A stored cell is reused only when the dataset's fingerprint and
+the model's resolved settings are the same as now: after a rebuild or a changed setting the cell is
+rerun, and run_all says what changed. The tables use only the cells of this grid, this build and these
+settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from baselines.cells import default_jobs, limit_threads
+from baselines import run_all
+from baselines.run_all import PROFILE_FOLDS
+from mmer.registry import UnknownModelError, models, resolve_names
+from nemu.normalization import DEFAULT_INPUT_NORMALIZATION, INPUT_NORMALIZATIONS
+from nemu.ray_engine import RayUnavailable
+from nemu.splits import N_FOLDS
+from pipelines import cli
+
+
+def _dataset_arg(text: str) -> tuple[str, Path]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    name, path = text.split("=", 1)
+    return name, Path(path)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = cli.command_parser("pipelines.benchmark", __doc__)
+    cli.add_data(p, required=False, dest="datasets", type=cli.dataset_list,
+                 more="several comma-separated, e.g. data/nemu,data/mosei, each named by its manifest (nemu, "
+                      "mosei) or as NAME=PATH; default: the embedded sample at data/nemu, built first if missing")
+    p.add_argument("--datasets", nargs="+", type=_dataset_arg, metavar="NAME=PATH", dest="deprecated_datasets",
+                   action=cli.DeprecatedAlias, new="--data", target="datasets",
+                   help="deprecated spelling of --data: space-separated NAME=PATH")
+    cli.add_models(p, help_default="every registered model; names are matched ignoring case and "
+                                "punctuation (mlgcn = ML-GCN, hhmpn-no-f2f = 'HHMPN w/o F2F')")
+    p.add_argument("--folds", type=int, help=f"number of CV rotations, 0..N-1 (default: "
+                                             f"{PROFILE_FOLDS['quick']} quick, {PROFILE_FOLDS['paper']} paper)")
+    p.add_argument("--table3-folds", type=int,
+                   help="CV rotations for HHMPN's modality subsets of Table 3 (default: the same as --folds)")
+    cli.add_seeds(p, default=[0])
+    p.add_argument("--profile", choices=tuple(PROFILE_FOLDS), default="quick",
+                   help="quick: small configurations for CPU; paper: the papers' configurations")
+    cli.add_out(p, "results (store, tables, figures)", required=False, default=Path("results"))
+    p.add_argument("--no-table3", action="store_true", help="skip HHMPN on modality subsets (Table 3)")
+    p.add_argument("--input-normalization", choices=INPUT_NORMALIZATIONS, default=DEFAULT_INPUT_NORMALIZATION,
+                   help="standardize: node features standardised per modality and dimension on each rotation's "
+                        "training split (the protocol); raw: the stored features (default: %(default)s)")
+    p.add_argument("--figure-song", metavar="ID",
+                   help="song of Figure 3 (default: the test song of the first HHMPN run with the most comment "
+                        "sentences, up to 16, among those with two or more labels; ties: smallest id)")
+    p.add_argument("--device", help="torch device for neural models (default: cuda if available, else cpu)")
+    p.add_argument("--jobs", type=int, default=default_jobs(),
+                   help="cells run at once, each in its own process (default: the CPU cores available, "
+                        "%(default)s here)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads per cell (default 1: the small models run faster without thread "
+                        "hand-offs, and --jobs uses the cores)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: cells in --jobs processes here; ray: cells as Ray tasks (--threads CPUs each, "
+                        "a GPU for neural cells where the cluster has them) on --ray-address, RAY_ADDRESS or a "
+                        "local Ray instance of --jobs x --threads CPUs (needs the ray extra; see README, 'Running "
+                        "on a cluster'); the results store is written here either way (default: local)")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="with --engine ray: the Ray cluster to join (HOST:PORT of 'ray start --head', or auto); "
+                        "datasets and --out must be on a file system every node sees at the same path")
+    p.add_argument("--list", action="store_true", help="list the registered models and exit")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    registry = models()
+    if args.list:
+        for spec in registry.values():
+            print(f"{spec.name:16s} {spec.group:15s} {spec.kind:9s} {spec.citation}")
+        return 0
+    try:
+        model_names = resolve_names(",".join(args.models)) if args.models else list(registry)
+    except UnknownModelError as exc:
+        print(f"run_all: error: {exc}", file=sys.stderr)
+        return 2
+    n_folds = args.folds if args.folds is not None else PROFILE_FOLDS[args.profile]
+    n_table3 = args.table3_folds if args.table3_folds is not None else n_folds
+    for flag, value in (("--folds", n_folds), ("--table3-folds", n_table3)):
+        if not 1 <= value <= N_FOLDS:
+            print(f"run_all: error: {flag} must be within 1..{N_FOLDS}, got {value}", file=sys.stderr)
+            return 2
+    if args.jobs < 1 or args.threads < 1:
+        print("run_all: error: --jobs and --threads must be at least 1", file=sys.stderr)
+        return 2
+    limit_threads(args.threads)
+    datasets = dict(args.datasets) if args.datasets else {"nemu": run_all.ensure_sample()}
+    try:
+        summary = run_all.run(datasets, model_names, list(range(n_folds)), args.seeds, args.profile, args.out,
+                      table3=not args.no_table3, table3_folds=list(range(n_table3)), device=args.device,
+                      progress=not args.no_progress, jobs=args.jobs, threads=args.threads,
+                      input_normalization=args.input_normalization, figure_song=args.figure_song,
+                      engine=args.engine, ray_address=args.ray_address)
+    except (FileNotFoundError, ValueError, RayUnavailable) as exc:
+        print(f"run_all: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{summary['cells']} cells: {summary['ran']} run, {summary['skipped']} already done, "
+          f"{summary['failed']} failed")
+    for path in summary["tables"] + summary["figures"]:
+        print(f"wrote {path}")
+    table2 = args.out / "table2.md"
+    if table2 in summary["tables"]:
+        print("\n" + table2.read_text(encoding="utf-8"))
+    if args.figure_song and not summary["figures"]:
+        print(f"run_all: note: no figure written for --figure-song {args.figure_song}: no finished HHMPN run on "
+              f"all modalities of a dataset with comments", file=sys.stderr)
+    return 1 if summary["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Per-sample probabilities and label sets from a run folder of any neural model (HHMPN or a baseline).
+
+    hhmpn-predict --run RUN --data OUT --split test [--output FILE]
+    hhmpn-predict --run RUN --raw RAW [--output FILE]                    # new songs, no tags needed
+    hhmpn-predict --run RUN --lyrics FILE --audio FILE --image FILE... [--comments FILE]   # one song
+
+RUN is a run folder written by ``hhmpn.train`` or by a neural cell of ``baselines.run_all``
+(``OUT/runs/<dataset>/<model>/fold<k>-seed<s>-<modalities>/``; see ``mmer.runs``). The model is rebuilt
+from the registry, the run's saved input-normalisation statistics are applied to the data, and the data
+must have the run's labels and modality dimensions. A run folder that cannot be used (missing files,
+unreadable run.json, a checkpoint that is not a weights-only state_dict or does not fit the model, other
+labels or dims than the data) is refused with a one-line error and exit code 2.
+
+Writes JSON lines (default ``RUN/predictions-{split}.jsonl``): ``id``, ``probabilities`` {label: p},
+``predicted`` (labels with p >= threshold), and ``labels`` (the true set, when the data has it).
+
+New songs (``--raw`` or one song's files) are featurised with exactly the settings of the dataset the run was
+trained on, read from its manifest, by the build's own code, then normalised with the run's statistics
+(``mmer.inference``; output on standard output unless ``--output``). From Python: ``mmer.inference.Predictor``.
+
+From Python (load once, predict many)::
+
+    from mmer.predict import load_run
+    run = load_run("RUN")
+    ids, probabilities = run.predict_dataset(run.dataset("OUT", "test"))
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+from mmer.inference import Predictor
+from mmer.predict import predict_run, write_predictions
+from nemu.build import BuildError
+from pipelines import cli
+from pipelines.cli import HELP, positive_int
+
+NEW_SONG_FLAGS = ("raw", "lyrics", "audio", "image", "comments")
+
+
+def add_new_song_arguments(parser) -> None:
+    """``--raw RAW`` or one song's ``--lyrics/--audio/--image/--comments`` files, and what featurising needs."""
+    group = parser.add_argument_group(
+        "new songs from raw files (instead of a split of --data)", textwrap.fill(
+        "Features are made with exactly the settings of the dataset the run was trained on (its manifest: image "
+        "encoder and weights, audio settings, comment splitting, word vectors), then the run's normalisation "
+        "statistics, then the model. --data then names that dataset where it is now (default: the dataset "
+        "RUN/run.json names); it must be the same build (fingerprint). Records that cannot be used are reported "
+        "on stderr with line, id, field and reason; the others are predicted. Output default: standard output.",
+        width=90))
+    group.add_argument("--raw", type=Path, metavar="RAW",
+                       help=HELP["raw"] + "; records may carry no tags; every usable song is predicted, in RAW's order")
+    group.add_argument("--lyrics", type=Path, metavar="FILE", help="one song's lyrics: a UTF-8 text file, LRC or plain")
+    group.add_argument("--audio", type=Path, metavar="FILE", help="one song's audio file: wav, flac, ogg or mp3")
+    group.add_argument("--image", type=Path, nargs="+", action="extend", metavar="FILE",
+                       help="one song's images: jpg or png files (several after one --image, or --image repeated)")
+    group.add_argument("--comments", type=Path, metavar="FILE",
+                       help="one song's comments: a UTF-8 text file, one comment per line")
+    group.add_argument("--id", dest="song_id", metavar="ID",
+                       help="one song's id in the output; default: its first file's name without the suffix")
+    group.add_argument("--word-vectors", type=Path, metavar="PATH",
+                       help="the word-vector file the dataset was built from with --word-vectors (needed then; "
+                            "matched by sha256); default: DATA/word_vectors.bin, the vectors the build trained")
+    group.add_argument("--image-weights", type=Path, metavar="PATH",
+                       help="the image encoder's weights file (matched by sha256 with the dataset's), where the "
+                            "build's own search (torchvision's cache, the efficientnet-lite0 package) does not find "
+                            "them; default: that search")
+    group.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                       help="feature-extraction processes; default: 1")
+
+
+def wants_new_songs(args) -> bool:
+    return any(getattr(args, flag, None) for flag in NEW_SONG_FLAGS)
+
+
+def predict_new_songs(args, run_dir: Path, prog: str = "hhmpn.predict") -> int:
+    """The new-song modes of the command line: predict, write JSON lines, report skipped records on stderr.
+
+    Raises ValueError/OSError (one line) for anything that stops the whole prediction; main turns them into
+    exit code 2."""
+    files = [args.lyrics, args.audio, *(args.image or []), args.comments]
+    if args.raw and any(files):
+        raise ValueError("give --raw RAW or one song's --lyrics/--audio/--image/--comments files, not both")
+    if getattr(args, "fold", None) is not None:
+        raise ValueError("--fold selects a split of --data; new songs from raw files have none")
+    predictor = Predictor.load(run_dir, data=args.data, word_vectors=args.word_vectors,
+                               image_weights=args.image_weights, device=args.device, workers=args.workers,
+                               batch_size=args.batch_size)
+    try:
+        if args.raw:
+            result = predictor.predict_raw(args.raw)
+        else:
+            result = predictor.predict_files(lyrics=args.lyrics, audio=args.audio, images=args.image or [],
+                                             comments=args.comments, song_id=args.song_id)
+    except BuildError as exc:  # extraction workers that cannot start: the environment's fault, said in one line
+        raise ValueError(str(exc).splitlines()[0]) from None
+    for skipped in result.quarantined:
+        print(f"{prog}: skipped line {skipped['line']}" + (f" id {skipped['id']!r}" if skipped["id"] is not None
+                                                           else " (no id)")
+              + f" field {skipped['field']}: {skipped['reason']}", file=sys.stderr)
+    if not result.records and not result.quarantined:
+        raise ValueError(f"{args.raw} holds no record to predict")
+    if not result.records:
+        raise ValueError(f"no song of {args.raw} could be predicted ({len(result.quarantined)} record(s) skipped, "
+                         f"reasons above)" if args.raw else "the song could not be predicted (reason above)")
+    if args.output:
+        write_predictions(args.output, result.records)
+        where = f"wrote {args.output}"
+    else:
+        for record in result.records:
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        where = "written to standard output"
+    if result.text_nodes_without_word_vectors:
+        print(f"{prog}: note: {result.text_nodes_without_word_vectors} text node(s) hold no word the dataset's "
+              f"vectors know; their features are zeros, as in the build", file=sys.stderr)
+    print(f"{prog}: predicted {len(result.records)} song(s), skipped {len(result.quarantined)}; {where}",
+          file=sys.stderr)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = cli.command_parser("pipelines.predict", __doc__)
+    cli.add_run(p, aliases=("--checkpoint",))  # or a run_all cell's: RESULTS/runs/DATASET/MODEL/CELL
+    cli.add_data(p, required=False,
+                 more="its --split is predicted (required then); with --raw or a song's files: the dataset the run "
+                      "was trained on, where it is now (default: RUN/run.json's)")
+    cli.add_split(p)
+    cli.add_fold(p, help_default="the published split folders; with it, --split is taken from rotation K, as "
+                                 "run_all's cell for fold K did")
+    cli.add_output(p, "JSON lines, one per sample (default: RUN/predictions-SPLIT.jsonl; new songs: standard "
+                      "output)")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--batch-size", type=int, default=64, help="inference batch size")
+    add_new_song_arguments(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.device is not None:
+        import torch
+
+        try:
+            torch.device(args.device)
+        except RuntimeError as exc:
+            print(f"hhmpn.predict: error: --device {args.device!r}: {str(exc).splitlines()[0]}", file=sys.stderr)
+            return 2
+    try:
+        if wants_new_songs(args):  # --raw RAW or one song's files
+            return predict_new_songs(args, args.run)
+        if args.data is None:
+            raise ValueError("--data DATA is required (or --raw RAW, or one song's --lyrics/--audio/--image/"
+                             "--comments files)")
+        path = predict_run(args.run, args.data, args.split, args.output, args.device, args.batch_size,
+                           args.fold)
+    except (OSError, ValueError) as exc:  # RunFolderError is a ValueError; every message is one line
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"hhmpn.predict: error: {message}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
