@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import sys
 import textwrap
 from pathlib import Path
@@ -62,58 +63,75 @@ HELP = {
 _STATES_DEFAULT = re.compile(r"\bdefault\b", re.IGNORECASE)
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Re-flows the description's paragraphs and states each flag's default once: appended as
-    "(default: X)" unless the help already says what the default is; nothing for flags without one."""
+def reflow(text: str, width: int) -> str:
+    """Prose lines re-flowed as paragraphs (a docstring's own line breaks do not survive a narrower terminal);
+    blank lines, list items ("1. ", "- ") and indented lines (commands, tables) are kept."""
+    out: list[str] = []
+    paragraph: list[str] = []
 
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        # prose lines are re-flowed as paragraphs (a docstring's own line breaks do not survive a narrower
-        # terminal); blank lines, list items ("1. ", "- ") and indented lines (commands, tables) are kept
-        out: list[str] = []
-        paragraph: list[str] = []
+    def flush():
+        if paragraph:
+            marker = re.match(r"(\d+\.|[-*]) ", paragraph[0])
+            hang = " " * len(marker.group(0)) if marker else ""
+            out.append(textwrap.fill(" ".join(paragraph), width, subsequent_indent=hang))
+            paragraph.clear()
 
-        def flush():
-            if paragraph:
-                marker = re.match(r"(\d+\.|[-*]) ", paragraph[0])
-                hang = " " * len(marker.group(0)) if marker else ""
-                out.append(textwrap.fill(" ".join(paragraph), width, initial_indent=indent,
-                                         subsequent_indent=indent + hang))
-                paragraph.clear()
-
-        for line in text.splitlines():
-            if paragraph and re.match(r"(\d+\.|[-*]) ", paragraph[0]) and re.match(r" {2,3}\S", line):
-                paragraph.append(line.strip())  # the continuation of a list item
-            elif not line.strip() or line[:1].isspace():
+    for line in text.splitlines():
+        if paragraph and re.match(r"(\d+\.|[-*]) ", paragraph[0]) and re.match(r" {2,3}\S", line):
+            paragraph.append(line.strip())  # the continuation of a list item
+        elif not line.strip() or line[:1].isspace():
+            flush()
+            out.append(line if line.strip() else "")
+        else:
+            if re.match(r"(\d+\.|[-*]) ", line):
                 flush()
-                out.append(indent + line if line.strip() else "")
-            else:
-                if re.match(r"(\d+\.|[-*]) ", line):
-                    flush()
-                paragraph.append(line.strip())
-        flush()
-        return "\n".join(out)
+            paragraph.append(line.strip())
+    flush()
+    return "\n".join(out)
 
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if text is argparse.SUPPRESS or "%(default)" in text or _STATES_DEFAULT.search(text):
-            return text
-        default = action.default
-        if default is None or default is False or default is argparse.SUPPRESS or not action.option_strings:
-            return text
-        if isinstance(default, (list, tuple)):
-            default = ",".join(str(v) for v in default)
-        return f"{text} (default: {str(default).replace('%', '%%')})"
+
+def help_with_default(action: argparse.Action) -> str | None:
+    """``action``'s help with "(default: X)" appended, unless it already says what the default is or the flag
+    has none (None, False, positionals)."""
+    text = action.help
+    if text is None or text is argparse.SUPPRESS or "%(default)" in text or _STATES_DEFAULT.search(text):
+        return text
+    default = action.default
+    if default is None or default is False or default is argparse.SUPPRESS or not action.option_strings:
+        return text
+    if isinstance(default, (list, tuple)):
+        default = ",".join(str(v) for v in default)
+    return f"{text} (default: {str(default).replace('%', '%%')})"
 
 
 class CommandParser(argparse.ArgumentParser):
     """The toolkit's argument parser: no abbreviated flags (``--data`` is never taken for ``--datasets``),
-    the shared help formatter, and flags that are required once their deprecated aliases are counted."""
+    every default stated once in its flag's help (:func:`help_with_default`), the description re-flowed to
+    the terminal (:func:`reflow`), and flags that are required once their deprecated aliases are counted."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, description: str | None = None, epilog: str | None = None, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
-        kwargs.setdefault("formatter_class", HelpFormatter)
-        super().__init__(*args, **kwargs)
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        width = max(shutil.get_terminal_size().columns - 2, 20)  # argparse's own choice of width
+        super().__init__(*args, description=reflow(description, width) if description else None,
+                         epilog=reflow(epilog, width) if epilog else None, **kwargs)
         self._required_after_aliases: list[tuple[str, str]] = []
+        self._aliases: list[DeprecatedAlias] = []
+
+    def _noted(self, action: argparse.Action) -> argparse.Action:
+        action.help = help_with_default(action)
+        if isinstance(action, DeprecatedAlias):
+            self._aliases.append(action)
+        return action
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:
+        return self._noted(super().add_argument(*args, **kwargs))
+
+    def add_argument_group(self, *args, **kwargs):
+        group = super().add_argument_group(*args, **kwargs)
+        add = group.add_argument
+        group.add_argument = lambda *a, **k: self._noted(add(*a, **k))  # the group's flags get the same notes
+        return group
 
     def require(self, dest: str, flag: str) -> None:
         """``flag`` (dest ``dest``) must be given, by its own name or a deprecated alias."""
@@ -121,17 +139,16 @@ class CommandParser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         namespace, extras = super().parse_known_args(args, namespace)
-        for action in self._actions:  # deprecated aliases hand their value to the flag they stand for
-            if isinstance(action, DeprecatedAlias) and getattr(namespace, action.dest, None) is None:
-                if hasattr(namespace, action.dest):
-                    delattr(namespace, action.dest)
-            elif isinstance(action, DeprecatedAlias):
-                target = next((a for a in self._actions if a.dest == action.target and a is not action), None)
-                current = getattr(namespace, action.target, None)
-                if current is not None and (target is None or current != target.default):
-                    self.error(f"{action.given} and {action.new} both given; use {action.new} only")
-                setattr(namespace, action.target, getattr(namespace, action.dest))
-                delattr(namespace, action.dest)
+        for alias in self._aliases:  # deprecated aliases hand their value to the flag they stand for
+            if getattr(namespace, alias.dest, None) is None:
+                if hasattr(namespace, alias.dest):
+                    delattr(namespace, alias.dest)
+                continue
+            current = getattr(namespace, alias.target, None)
+            if current is not None and current != self.get_default(alias.target):
+                self.error(f"{alias.given} and {alias.new} both given; use {alias.new} only")
+            setattr(namespace, alias.target, getattr(namespace, alias.dest))
+            delattr(namespace, alias.dest)
         missing = [flag for dest, flag in self._required_after_aliases if getattr(namespace, dest, None) is None]
         if missing:
             self.error(f"the following arguments are required: {', '.join(missing)}")
