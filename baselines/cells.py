@@ -28,9 +28,8 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 def limit_threads(threads: int) -> None:
     """torch's, OpenMP's and every BLAS pool's threads, also in libraries loaded later and in child processes.
 
-    BLAS/OpenMP pools matter: scikit-learn's small solver problems (LP's multinomial fits) run several times
-    slower when their threads oversubscribe the cores (measured: RAkEL fit 14 s with 1 thread vs > 100 s; LP's
-    cell 545 s instead of 11 s in two workers without the limit). threadpoolctl limits only the libraries
+    BLAS/OpenMP pools matter: scikit-learn's small solver problems (LP's multinomial fits) run many times
+    slower when their threads oversubscribe the cores. threadpoolctl limits only the libraries
     already loaded, so the model modules (scikit-learn, SciPy) are imported first, and the environment
     variables cover whatever loads after."""
     for variable in THREAD_VARIABLES:

@@ -56,7 +56,7 @@ Deviations (each forced by our setting or the shared protocol):
 5. **Dropout** on the projected feature (0.5 in the paper profile; the paper has none, but its input
    is a pre-trained CNN feature, ours a projection trained from scratch on a few thousand samples).
 
-Profiles: ``paper`` as above; ``quick`` (CPU smoke runs on the embedded sample, ≈ 10 s) keeps τ, p and
+Profiles: ``paper`` as above; ``quick`` (CPU smoke runs on the embedded sample) keeps τ, p and
 the structure with D = 256, GCN hidden 128, 30 epochs, lr 1e-3, batch 32.
 """
 

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mmer.metrics import DEFAULT_THRESHOLD, binarize, evaluate, micro_f1
+from mmer.metrics import DEFAULT_THRESHOLD, binarize, evaluate, evaluate_probabilities, micro_f1
 from nemu.loading import collate
 
 #: The only metric used to select the checkpoint, computed on the validation set.
@@ -116,16 +116,6 @@ def save_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str | os.PathL
     tmp = path.with_name(path.name + ".tmp")
     torch.save(dict(state_dict), tmp)
     os.replace(tmp, path)
-
-
-def load_checkpoint(
-    model: nn.Module, path: str | os.PathLike, device: str | torch.device | None = None
-) -> nn.Module:
-    """Load a state dict saved by :func:`save_checkpoint` into ``model`` (``weights_only=True``)."""
-    device = _device(device)
-    state = torch.load(path, map_location=device, weights_only=True)
-    model.load_state_dict(state)
-    return model.to(device)
 
 
 @dataclass
@@ -224,8 +214,7 @@ def evaluate_loader(
                                     precision=precision)
     if labels is None:
         raise ValueError("evaluate_loader needs batches with 'labels'")
-    metrics = evaluate(labels, binarize(probs, threshold), label_names)
-    metrics["threshold"] = float(threshold)
+    metrics = evaluate_probabilities(labels, probs, label_names, threshold=threshold)
     if with_loss:
         metrics["loss"] = loss
     return metrics
