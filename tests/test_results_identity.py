@@ -14,6 +14,7 @@ from mmer import registry
 from baselines import run_all
 from baselines.results import ResultsStore
 from baselines.tables import write_tables
+from mmer.runner import Cell, resolved_settings, run_cell, settings_digest
 from nemu.shards import dataset_fingerprint, read_manifest, write_manifest
 
 
@@ -110,3 +111,29 @@ def test_a_store_from_before_fingerprints_is_rerun_not_reused(dataset, tmp_path)
     fresh = ResultsStore(out, "quick").records()[-1]
     assert "identity" in fresh and "identity" not in ResultsStore(out, "quick").records()[0]
     assert [float(r["NEMu miF1(%) mean"]) for r in rows] == [round(100 * fresh["metrics"]["micro_f1"], 2)]
+
+
+def test_overrides_enter_the_digest_and_the_run_alike(dataset, tmp_path):
+    # the configuration is resolved once (mmer.runner.resolved_settings): what the cell's digest covers is what
+    # the run uses, so a changed override reruns the cell and the record shows the overridden value
+    out = tmp_path / "results"
+    first = _run(dataset, out, overrides={"grid": {"C": [0.1]}})
+    again = _run(dataset, out, overrides={"grid": {"C": [0.1]}})
+    other = _run(dataset, out, overrides={"grid": {"C": [1.0]}})
+    assert (first["ran"], again["ran"], again["skipped"], other["ran"]) == (1, 0, 1, 1)
+    assert "grid {'C': [0.1]} -> {'C': [1.0]}" in other["notices"][0]
+    records = ResultsStore(out, "quick").records()
+    assert [r["settings"]["grid"] for r in records] == [{"C": [0.1]}, {"C": [1.0]}]
+    assert [r["selected"] for r in records] == [{"C": 0.1}, {"C": 1.0}]
+    digests = {r["settings_digest"] for r in records}
+    assert digests == {settings_digest(resolved_settings(registry.get("BR"), "quick", {"grid": {"C": [c]}}))
+                       for c in (0.1, 1.0)}
+
+
+def test_a_cell_never_runs_with_settings_its_digest_does_not_cover(dataset):
+    spec = registry.get("BR")
+    digest = settings_digest(resolved_settings(spec, "quick"))
+    cell = Cell("BR", "nemu", 0, 0, None, dataset_fingerprint(read_manifest(dataset)), digest)
+    assert run_cell(cell, spec, dataset, "quick")["status"] == "ok"
+    with pytest.raises(ValueError, match="settings digest"):
+        run_cell(cell, spec, dataset, "quick", overrides={"grid": {"C": [1.0]}})
