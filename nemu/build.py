@@ -361,35 +361,13 @@ def _build_staged(options: BuildOptions, publisher: DatasetPublisher, ray_sessio
                              f"first: line {first.line} id {first.id!r} field {first.field}: {first.reason}")
 
         kept.sort(key=lambda song: song.record.id)  # shard content does not depend on line order
-        # One sequential pass over the spool in id order: the word-vector corpus, the limit counts (summed in
-        # id order: float sums depend on the order), durations and sentence lengths for Table 1.
-        cut_totals = dict.fromkeys(CUT_COUNTS, 0)
-        durations = np.full(len(kept), np.nan, dtype=np.float32)  # the shards' float32 duration column
-        words_of = np.zeros(len(kept), dtype=np.int64)
-        sentences_of = np.zeros(len(kept), dtype=np.int64)
-        empty_nodes = sentences = 0
-        with (staging / CORPUS_FILE).open("wb") as corpus_file:
-            for position, song in enumerate(kept):
-                line = _spool_line(spool, song.spool_offset)
-                for name in CUT_COUNTS:
-                    cut_totals[name] += line["cut"][name]
-                if line["duration"] is not None:
-                    durations[position] = line["duration"]
-                for modality in TEXT_MODALITIES:
-                    for tokens in line["tokens"][modality]:
-                        words_of[position] += len(tokens)
-                        sentences_of[position] += 1
-                        if tokens:
-                            corpus_file.write(json.dumps(tokens, ensure_ascii=False).encode("utf-8") + b"\n")
-                            sentences += 1
-                        else:
-                            empty_nodes += 1
+        spooled = _read_spool(kept, spool, staging / CORPUS_FILE)
     (staging / SPOOL_FILE).unlink()
-    corpus = _TokenCorpus(staging / CORPUS_FILE, sentences)
+    corpus = _TokenCorpus(staging / CORPUS_FILE, spooled.sentences)
     vectors, vectors_info = _word_vectors(options, corpus, staging)
     # nodes without any in-vocabulary token get zeros (embed_nodes); every shard's metadata counts them
-    nodes_without_vectors = empty_nodes + sum(1 for tokens in corpus
-                                              if not any(t in vectors.key_to_index for t in tokens))
+    nodes_without_vectors = spooled.empty_nodes + sum(1 for tokens in corpus
+                                                      if not any(t in vectors.key_to_index for t in tokens))
     (staging / CORPUS_FILE).unlink()
 
     label_matrix = np.array([[name in song.record.labels for name in nemu_labels.LABEL_NAMES] for song in kept],
@@ -401,38 +379,15 @@ def _build_staged(options: BuildOptions, publisher: DatasetPublisher, ray_sessio
     members = {split: [p for p in range(len(kept)) if split_of[p] == split] for split in SPLITS}
     statistics = Table1Statistics(nemu_labels.LABEL_NAMES)
     for split, positions in members.items():  # the order of the shards' rows
-        statistics.add(split, label_matrix[positions], durations[positions], int(words_of[positions].sum()),
-                       int(sentences_of[positions].sum()))
+        statistics.add(split, label_matrix[positions], spooled.durations[positions],
+                       int(spooled.words_of[positions].sum()), int(spooled.sentences_of[positions].sum()))
 
     modalities = _modalities(vectors.vector_size, options.audio, image)
     counts = {"input": input_count, "kept": len(kept), "quarantined": len(quarantined),
               "without_emotion_tag": without_emotion_tag, "text_nodes_without_word_vectors": nodes_without_vectors}
     assert counts["input"] == counts["kept"] + counts["quarantined"] + counts["without_emotion_tag"]
-    facts = {
-        "format_version": FORMAT_VERSION,
-        "dataset": "NEMu",
-        "labels": list(nemu_labels.LABEL_NAMES),
-        "label_names_zh": list(nemu_labels.CHINESE_NAMES),
-        "modalities": [m.to_dict() for m in modalities],
-        "text_columns": {m: {"text": f"{m}_text", "tokens": f"{m}_tokens"} for m in TEXT_MODALITIES},
-        "settings": {
-            "seed": options.seed,
-            "audio": options.audio.to_dict() | {"library": "librosa"},
-            "image": image_settings,
-            "text": {"tokenizer": "jieba (accurate mode, punctuation dropped)", "node_feature": "mean word vector",
-                     "max_comment_chars": options.max_comment_chars, "word_vectors": vectors_info},
-            "splits": {"n_folds": N_FOLDS, "method": "iterative stratification (iterative-stratification "
-                       "MultilabelStratifiedKFold, shuffled with the seed)",
-                       "rule": "test = fold 0, valid = fold 1, train = folds 2-9 (rotation 0 of 10-fold CV)"},
-        },
-        "counts": counts,
-        "limits": {"per_record": options.limits.to_dict() | {"max_audio_seconds": options.audio.max_seconds,
-                                                              "max_audio_nodes": options.audio.max_nodes},
-                   "cut": {name: round(total, 3) for name, total in cut_totals.items()}},
-        "duplicate_media": {"rule": "same audio bytes, or for songs without audio the same image bytes; "
-                                    "each group is kept in one fold", "groups": duplicate_media},
-        "statistics": statistics.result(),
-    }
+    facts = _facts(options, image_settings, modalities, vectors_info, counts, spooled.cut_totals, duplicate_media,
+                   statistics.result())
     schema = with_manifest(build_schema(len(nemu_labels.LABEL_NAMES), modalities, EXTRA_FIELDS), facts)
 
     node_dims = {m.name: m.dim for m in modalities}
@@ -457,6 +412,73 @@ def _build_staged(options: BuildOptions, publisher: DatasetPublisher, ray_sessio
                         splits={s: len(p) for s, p in members.items()}, out_dir=options.out_dir,
                         cut_by_limits=facts["limits"]["cut"], duplicate_media=duplicate_media,
                         extraction_seconds=extraction_seconds, first_record_seconds=first_record_seconds)
+
+
+@dataclass
+class _Spooled:
+    """What pass 1's spool gives for the whole dataset, per kept song in id order."""
+
+    cut_totals: dict[str, float]
+    durations: np.ndarray  # float32, as the shards' duration column; NaN where unknown
+    words_of: np.ndarray
+    sentences_of: np.ndarray
+    empty_nodes: int  # text nodes without a token
+    sentences: int  # text nodes with tokens: the word-vector corpus's sentences
+
+
+def _read_spool(kept: list[_KeptSong], spool, corpus_path: Path) -> _Spooled:
+    """One sequential pass over the spool in id order: the word-vector corpus (written to ``corpus_path``), the
+    limit counts (summed in id order: float sums depend on the order), durations and sentence lengths for
+    Table 1."""
+    spooled = _Spooled(dict.fromkeys(CUT_COUNTS, 0), np.full(len(kept), np.nan, dtype=np.float32),
+                       np.zeros(len(kept), dtype=np.int64), np.zeros(len(kept), dtype=np.int64), 0, 0)
+    with corpus_path.open("wb") as corpus_file:
+        for position, song in enumerate(kept):
+            line = _spool_line(spool, song.spool_offset)
+            for name in CUT_COUNTS:
+                spooled.cut_totals[name] += line["cut"][name]
+            if line["duration"] is not None:
+                spooled.durations[position] = line["duration"]
+            for modality in TEXT_MODALITIES:
+                for tokens in line["tokens"][modality]:
+                    spooled.words_of[position] += len(tokens)
+                    spooled.sentences_of[position] += 1
+                    if tokens:
+                        corpus_file.write(json.dumps(tokens, ensure_ascii=False).encode("utf-8") + b"\n")
+                        spooled.sentences += 1
+                    else:
+                        spooled.empty_nodes += 1
+    return spooled
+
+
+def _facts(options: BuildOptions, image_settings: dict, modalities: list[Modality], vectors_info: dict,
+           counts: dict, cut_totals: dict, duplicate_media: list[list[str]], statistics: dict) -> dict:
+    """The manifest without its shard entries (also every shard's schema metadata)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "dataset": "NEMu",
+        "labels": list(nemu_labels.LABEL_NAMES),
+        "label_names_zh": list(nemu_labels.CHINESE_NAMES),
+        "modalities": [m.to_dict() for m in modalities],
+        "text_columns": {m: {"text": f"{m}_text", "tokens": f"{m}_tokens"} for m in TEXT_MODALITIES},
+        "settings": {
+            "seed": options.seed,
+            "audio": options.audio.to_dict() | {"library": "librosa"},
+            "image": image_settings,
+            "text": {"tokenizer": "jieba (accurate mode, punctuation dropped)", "node_feature": "mean word vector",
+                     "max_comment_chars": options.max_comment_chars, "word_vectors": vectors_info},
+            "splits": {"n_folds": N_FOLDS, "method": "iterative stratification (iterative-stratification "
+                       "MultilabelStratifiedKFold, shuffled with the seed)",
+                       "rule": "test = fold 0, valid = fold 1, train = folds 2-9 (rotation 0 of 10-fold CV)"},
+        },
+        "counts": counts,
+        "limits": {"per_record": options.limits.to_dict() | {"max_audio_seconds": options.audio.max_seconds,
+                                                              "max_audio_nodes": options.audio.max_nodes},
+                   "cut": {name: round(total, 3) for name, total in cut_totals.items()}},
+        "duplicate_media": {"rule": "same audio bytes, or for songs without audio the same image bytes; "
+                                    "each group is kept in one fold", "groups": duplicate_media},
+        "statistics": statistics,
+    }
 
 
 def _row(record: RawRecord, features: dict, label_row: np.ndarray, fold: int, vectors) -> dict:

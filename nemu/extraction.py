@@ -121,7 +121,7 @@ def limit_threads(torch_threads: bool = True) -> Callable[[], None]:
     depend on OpenBLAS's thread count."""
     restore_torch = None
     if torch_threads:
-        import torch  # here, not at the top: the text-and-audio process (torch_threads False) never imports torch
+        import torch  # here, not at the top: the text-and-audio process (no torch_threads) never imports it
 
         threads = torch.get_num_threads()
         torch.set_num_threads(1)

@@ -118,10 +118,6 @@ def with_manifest(schema: pa.Schema, facts: dict) -> pa.Schema:
                                  HF_METADATA_KEY: json.dumps(huggingface, ensure_ascii=False).encode("utf-8")})
 
 
-def manifest_from_schema(schema: pa.Schema) -> dict:
-    return json.loads(schema.metadata[SCHEMA_METADATA_KEY].decode("utf-8"))
-
-
 def canonical_json(obj) -> str:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, indent=2)
 

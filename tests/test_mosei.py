@@ -19,8 +19,9 @@ import nemu
 from nemu.mosei import (
     LABELS, MoseiError, MoseiOptions, UntrustedPickleError, build_mosei, restore_padding,
 )
-from nemu.shards import manifest_from_schema, sha256_file
+from nemu.shards import sha256_file
 from pipelines import build_mosei as cli
+from tests.conftest import manifest_from_schema
 
 DIMS = {"text": 300, "audio": 74, "vision": 35}
 
