@@ -127,10 +127,17 @@ def card_metadata(manifest: dict, schema: pa.Schema | None = None, folder: Path 
     }
 
 
+class _CardDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper with list items indented under their key, as the Hub's dataset cards write them."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False):
+        return super().increase_indent(flow, False)
+
+
 def _yaml_header(manifest: dict, schema: pa.Schema | None = None, folder: Path | None = None) -> str:
     """The card's YAML front matter between its two ``---`` lines (block style, strings quoted where needed)."""
-    body = yaml.safe_dump(card_metadata(manifest, schema, folder), sort_keys=False, allow_unicode=True,
-                          default_flow_style=False, width=1 << 16)
+    body = yaml.dump(card_metadata(manifest, schema, folder), Dumper=_CardDumper, sort_keys=False,
+                     allow_unicode=True, default_flow_style=False, width=1 << 16)
     return f"---\n{body}---"
 
 
