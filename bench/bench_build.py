@@ -82,21 +82,21 @@ def bare_extraction_seconds(raw: Path, encoder: str) -> float:
 def build_extraction_seconds(raw: Path, out: Path, encoder: str) -> float:
     """The build's own per-record extraction (validation, text, audio, images, cache write), one process."""
     from nemu.audio import AudioSettings
-    from nemu.build import _init_worker, extract_record
-    from nemu.images import ImageEncoder, resolve_image_settings
+    from nemu.extraction import ExtractionSettings, extract_record, image_encoder, limit_threads
+    from nemu.images import resolve_image_settings
     from nemu.records import read_records
 
-    image = resolve_image_settings(encoder)
-    _init_worker(str(raw), str(out / ".cache"), AudioSettings(), image, 64)
-    from nemu.build import _WORKER
-
-    _WORKER["encoder"] = ImageEncoder(image)  # loaded outside the timing, as the bare run does
-    extract_record(read_records(raw).records[0])  # warm jieba's dictionary
+    settings = ExtractionSettings(raw, AudioSettings(), resolve_image_settings(encoder), 64, cache_dir=out / ".cache")
+    restore = limit_threads()
+    image_encoder(settings.image)  # loaded outside the timing, as the bare run does
+    extract_record(read_records(raw).records[0], settings)  # warm jieba's dictionary
     start = time.perf_counter()
     records = read_records(raw).records
     for record in records:
-        extract_record(record)
-    return time.perf_counter() - start
+        extract_record(record, settings)
+    seconds = time.perf_counter() - start
+    restore()
+    return seconds
 
 
 def parser() -> argparse.ArgumentParser:

@@ -147,8 +147,3 @@ def audio_nodes(path: Path, settings: AudioSettings) -> AudioNodes:
                                f"(sample values too large for the MFCC's float32 power spectrum)")
     return AudioNodes(windows, duration, seconds_cut, truncated, max(0, n_windows - len(windows)))
 
-
-def extract_audio(path: Path, settings: AudioSettings) -> tuple[np.ndarray, float]:
-    """(nodes × n_mfcc features, duration in seconds) of one audio file."""
-    nodes = audio_nodes(path, settings)
-    return nodes.features, nodes.duration_seconds

@@ -10,11 +10,12 @@ drift from the shards it describes.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pyarrow as pa
+import yaml
 
+from nemu.atomic import atomic_write_text
 from nemu.shards import hf_features
 from nemu.splits import HF_SPLIT_NAMES, SPLITS
 from nemu.statistics import PAPER_TABLE1
@@ -36,8 +37,7 @@ DESCRIPTIONS = {
     ),
 }
 
-# Dataset-specific wording of the card's fixed sections; a dataset without an entry (NEMu) gets the
-# original NEMu wording, so its card is unchanged.
+# Dataset-specific wording of the card's fixed sections; a dataset without an entry (NEMu) gets NEMu's.
 SECTIONS = {
     "MOSEI": {
         "duration": "segment length in seconds; null where the source has no times",
@@ -74,47 +74,6 @@ LICENCES = {
     "MOSEI": {"license_name": "cmu-mosei-terms",
               "text": "CMU-MOSEI's terms of use apply to the features and labels (see the CMU-MultimodalSDK)."},
 }
-
-
-_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_./*-]*")
-_YAML_WORDS = {"y", "n", "yes", "no", "on", "off", "true", "false", "null"}  # YAML 1.1 reads these as non-strings
-
-
-def _yaml_scalar(value) -> str:
-    """A YAML scalar: simple words plain, every other string JSON-quoted (a JSON string is a YAML string), so
-    no label or dataset name can change the header's structure."""
-    if isinstance(value, str) and _PLAIN.fullmatch(value) and value.lower() not in _YAML_WORDS:
-        return value
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _yaml_key(key) -> str:
-    text = str(key)
-    return text if text.isidentifier() else _yaml_scalar(text)
-
-
-def _yaml_lines(value, indent: int = 0) -> list[str]:
-    """Block-style YAML of nested dicts, lists and scalars."""
-    pad = " " * indent
-    lines: list[str] = []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if isinstance(item, (dict, list)) and item:
-                lines.append(f"{pad}{_yaml_key(key)}:")
-                lines += _yaml_lines(item, indent + 2)
-            else:
-                empty = "{}" if isinstance(item, dict) else "[]" if isinstance(item, list) else None
-                lines.append(f"{pad}{_yaml_key(key)}: {empty or _yaml_scalar(item)}")
-    else:
-        for item in value:
-            if isinstance(item, (dict, list)) and item:
-                inner = _yaml_lines(item, indent + 2)
-                lines.append(f"{pad}- {inner[0].lstrip()}")
-                lines += inner[1:]
-            else:
-                empty = "{}" if isinstance(item, dict) else "[]" if isinstance(item, list) else None
-                lines.append(f"{pad}- {empty or _yaml_scalar(item)}")
-    return lines
 
 
 def _yaml_feature(feature: dict):
@@ -168,15 +127,23 @@ def card_metadata(manifest: dict, schema: pa.Schema | None = None, folder: Path 
     }
 
 
+class _CardDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper with list items indented under their key, as the Hub's dataset cards write them."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False):
+        return super().increase_indent(flow, False)
+
+
 def _yaml_header(manifest: dict, schema: pa.Schema | None = None, folder: Path | None = None) -> str:
-    return "\n".join(["---", *_yaml_lines(card_metadata(manifest, schema, folder)), "---"])
+    """The card's YAML front matter between its two ``---`` lines (block style, strings quoted where needed)."""
+    body = yaml.dump(card_metadata(manifest, schema, folder), Dumper=_CardDumper, sort_keys=False,
+                     allow_unicode=True, default_flow_style=False, width=1 << 16)
+    return f"---\n{body}---"
 
 
 def write_dataset_card(folder: Path, manifest: dict, schema: pa.Schema | None = None) -> Path:
     """Write ``folder/README.md`` (the card, with the features of ``schema``); returns its path."""
-    path = Path(folder) / CARD_FILE
-    path.write_text(render_dataset_card(manifest, schema, folder), encoding="utf-8")
-    return path
+    return atomic_write_text(Path(folder) / CARD_FILE, render_dataset_card(manifest, schema, folder))
 
 
 def _table1(manifest: dict) -> str:

@@ -68,7 +68,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -1026,12 +1026,3 @@ def crawl(options: CrawlOptions, session: requests.Session | None = None) -> Cra
     """Crawl into ``options.raw_dir``; see the module docstring."""
     return Crawler(options, session).run()
 
-
-def iter_log(raw_dir: Path) -> Iterable[dict]:
-    """The per-song problem log of a raw folder."""
-    path = Path(raw_dir) / LOG_FILE
-    if path.is_file():
-        with path.open(encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    yield json.loads(line)

@@ -7,8 +7,9 @@
     songs.quarantined                                  # records that could not be used: id, line, field, reason
 
 Everything that decides a feature comes from the dataset's manifest, and the extraction is the build's
-own code (``nemu.records.read_record_lines`` for validation, ``nemu.build.extract_records`` for text
-nodes and tokens, MFCC windows and CNN image features, ``nemu.text.embed_nodes`` for the text nodes),
+own code (``nemu.records.read_record_lines`` for validation, ``nemu.workers.extract_records`` with the
+dataset's ``nemu.extraction.ExtractionSettings`` for text nodes and tokens, MFCC windows and CNN image
+features, ``nemu.text.embed_nodes`` for the text nodes),
 called without labels and folds; nothing here is a second copy of it:
 
 - audio: the manifest's ``settings.audio`` (sample rate, MFCCs, hop, window, max nodes, max seconds);
@@ -38,12 +39,14 @@ from pathlib import Path
 import numpy as np
 
 from nemu.audio import AudioSettings
-from nemu.build import TEXT_MODALITIES, TRAINED_VECTORS_FILE, RecordLimits, extract_records
+from nemu.build import TRAINED_VECTORS_FILE
+from nemu.extraction import TEXT_MODALITIES, ExtractionSettings, RecordLimits
 from nemu.images import (IMAGE_ENCODERS, ImageEncoder, ImageSettings, ImageWeightsUnavailable,
                          resolve_image_settings)
 from nemu.records import Quarantined, RawRecord, read_record_lines, read_records
 from nemu.shards import read_manifest, sha256_file
 from nemu.text import embed_nodes, load_word_vectors
+from nemu.workers import extract_records
 
 NEMU_MODALITIES = ("lyrics", "comments", "audio", "images")
 
@@ -278,10 +281,10 @@ class Featurizer:
     def _featurize(self, read, raw_dir: Path) -> Featurized:
         quarantined = list(read.quarantined)
         extracted: dict[int, tuple[RawRecord, dict]] = {}
-        for status, record, result, _ in extract_records(
-                read.records, raw_dir, audio=self.audio, image=self.image, max_comment_chars=self.max_comment_chars,
-                limits=self.limits, workers=self.workers, cache_dir=self.cache_dir, progress=self.progress,
-                encoder=self._image_encoder()):
+        settings = ExtractionSettings(raw_dir, self.audio, self.image, self.max_comment_chars, self.limits,
+                                      self.cache_dir)
+        for status, record, result, _ in extract_records(read.records, settings, workers=self.workers,
+                                                         progress=self.progress, encoder=self._image_encoder()):
             if status == "ok":
                 extracted[record.line] = (record, result)
             else:
@@ -290,7 +293,7 @@ class Featurizer:
         for line in sorted(extracted):  # input order, whatever order the workers finished in
             record, features = extracted[line]
             nodes = {"audio": features["audio"], "images": features["images"]}
-            for modality in TEXT_MODALITIES:  # as the build embeds them (nemu.build._build_staged)
+            for modality in TEXT_MODALITIES:  # as the build embeds them (nemu.build._row)
                 nodes[modality], missing = embed_nodes(features[f"{modality}_tokens"], self.vectors)
                 without += missing
             songs.append(Song(record.id, line, record, {m: nodes[m] for m in NEMU_MODALITIES},

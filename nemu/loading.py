@@ -18,8 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nemu.shards import DatasetMismatch, check_shard, published_root, read_manifest, sha256_file
-from nemu.splits import SPLITS, split_key
+from nemu.normalization import NodeStatistics, check_setting
+from nemu.shards import DatasetMismatch, check_shard, dataset_fingerprint, published_root, read_manifest, sha256_file
+from nemu.splits import SPLITS, cv_rotation, split_key
 
 
 def shard_paths(root: Path, manifest: dict, split: str | None, shown_root: Path | None = None) -> list[Path]:
@@ -126,8 +127,6 @@ _DECODED_KEEP = 2
 
 
 def _decoded(root: Path) -> _DecodedDataset:
-    from nemu.shards import dataset_fingerprint
-
     manifest = read_manifest(root)
     paths = [Path(root) / e["path"] for entries in manifest["shards"].values() for e in entries]
     stamps = []
@@ -288,9 +287,6 @@ def split_datasets(root: str | Path, fold: int | None = None, modalities: Sequen
     real nodes of *this* train split, applied to all three splits; ``"raw"`` keeps the stored features.
     The statistics are ``datasets["train"].normalization`` (the same object on every split).
     """
-    from nemu.normalization import NodeStatistics, check_setting
-    from nemu.splits import cv_rotation
-
     check_setting(input_normalization)
     if fold is None:
         selections = {split: (split, None) for split in SPLITS}

@@ -77,7 +77,6 @@ Decisions (also recorded in ``manifest.json`` under ``settings``):
 from __future__ import annotations
 
 import json
-import pickle
 import re
 import sys
 from dataclasses import dataclass
@@ -87,14 +86,13 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from nemu.card import write_dataset_card
+from nemu import unpickler
 from nemu.publish import DatasetPublisher, FolderConflict, FolderLocked
-from nemu.shards import (
-    FORMAT_VERSION, LABEL_IDS, Modality, build_schema, label_ids, shard_count, with_manifest, write_manifest,
-    write_shard,
-)
+from nemu.shards import FORMAT_VERSION, LABEL_IDS, Modality, build_schema, label_ids, with_manifest
 from nemu.splits import N_FOLDS, SPLITS, assign_folds
 from nemu.statistics import table1_statistics
+from nemu.unpickler import load_pickle_file, load_torch_file
+from nemu.writer import shard_chunks, table_from_columns, write_dataset
 
 DATASET = "MOSEI"
 LABELS = ("happy", "sad", "anger", "surprise", "disgust", "fear")
@@ -157,7 +155,7 @@ class MoseiError(ValueError):
     """Bad MOSEI input; the message names the file, the video/segment and what was expected."""
 
 
-class UntrustedPickleError(MoseiError):
+class UntrustedPickleError(MoseiError, unpickler.UntrustedPickleError):
     """The file needs full unpickling (it could run code) and ``trust_pickle`` was not given."""
 
 
@@ -242,127 +240,16 @@ def restore_padding(nodes: np.ndarray, positions, source_steps) -> tuple[np.ndar
 
 
 # ----------------------------------------------------------------------------------------------
-# Safe loading
+# Safe loading (nemu.unpickler), its errors said as MOSEI's
 
 
-def _safe_numpy_globals() -> list:
-    core = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
-    dtypes = [type(np.dtype(code)) for code in "? b B h H i I l L q Q e f d g F D G O U S V M8 m8".split()]
-    return [core._reconstruct, core.scalar, np.ndarray, np.dtype, *dtypes]
-
-
-def _torch_safe_globals() -> list:
-    import argparse
-
-    core = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
-    # Files written under numpy 1.x name numpy.core.multiarray; give torch both spellings.
-    aliases = [(core._reconstruct, "numpy.core.multiarray._reconstruct"),
-               (core.scalar, "numpy.core.multiarray.scalar")]
-    return [*_safe_numpy_globals(), *aliases, argparse.Namespace]
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles builtin containers, strings, numbers and numpy arrays/scalars; nothing that runs code.
-
-    ``namespace=True`` also allows ``argparse.Namespace`` (a .pt's ``settings``), as for torch.load.
-    """
-
-    def __init__(self, file, *, encoding: str = "latin1", namespace: bool = False):
-        super().__init__(file, encoding=encoding)
-        self.namespace = namespace
-
-    def find_class(self, module: str, name: str):
-        if self.namespace and (module, name) == ("argparse", "Namespace"):
-            import argparse
-
-            return argparse.Namespace
-        core = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
-        allowed = {
-            ("numpy.core.multiarray", "_reconstruct"): core._reconstruct,
-            ("numpy._core.multiarray", "_reconstruct"): core._reconstruct,
-            ("numpy.core.multiarray", "scalar"): core.scalar,
-            ("numpy._core.multiarray", "scalar"): core.scalar,
-            ("numpy", "ndarray"): np.ndarray,
-            ("numpy", "dtype"): np.dtype,
-            ("_codecs", "encode"): __import__("codecs").encode,  # bytes in protocol-2 pickles
-            ("collections", "OrderedDict"): __import__("collections").OrderedDict,
-        }
-        if (module, name) in allowed:
-            return allowed[(module, name)]
-        if module == "numpy.dtypes" and name.endswith("DType"):
-            candidate = getattr(np.dtypes, name, None)
-            if isinstance(candidate, type) and issubclass(candidate, np.dtype):
-                return candidate
-        raise pickle.UnpicklingError(f"global '{module}.{name}' is not on the allowlist")
-
-
-def _refusal(path: Path, reason: str) -> UntrustedPickleError:
-    return UntrustedPickleError(
-        f"{path}: refused: it does not load safely ({reason}), and loading it otherwise needs full unpickling, "
-        f"which can run arbitrary code. Only tensors, numpy arrays, containers and argparse.Namespace load "
-        f"safely. If you trust the file's source, pass --trust-pickle (trust_pickle=True) to load it anyway.")
-
-
-def _is_torch_save_file(path: Path) -> bool:
-    """A zip-format torch.save file, or the legacy format (a pickled magic number first)."""
-    import zipfile
-
-    import torch
-
-    if zipfile.is_zipfile(path):
-        return True
-    with path.open("rb") as handle:
-        head = handle.read(64)
-    magic = torch.serialization.MAGIC_NUMBER
-    return any(head.startswith(pickle.dumps(magic, protocol=p)) for p in range(2, pickle.HIGHEST_PROTOCOL + 1))
-
-
-def load_torch_file(path: Path, trust_pickle: bool = False):
-    """``torch.load(weights_only=True)`` with numpy arrays allowed; full unpickling only if trusted.
-
-    A plain pickle saved under a ``.pt`` name goes through the restricted unpickler instead.
-    """
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    if not _is_torch_save_file(path):
-        return load_pickle_file(path, trust_pickle, namespace=True, expected="the aligned train_valid_test.pt")
+def _load_source(load, path: Path, *args, **kwargs):
     try:
-        with torch.serialization.safe_globals(_torch_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        message = str(exc)
-        match = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\n|Check the documentation|$)", message, re.S)
-        reason = " ".join((match.group(1) if match else message.splitlines()[-1]).split())[:300]
-        if not trust_pickle:
-            raise _refusal(path, reason) from None
-    except Exception as exc:
-        raise MoseiError(f"{path}: cannot be read as a torch.save file ({type(exc).__name__}: {exc}); "
-                         f"expected the aligned train_valid_test.pt") from exc
-    return torch.load(path, map_location="cpu", weights_only=False)  # reached only with --trust-pickle
-
-
-def load_pickle_file(path: Path, trust_pickle: bool = False, namespace: bool = False,
-                     expected: str = "mosei_senti_data_noalign.pkl"):
-    """A restricted unpickler (containers, numbers, strings, numpy arrays); plain pickle only if trusted."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    with path.open("rb") as handle:
-        try:
-            return _RestrictedUnpickler(handle, encoding="latin1", namespace=namespace).load()
-        except pickle.UnpicklingError as exc:
-            if not str(exc).startswith("global "):
-                raise MoseiError(f"{path}: not a readable pickle ({exc}); expected {expected}") from exc
-            if not trust_pickle:
-                raise _refusal(path, str(exc)) from None
-        except (EOFError, ValueError, TypeError, IndexError, KeyError) as exc:
-            raise MoseiError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc}); expected {expected}") \
-                from exc
-        handle.seek(0)
-        return pickle.load(handle, encoding="latin1")
+        return load(path, *args, **kwargs)
+    except unpickler.UntrustedPickleError as exc:
+        raise UntrustedPickleError(str(exc)) from None
+    except unpickler.UnreadablePickleError as exc:
+        raise MoseiError(str(exc)) from exc.__cause__
 
 
 # ----------------------------------------------------------------------------------------------
@@ -563,7 +450,7 @@ def _ids_from_meta(meta, path: Path, split: str, n: int) -> list[tuple[str, str 
 
 
 def _read_pt_labels(path: Path, trust_pickle: bool) -> tuple[dict, dict[int, int | None]]:
-    data = load_torch_file(path, trust_pickle)
+    data = _load_source(load_torch_file, path, trust_pickle)
     if not isinstance(data, dict):
         raise MoseiError(f"{path}: holds a {type(data).__name__}; expected the dict of train_valid_test.pt")
     if not isinstance(data.get("dict"), dict) or "tgt" not in data["dict"]:
@@ -618,7 +505,7 @@ def _read_pkl(path: Path, options: MoseiOptions, counts: dict, bar) -> tuple[dic
         raise MoseiError(f"{path}: the pkl form needs --labels-pt train_valid_test.pt: its labels come from the "
                          f"aligned .pt, paired by position within each split (as TAILOR does)")
     labels_data, mapping = _read_pt_labels(Path(options.labels_pt), options.trust_pickle)
-    data = load_pickle_file(path, options.trust_pickle)
+    data = _load_source(load_pickle_file, path, options.trust_pickle)
     samples: dict[str, list[Sample]] = {}
     arrays, keep = {}, {}
     for split in SPLITS:
@@ -679,8 +566,7 @@ class _Csd:
 
     def video(self, key: str):
         """(features dataset, intervals dataset) of a video after shape checks, or None when absent."""
-        import h5py
-
+        h5py = _import_h5py()
         group = self.data.get(key)
         if group is None:
             return None
@@ -708,8 +594,17 @@ class _Csd:
         return features, intervals
 
 
+def _import_h5py():
+    try:
+        import h5py  # here, not at the top: only the sdk form reads HDF5, and h5py is the "mosei" extra
+    except ImportError:
+        raise MoseiError("the sdk form (.csd files) needs h5py: pip install 'nemu-hhmpn[mosei]' (or pip install "
+                         "h5py)") from None
+    return h5py
+
+
 def _open_csds(src: Path) -> tuple[dict[str, _Csd], list[dict]]:
-    import h5py
+    h5py = _import_h5py()
 
     paths = sorted(p for p in Path(src).iterdir() if p.suffix == ".csd" and p.is_file())
     if not paths:
@@ -956,15 +851,6 @@ def _modalities(form: str) -> list[Modality]:
     return [Modality(m, dim, nodes[m], sequential=True) for m, dim in MODALITY_DIMS.items()]
 
 
-def _nodes_array(matrices: list[np.ndarray], dim: int) -> pa.Array:
-    lengths = np.array([len(m) for m in matrices], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    flat = np.concatenate([np.asarray(m, np.float32).reshape(-1, dim) for m in matrices]).ravel() \
-        if matrices else np.zeros(0, np.float32)
-    inner = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim)
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), inner)
-
-
 def _chunk_table(chunk: list[Sample], source, schema: pa.Schema) -> pa.Table:
     rows = [source.nodes(s) for s in chunk]
     columns = {
@@ -986,28 +872,14 @@ def _chunk_table(chunk: list[Sample], source, schema: pa.Schema) -> pa.Table:
     for m in MODALITY_DIMS:
         columns[f"{m}_positions"] = [r[f"{m}_positions"] for r in rows]
         columns[f"{m}_source_steps"] = [r[f"{m}_source_steps"] for r in rows]
-    arrays = []
-    for f in schema:
-        if f.name in MODALITY_DIMS:
-            arrays.append(_nodes_array([r[f.name] for r in rows], MODALITY_DIMS[f.name]))
-        else:
-            arrays.append(pa.array(columns[f.name], f.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
+        columns[m] = [r[m] for r in rows]
+    return table_from_columns(columns, schema, MODALITY_DIMS)
 
 
-def _write_split(samples: list[Sample], source, schema: pa.Schema, out_dir: Path, split: str,
-                 options: MoseiOptions, bar) -> list[dict]:
-    """Shards of one split into the staging folder ``out_dir``, written one at a time (features read per shard)
-    by nemu.shards.write_shard, so their manifest entries (path, rows, bytes, sha256) are the NEMu build's."""
-    rows = options.rows_per_shard
-    count = shard_count(len(samples), rows)
-    written = []
-    for index in range(count):
-        chunk = samples[index * rows:(index + 1) * rows]
-        written.append(write_shard(_chunk_table(chunk, source, schema), out_dir, split, index, count,
-                                   options.row_group_rows))
-        bar.update(len(chunk))
-    return written
+def _shard_parts(chunk: list[Sample], source, schema: pa.Schema, bar):
+    """One shard's table, its features read only when the writer comes to it (one shard's features in memory)."""
+    yield _chunk_table(chunk, source, schema)
+    bar.update(len(chunk))
 
 
 def _statistics(samples: dict[str, list[Sample]], words_rule: str) -> dict:
@@ -1134,20 +1006,16 @@ def build_mosei(options: MoseiOptions) -> MoseiSummary:
             "statistics": _statistics(samples, WORDS_RULES[form]),
         }
         schema = with_manifest(build_schema(len(LABELS), modalities, EXTRA_FIELDS), facts)
-        # The NEMu build's publish step (nemu.publish): the lock on OUT, everything staged beside the previous
+        # The NEMu build's writer and publish step: the lock on OUT, everything staged beside the previous
         # dataset and swapped in at once, so a kill, a second ingestion or a full disk leaves OUT whole.
         try:
-            with DatasetPublisher(out_dir) as publisher:
-                staging = publisher.path
-                shards = {}
-                with tqdm(total=len(ordered), desc="writing shards", unit="sample", disable=not options.progress,
-                          file=sys.stderr) as bar:
-                    for split in SPLITS:
-                        shards[split] = _write_split(samples[split], source, schema, staging, split, options, bar)
-                manifest = facts | {"shards": shards}
-                write_dataset_card(staging, manifest, schema)
-                write_manifest(staging, manifest)
-                publisher.commit()
+            with DatasetPublisher(out_dir) as publisher, \
+                    tqdm(total=len(ordered), desc="writing shards", unit="sample", disable=not options.progress,
+                         file=sys.stderr) as bar:
+                shards = {split: [_shard_parts(chunk, source, schema, bar)
+                                  for chunk in shard_chunks(samples[split], options.rows_per_shard)]
+                          for split in SPLITS}
+                write_dataset(publisher, facts, schema, shards, options.row_group_rows)
         except (FolderLocked, FolderConflict) as exc:
             raise MoseiError(str(exc)) from None
     finally:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nemu.atomic import atomic_write_text
+
 STANDARDIZE = "standardize"
 RAW = "raw"
 INPUT_NORMALIZATIONS = (STANDARDIZE, RAW)
@@ -128,12 +130,7 @@ class NodeStatistics:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the statistics as JSON (deterministic bytes), atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "NodeStatistics":

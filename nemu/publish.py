@@ -7,7 +7,7 @@ A folder this module publishes looks like this::
     ...                                                      build wrote at its top level)
     OUT/.builds/current  -> gen-20261201T104030Z-4242-1a2b3c
     OUT/.builds/gen-20261201T104030Z-4242-1a2b3c/          one complete build: shards, manifest, card, report
-    OUT/.builds/lock                                       flock of the build writing OUT; names its holder
+    OUT/.builds/lock                                       file lock of the build writing OUT; names its holder
     OUT/.builds/rejected/                                  what the last failed --strict build staged (its report)
 
 Every top-level entry is a fixed relative link through ``.builds/current``, so replacing that one link
@@ -36,7 +36,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import filecmp
-import fcntl
 import json
 import os
 import secrets
@@ -45,6 +44,8 @@ import socket
 import time
 import warnings
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from nemu.shards import MANIFEST_FILE, fault_point, shard_name_pattern
 
@@ -180,11 +181,19 @@ def build_outputs(generation: Path) -> set[str]:
     return outputs
 
 
-def _holder_text(raw: bytes) -> str:
+def _write_holder(fd: int) -> None:
+    holder = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, json.dumps(holder).encode("utf-8"))
+
+
+def _read_holder(path: Path) -> str:
     try:
-        holder = json.loads(raw.decode("utf-8"))
+        holder = json.loads(path.read_bytes()[:4096].decode("utf-8"))
         return f"pid {holder['pid']} on host {holder['host']}, started {holder['started']}"
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):  # Windows denies reading a locked file
         return "holder not yet recorded"
 
 
@@ -199,33 +208,26 @@ class DatasetPublisher:
         self.builds = self.out_dir / BUILDS_DIR
         self.build_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}-{secrets.token_hex(3)}"
         self.path = self.builds / f"staging-{self.build_id}"
-        self._lock_fd: int | None = None
+        self._lock: FileLock | None = None
         self._unpublished: Path | None = None  # staged or generation folder not (yet) behind .builds/current
 
     # -- lock -----------------------------------------------------------------------------------------
-    def _lock(self) -> None:
+    def _acquire(self) -> None:
         self.builds.mkdir(parents=True, exist_ok=True)
         path = self.builds / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # timeout 0: a second build fails at once; the holder's identity is written into the lock file itself,
+        # through the locked descriptor, and the file stays in place on release (its inode is the lock).
+        lock = FileLock(path, timeout=0, thread_local=False, preserve_lock_file=True, on_acquired=_write_holder)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder_text(os.pread(fd, 4096, 0))
-            os.close(fd)
-            raise FolderLocked(f"{self.out_dir} is being built by another build ({holder}; lock {path}); "
-                               f"wait for it to finish or build into another --out") from None
-        except BaseException:
-            os.close(fd)
-            raise
-        holder = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode("utf-8"), 0)
-        self._lock_fd = fd
+            lock.acquire()
+        except Timeout:
+            raise FolderLocked(f"{self.out_dir} is being built by another build ({_read_holder(path)}; lock "
+                               f"{path}); wait for it to finish or build into another --out") from None
+        self._lock = lock
 
     def __enter__(self) -> DatasetPublisher:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._lock()
+        self._acquire()
         try:
             self._recover()
             self.path.mkdir()
@@ -244,9 +246,9 @@ class DatasetPublisher:
             self._release()
 
     def _release(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the descriptor releases the flock
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # -- the generations ------------------------------------------------------------------------------
     def _current(self) -> Path | None:

@@ -1,7 +1,7 @@
 """Ray as the build's extraction engine past one machine: ``build_nemu --engine ray [--ray-address ADDR]``.
 
 Records go to Ray tasks in small batches (``BATCH_RECORDS``); each task runs the build's own per-record code
-(``nemu.build.extract_record``), so the features, the cache entries and the shards are byte-identical to
+(``nemu.extraction.extract_record``), so the features, the cache entries and the shards are byte-identical to
 ``--engine local``. A Ray worker process initialises the extraction state once, on its first task, and keeps
 it, image encoder included, for every later task it runs (one encoder per worker process); at most a few
 tasks per CPU are in flight, so the driver's memory does not grow with the number of records.
@@ -19,6 +19,11 @@ from __future__ import annotations
 
 import collections
 import os
+
+from nemu.extraction import ExtractionSettings, extract_record, keep_encoder, limit_threads
+from nemu.images import ImageEncoder
+from nemu.records import Quarantined
+from nemu.workers import worker_test_hook
 
 BATCH_RECORDS = 4  # records per task: small, so work spreads evenly and a dead worker costs little
 IN_FLIGHT_PER_CPU = 2  # tasks submitted ahead per CPU: workers never wait for the driver
@@ -98,7 +103,7 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
 # ----------------------------------------------------------------------------------------------
 # In the Ray worker processes
 
-_PROCESS_STATE: dict = {"init_args": None}
+_PROCESS_STATE: dict = {"settings": None}  # what this Ray worker process was prepared for
 
 
 class _OnDevice:
@@ -111,30 +116,25 @@ class _OnDevice:
         return self.model(batch.to(self.device)).float().cpu()
 
 
-def _prepare_process(init_args: tuple, use_gpu: bool) -> None:
-    """The build's extraction state in this worker process, set up on its first task and kept after it."""
-    if _PROCESS_STATE["init_args"] == (init_args, use_gpu):
+def _prepare_process(settings: ExtractionSettings, use_gpu: bool) -> None:
+    """This worker process set up for extraction on its first task and kept so for later ones."""
+    if _PROCESS_STATE["settings"] == (settings, use_gpu):
         return
-    from nemu import build
-    from nemu.images import ImageEncoder
-
-    build._init_worker(*init_args)
-    encoder = ImageEncoder(build._WORKER["image"])  # loaded now, not on the first record that needs it
+    limit_threads()
+    encoder = ImageEncoder(settings.image)  # loaded now, not on the first record that needs it
     if use_gpu:
         encoder.model = _OnDevice(encoder.model, "cuda")
-    build._WORKER["encoder"] = encoder
-    _PROCESS_STATE["init_args"] = (init_args, use_gpu)
+    keep_encoder(encoder)
+    _PROCESS_STATE["settings"] = (settings, use_gpu)
 
 
-def extract_batch(init_args: tuple, use_gpu: bool, batch: list) -> list:
+def extract_batch(settings: ExtractionSettings, use_gpu: bool, batch: list) -> list:
     """extract_record's results for a batch of (index, record) pairs, as (index, result) pairs."""
-    from nemu import build
-
-    _prepare_process(init_args, use_gpu)
+    _prepare_process(settings, use_gpu)
     results = []
     for index, record in batch:
-        build._worker_test_hook(record.id, "whole")
-        results.append((index, build.extract_record(record)))
+        worker_test_hook(record.id, "whole")
+        results.append((index, extract_record(record, settings)))
     return results
 
 
@@ -149,21 +149,19 @@ def _is_worker_death(ray, exc: BaseException) -> bool:
     return isinstance(exc, deaths)
 
 
-def ray_extraction(records: list, init_args: tuple, session: RaySession):
+def ray_extraction(records: list, settings: ExtractionSettings, session: RaySession):
     """extract_record's results for ``records`` from Ray tasks, in the order they finish.
 
     A task whose worker dies (the OOM killer, a crash inside a decoder) is run again by Ray once; if it dies
     again, each of its records is tried alone, and one whose worker dies then is quarantined ("worker died"),
     as with local workers. An exception from the build's code (the cache cannot be written) is raised here.
     """
-    from nemu.records import Quarantined
-
     ray = import_ray()
     resources = {"num_cpus": 1}
     if session.use_gpu:
         resources["num_gpus"] = min(1.0, session.gpus / session.cpus)
     task = ray.remote(max_retries=1, **resources)(extract_batch)
-    shared_args = ray.put(init_args)
+    shared_settings = ray.put(settings)
     pending = collections.deque([(i, records[i]) for i in range(start, min(start + BATCH_RECORDS, len(records)))]
                                 for start in range(0, len(records), BATCH_RECORDS))
     alone: collections.deque = collections.deque()  # records of a batch that died twice, each tried alone
@@ -172,7 +170,7 @@ def ray_extraction(records: list, init_args: tuple, session: RaySession):
     while pending or alone or in_flight:
         while len(in_flight) < limit and (alone or pending):
             batch, single = ([alone.popleft()], True) if alone else (pending.popleft(), False)
-            in_flight[task.remote(shared_args, session.use_gpu, batch)] = (batch, single)
+            in_flight[task.remote(shared_settings, session.use_gpu, batch)] = (batch, single)
         done, _ = ray.wait(list(in_flight), num_returns=1)
         batch, single = in_flight.pop(done[0])
         try:

@@ -39,8 +39,8 @@ The traces, each designed to survive the builder's features (mean word vectors t
   words per group): :data:`LYRIC_CUE_LINES` real ci lines per traced label get a group prefixed or
   suffixed, :data:`COMMENT_CUE_SENTENCES` cue sentences per traced label are appended to real comments.
   Because a label's cue words always co-occur, skip-gram vectors trained on the corpus cluster them by
-  label, and a cue line's mean vector points that way.  (Isolated single cue words, the first design, got
-  near-identical context-free vectors for every label: lyrics alone scored micro-F1 0.23-0.32.)
+  label, and a cue line's mean vector points that way (isolated single cue words would get near-identical
+  context-free vectors for every label).
 * **Audio**: a sustained sine partial at a label-specific pitch (:data:`AUDIO_PARTIAL_HZ`, one mel band),
   an 8 Hz tremolo (:data:`AUDIO_TREMOLO_HZ`), a softer and darker mix (:data:`AUDIO_SOFT`).
 * **Images** (:data:`IMAGE_TRACES`): a bold geometric overlay per label (stripes, dots, checkerboard,
@@ -56,7 +56,6 @@ test = folds {0,1}, {2,3}, ..., {8,9}, train = the other eight; mean micro-F1 ov
     only the labels the modality carries (C=0.1)
       that modality alone    0.75     0.63     0.75   0.62
       constant baseline      0.38     0.33     0.38   0.32
-    first design (C=1)       0.32     0.19     0.46   0.28    0.46        0.35
 
 ALL beats the best single modality on every rotation (by 0.12-0.23); ``tests/test_sample_signal.py``
 checks the same on the 160-song test sample.  HHMPN (``--profile quick --epochs 20 --lr 0.002``, test =
@@ -174,7 +173,7 @@ AUDIO_SOFT: dict[str, tuple[float, float]] = {"Quiet": (0.4, 0.25)}  # (gain, hi
 
 # Image traces: a bold geometric overlay per label, blended towards RGB with opacity alpha over the
 # resized photo (period in px).  Each kind is a texture an ImageNet CNN responds to strongly whatever the
-# photo below (a plain colour tint, the first design, was swamped by the 12 source photos' variety):
+# photo below (a plain colour tint would be swamped by the 12 source photos' variety):
 #   hstripes / vstripes / diagonal   bands half a period wide (horizontal / vertical / 45 degrees)
 #   dots      a grid of discs, diameter half the period
 #   checker   squares of half a period
@@ -231,11 +230,15 @@ def load_comments() -> tuple[str, ...]:
     return tuple(json.loads(line)["text"] for line in text.splitlines() if line.strip())
 
 
+SAMPLE_EXTRA = "pip install 'nemu-hhmpn[sample]'"
+
+
 def music_loop_path() -> Path:
     """pygame's bundled ``house_lo.ogg``, located without importing pygame (its import prints a banner)."""
     spec = importlib.util.find_spec("pygame")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("pygame is not installed; it provides the music loop used by the sample")
+        raise FileNotFoundError(f"pygame is not installed; it provides the music loop used by the sample: "
+                                f"{SAMPLE_EXTRA}")
     for root in spec.submodule_search_locations:
         path = Path(root) / "examples" / "data" / "house_lo.ogg"
         if path.is_file():
@@ -259,7 +262,11 @@ def _music_loop() -> np.ndarray:
 @lru_cache(maxsize=1)
 def _photos() -> tuple[Image.Image, ...]:
     """Real photos bundled with scikit-learn and scikit-image, as RGB PIL images (colour ones first)."""
-    import skimage.data
+    try:
+        import skimage.data  # here, not at the top: scikit-image is the "sample" extra, needed only to write one
+    except ImportError:
+        raise ModuleNotFoundError(f"scikit-image is not installed; it provides photos used by the sample: "
+                                  f"{SAMPLE_EXTRA}") from None
     from sklearn.datasets import load_sample_images
 
     arrays = list(load_sample_images().images)

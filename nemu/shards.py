@@ -30,6 +30,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from nemu.atomic import atomic_write_bytes
+
 MANIFEST_FILE = "manifest.json"
 SCHEMA_METADATA_KEY = b"mmer.manifest"
 HF_METADATA_KEY = b"huggingface"  # the key datasets reads its features from (Features.from_arrow_schema)
@@ -116,10 +118,6 @@ def with_manifest(schema: pa.Schema, facts: dict) -> pa.Schema:
                                  HF_METADATA_KEY: json.dumps(huggingface, ensure_ascii=False).encode("utf-8")})
 
 
-def manifest_from_schema(schema: pa.Schema) -> dict:
-    return json.loads(schema.metadata[SCHEMA_METADATA_KEY].decode("utf-8"))
-
-
 def canonical_json(obj) -> str:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, indent=2)
 
@@ -147,46 +145,12 @@ def fault_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _write_all(handle, data: bytes) -> None:
-    handle.write(data)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name beside ``path`` and rename, so readers never see half a file.
-
-    On any failure (disk full, permission denied) the temporary file is removed and the OSError names ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            _write_all(handle, data)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        if isinstance(exc, OSError) and exc.filename is None:
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
-        raise
-
-
 def shard_name(split: str, index: int, count: int) -> str:
     return f"{split}-{index:05d}-of-{count:05d}.parquet"
 
 
 def shard_name_pattern(split: str) -> re.Pattern:
     return re.compile(rf"{re.escape(split)}-\d{{5}}-of-\d{{5}}\.parquet")
-
-
-def write_split(table: pa.Table, out_dir: Path, split: str, rows_per_shard: int,
-                row_group_rows: int) -> list[dict]:
-    """Write one split's shards atomically into ``out_dir/split``; their manifest entries (path, rows, bytes,
-    sha256). ``out_dir`` is a build's staging folder (nemu.publish): nothing else in it is touched."""
-    count = shard_count(table.num_rows, rows_per_shard)
-    return [write_shard(table.slice(index * rows_per_shard, rows_per_shard), out_dir, split, index, count,
-                        row_group_rows) for index in range(count)]
 
 
 def shard_count(rows: int, rows_per_shard: int) -> int:
@@ -199,7 +163,7 @@ def write_shard(parts: pa.Table | Iterable[pa.Table], out_dir: Path, split: str,
     """Write shard ``index`` of ``count`` of one split atomically into ``out_dir/split``; its manifest entry.
 
     ``parts`` is the shard's table, or its row groups one table at a time (each ``row_group_rows`` rows but the
-    last, all with the shard's schema): the streaming build (nemu.build) holds one row group of features, not
+    last, all with the shard's schema): a streaming writer (nemu.writer) holds one row group of features, not
     a shard's. Both give the same bytes."""
     split_dir = Path(out_dir) / split
     split_dir.mkdir(parents=True, exist_ok=True)

@@ -1,16 +1,24 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from nemu.build import BuildOptions, build
+from nemu.shards import SCHEMA_METADATA_KEY
 from tests.rawkit import tiny_raw
 
 
 def options(raw: Path, out: Path, **kw) -> BuildOptions:
     kw.setdefault("workers", 1)
     return BuildOptions(raw_dir=raw, out_dir=out, image_encoder="efficientnet-lite0", progress=False, **kw)
+
+
+def manifest_from_schema(schema: pa.Schema) -> dict:
+    """The manifest facts a shard's schema carries (nemu.shards.with_manifest)."""
+    return json.loads(schema.metadata[SCHEMA_METADATA_KEY].decode("utf-8"))
 
 
 def shard_bytes(out: Path) -> dict[str, bytes]:

@@ -18,9 +18,9 @@ import pytest
 
 import nemu
 from nemu.build import BuildError, BuildOptions, build
-from nemu.shards import manifest_from_schema, sha256_file
+from nemu.shards import sha256_file
 from pipelines import build_nemu
-from tests.conftest import options, shard_bytes
+from tests.conftest import manifest_from_schema, options, shard_bytes
 from tests.rawkit import song, tiny_raw, write_audio, write_records
 
 REPO = Path(__file__).resolve().parents[1]

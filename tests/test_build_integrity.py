@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import nemu
+import nemu.atomic
 import nemu.shards
 from nemu.build import BuildError, build
 from nemu.publish import BUILDS_DIR, DatasetPublisher
@@ -297,7 +298,7 @@ def test_full_disk_while_writing_a_shard_keeps_the_old_dataset(tmp_path, raw_and
     out = tmp_path / "out"
     build(_options(raw_and_cache, out, seed=0))
     before = _snapshot(out)
-    real_write = nemu.shards._write_all
+    real_write = nemu.atomic._write_all
 
     def disk_full(handle, data):
         if "train-" in Path(handle.name).name:
@@ -305,7 +306,7 @@ def test_full_disk_while_writing_a_shard_keeps_the_old_dataset(tmp_path, raw_and
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_write(handle, data)
 
-    monkeypatch.setattr(nemu.shards, "_write_all", disk_full)
+    monkeypatch.setattr(nemu.atomic, "_write_all", disk_full)
     with pytest.raises(BuildError) as error:
         build(_options(raw_and_cache, out, seed=1))
     message = str(error.value)

@@ -20,7 +20,8 @@ from PIL import Image
 
 import nemu
 from nemu.audio import AudioSettings, load_audio
-from nemu.build import CUT_COUNTS, RecordLimits, _load_features, build
+from nemu.build import build
+from nemu.extraction import CUT_COUNTS, RecordLimits, load_features
 from nemu.images import central_square, load_rgb8, to_rgb8
 from nemu.text import load_word_vectors
 from tests.conftest import options, shard_bytes
@@ -122,9 +123,9 @@ def hostile(tmp_path_factory):
     write_records(raw, lines)
 
     real_access = os.access
-    import nemu.build as build_module
+    import nemu.extraction as extraction_module
 
-    real_audio_nodes = build_module.audio_nodes
+    real_audio_nodes = extraction_module.audio_nodes
 
     def audio_nodes(path, settings):
         if Path(path).name == "s026.wav":
@@ -134,7 +135,7 @@ def hostile(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         # Tests run as root, for whom every file is readable: the permission check is made to fail here.
         patch.setattr(os, "access", lambda p, mode, **kw: not str(p).endswith("secret.png") and real_access(p, mode, **kw))
-        patch.setattr(build_module, "audio_nodes", audio_nodes)
+        patch.setattr(extraction_module, "audio_nodes", audio_nodes)
         summary = build(options(raw, base / "out", audio=AUDIO, limits=LIMITS))
     report = [json.loads(line) for line in (base / "out" / "quarantine.jsonl").read_text().splitlines()]
     quarantined = {q["line"]: q for q in report}
@@ -364,8 +365,8 @@ def test_cache_entries_of_the_wrong_shape_are_recomputed(tmp_path, hostile):
     np.savez(entries[2], **(good | {"texts": np.array(json.dumps({"lyrics_text": texts["lyrics_text"]}))}))
     np.savez(entries[3], **(good | {"audio": good["audio"].astype(np.float64)}))  # wrong dtype
     for entry in entries[:4]:
-        assert _load_features(entry, 74, 1280) is None
-    assert _load_features(entries[4], 74, 1280) is not None
+        assert load_features(entry, 74, 1280) is None
+    assert load_features(entries[4], 74, 1280) is not None
     entries[5].unlink()
     entries[5].mkdir()  # not a file at all: recomputed, and the directory is left alone
     with pytest.MonkeyPatch.context() as patch:

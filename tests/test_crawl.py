@@ -25,12 +25,22 @@ from PIL import Image
 from nemu import crawl as crawl_module
 from nemu.build import BuildOptions, build
 from nemu.crawl import (DEFAULT_AVATAR, LOG_FILE, STATE_FILE, CrawlError, CrawlOptions, CrawlState, FetchError,
-                        RateLimiter, crawl, iter_log, make_session, parse_artist_picture, parse_comments,
+                        RateLimiter, crawl, make_session, parse_artist_picture, parse_comments,
                         parse_lyrics, parse_playlists, parse_song_url, parse_tracks, sniff_audio, sniff_image)
 from nemu.records import read_records
 from pipelines import crawl_nemu
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def iter_log(raw_dir: Path):
+    """The per-song problem log of a raw folder."""
+    path = Path(raw_dir) / LOG_FILE
+    if path.is_file():
+        with path.open(encoding="utf-8") as handle:
+            for line in handle:
+                if line.strip():
+                    yield json.loads(line)
 TAGS = ("伤感", "治愈", "快乐", "安静")
 LYRICS = ["窗外的雨一直下", "我想起你的笑脸", "城市的灯火阑珊", "风吹过安静的街", "回忆像一首老歌"]
 COMMENTS = ["这首歌太好听了", "单曲循环一整天。真的很喜欢！", "想起了以前的日子", "好治愈的声音"]

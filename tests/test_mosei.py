@@ -19,8 +19,9 @@ import nemu
 from nemu.mosei import (
     LABELS, MoseiError, MoseiOptions, UntrustedPickleError, build_mosei, restore_padding,
 )
-from nemu.shards import manifest_from_schema, sha256_file
+from nemu.shards import sha256_file
 from pipelines import build_mosei as cli
+from tests.conftest import manifest_from_schema
 
 DIMS = {"text": 300, "audio": 74, "vision": 35}
 
@@ -653,13 +654,13 @@ def test_a_second_ingestion_into_a_locked_folder_fails_at_once_naming_the_holder
 
 
 def test_an_ingestion_failing_half_way_leaves_the_previous_dataset_whole(pt_built, tmp_path, monkeypatch):
-    import nemu.mosei
+    import nemu.writer
 
     base = pt_built[0]
     out = tmp_path / "out"
     build_mosei(options(base / "train_valid_test.pt", out, rows_per_shard=5, row_group_rows=2))
     before = _dataset_bytes(out)
-    real_write_shard = nemu.mosei.write_shard
+    real_write_shard = nemu.writer.write_shard
     written = []
 
     def full_disk_after_one_shard(*args, **kwargs):
@@ -668,7 +669,7 @@ def test_an_ingestion_failing_half_way_leaves_the_previous_dataset_whole(pt_buil
         written.append(real_write_shard(*args, **kwargs))
         return written[-1]
 
-    monkeypatch.setattr(nemu.mosei, "write_shard", full_disk_after_one_shard)
+    monkeypatch.setattr(nemu.writer, "write_shard", full_disk_after_one_shard)
     with pytest.raises(OSError):
         build_mosei(options(base / "train_valid_test.pt", out, seed=1, rows_per_shard=3, row_group_rows=2))
     assert written, "the injected fault must strike after a shard of the new ingestion was written"

@@ -11,8 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import nemu.build
+import nemu.writer
 from nemu import labels as nemu_labels
-from nemu.build import TEXT_MODALITIES, build
+from nemu.build import build
+from nemu.extraction import TEXT_MODALITIES
 from nemu.shards import read_manifest
 from nemu.statistics import Table1Statistics, table1_statistics
 from nemu.text import embed_nodes
@@ -27,15 +29,15 @@ def _tables(out):
 def test_shards_are_written_one_row_group_of_features_at_a_time(tmp_path, monkeypatch):
     tiny_raw(tmp_path / "raw", 20)
     events: list[str] = []
-    read_back, rows_table, write_shard = nemu.build._song_features, nemu.build._rows_table, nemu.build.write_shard
+    read_back, rows_table, write_shard = nemu.build._song_features, nemu.build.rows_table, nemu.writer.write_shard
 
     def table(rows, *args):
         events.append(f"table {len(rows)}")
         return rows_table(rows, *args)
 
     monkeypatch.setattr(nemu.build, "_song_features", lambda *a, **k: events.append("read") or read_back(*a, **k))
-    monkeypatch.setattr(nemu.build, "_rows_table", table)
-    monkeypatch.setattr(nemu.build, "write_shard", lambda *a, **k: events.append("shard") or write_shard(*a, **k))
+    monkeypatch.setattr(nemu.build, "rows_table", table)
+    monkeypatch.setattr(nemu.writer, "write_shard", lambda *a, **k: events.append("shard") or write_shard(*a, **k))
     summary = build(options(tmp_path / "raw", tmp_path / "out", rows_per_shard=5, row_group_rows=2))
 
     assert events.count("read") == summary.kept  # every kept song's features are read back once, in pass 2

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 import nemu.build
+import nemu.extraction
+import nemu.workers
 from nemu.audio import AudioSettings
 from nemu.build import build
 from nemu.images import resolve_image_settings
@@ -37,6 +39,7 @@ _TEMPLATE_PROBE = """
 import json, multiprocessing, os, sys
 from pathlib import Path
 import nemu.build
+import nemu.workers
 from tests.conftest import options
 
 
@@ -59,9 +62,9 @@ def parent_of(pid):
 
 if __name__ == "__main__":
     at_read, worker_parents = [], []
-    read, start = nemu.build.read_records, nemu.build._start_worker
+    read, start = nemu.build.read_records, nemu.workers._start_worker
     nemu.build.read_records = lambda *a, **k: at_read.append(children("forkserver")) or read(*a, **k)
-    nemu.build._start_worker = lambda init_args: (w := start(init_args), worker_parents.append(parent_of(w.process.pid)))[0]
+    nemu.workers._start_worker = lambda settings: (w := start(settings), worker_parents.append(parent_of(w.process.pid)))[0]
     summary = nemu.build.build(options(Path(sys.argv[1]), Path(sys.argv[2]), workers=2))
     print(json.dumps({"at_read": at_read, "worker_parents": worker_parents, "extracted": summary.extracted,
                       "children_after": len(multiprocessing.active_children())}))
@@ -86,8 +89,8 @@ def test_a_rebuild_from_the_cache_starts_no_worker(tmp_path, monkeypatch):
     tiny_raw(tmp_path / "raw", 10)
     started = []
     for name in ("_start_worker", "_start_text_and_audio"):
-        monkeypatch.setattr(nemu.build, name, lambda init_args, name=name, start=getattr(nemu.build, name):
-                            started.append(name) or start(init_args))
+        monkeypatch.setattr(nemu.workers, name, lambda settings, name=name, start=getattr(nemu.workers, name):
+                            started.append(name) or start(settings))
     first = build(options(tmp_path / "raw", tmp_path / "first", workers=2, cache_dir=tmp_path / "cache"))
     assert first.extracted == 10 and set(started) == {"_start_worker", "_start_text_and_audio"}
     started.clear()
@@ -118,21 +121,16 @@ class _ExtractionState:
     """This process set up as an extraction worker (no cache), restored afterwards."""
 
     def __init__(self, raw: Path):
-        self.init_args = (str(raw), None, AudioSettings(), resolve_image_settings("efficientnet-lite0"), 64,
-                          nemu.build.RecordLimits())
+        self.settings = nemu.extraction.ExtractionSettings(raw, AudioSettings(),
+                                                           resolve_image_settings("efficientnet-lite0"), 64,
+                                                           nemu.extraction.RecordLimits())
 
     def __enter__(self):
-        import torch
-
-        self.threads = torch.get_num_threads()
-        nemu.build._init_worker(*self.init_args)
+        self.restore = nemu.extraction.limit_threads()
         return self
 
     def __exit__(self, *exc):
-        import torch
-
-        torch.set_num_threads(self.threads)
-        nemu.build._WORKER.pop("blas_limits").restore_original_limits()
+        self.restore()
 
 
 def _same_result(a, b) -> None:
@@ -156,20 +154,21 @@ def test_a_record_finished_from_its_text_and_audio_part_is_the_record_extracted_
     (tmp_path / "images" / "broken.png").write_bytes(b"\x89PNG not really")
     records.append(song(5, tmp_path) | {"images": ["images/broken.png"]})
     write_records(tmp_path, records)
-    with _ExtractionState(tmp_path):
+    with _ExtractionState(tmp_path) as state:
+        settings = state.settings
         for record in read_records(tmp_path).records:
-            whole = nemu.build.extract_record(record)
-            part = nemu.build.extract_text_and_audio(record)
+            whole = nemu.extraction.extract_record(record, settings)
+            part = nemu.extraction.extract_text_and_audio(record, settings)
             if record.id == "s004":  # the audio decides: the part is already the record's final result
                 assert whole[0] == "quarantined" and whole[2].field == "audio"
                 _same_result(part, whole)
                 continue
             assert part[0] == "part" and part[1] == (whole[2]["media_digests"]["audio"] if whole[0] == "ok" else
                                                       part[1])
-            _same_result(nemu.build.extract_record(record, part[1:]), whole)
+            _same_result(nemu.extraction.extract_record(record, settings, part[1:]), whole)
             # a part extracted from another version of the audio file is not used
             stale = {**part[2], "audio": np.full_like(part[2]["audio"], 7.0)}
-            _same_result(nemu.build.extract_record(record, ("0" * 64, stale)), whole)
+            _same_result(nemu.extraction.extract_record(record, settings, ("0" * 64, stale)), whole)
         assert whole[0] == "quarantined" and whole[2].field == "images[0]"  # s005: the images decide
 
 
@@ -177,21 +176,22 @@ _SPLIT_PROBE = """
 import json, os, sys, time
 from pathlib import Path
 import nemu.build
+import nemu.workers
 from tests.conftest import options
 
 if __name__ == "__main__":
     log = Path(os.environ["NEMU_TEST_TASK_LOG"])
-    start = nemu.build._start_worker
+    start = nemu.workers._start_worker
 
-    def held_back(init_args):
+    def held_back(settings):
         # The workers start once the text-and-audio process has begun a record, so what the test sees does
         # not depend on which of it and the template is ready first.
         deadline = time.time() + 120
         while time.time() < deadline and "text-and-audio" not in (log.read_text() if log.exists() else ""):
             time.sleep(0.02)
-        return start(init_args)
+        return start(settings)
 
-    nemu.build._start_worker = held_back
+    nemu.workers._start_worker = held_back
     summary = nemu.build.build(options(Path(sys.argv[1]), Path(sys.argv[2]), workers=2, cache_dir=Path(sys.argv[3])))
     print(json.dumps({"kept": summary.kept, "extracted": summary.extracted}))
 """
@@ -205,7 +205,7 @@ def test_workers_add_the_images_to_the_text_and_audio_part_and_the_shards_are_th
     tiny_raw(tmp_path / "raw", 12)
     log = tmp_path / "tasks.log"
     seen = _probe(tmp_path, _SPLIT_PROBE, str(tmp_path / "raw"), str(tmp_path / "two"), str(tmp_path / "cache2"),
-                  env={nemu.build.TASK_LOG_ENV: str(log)})
+                  env={nemu.workers.TASK_LOG_ENV: str(log)})
     assert seen == {"kept": 12, "extracted": 12}
     tasks = _task_log(log)
     by_text_and_audio = {rid for task, rid in tasks if task == "text-and-audio"}
@@ -222,7 +222,7 @@ def test_workers_add_the_images_to_the_text_and_audio_part_and_the_shards_are_th
 def test_a_dead_text_and_audio_process_costs_its_record_one_attempt_and_is_not_replaced(tmp_path, kill, kept):
     tiny_raw(tmp_path / "raw", 12)
     log = tmp_path / "tasks.log"
-    env = {nemu.build.TASK_LOG_ENV: str(log), nemu.build.KILL_WORKER_ENV: kill.format(flag=tmp_path / "killed")}
+    env = {nemu.workers.TASK_LOG_ENV: str(log), nemu.workers.KILL_WORKER_ENV: kill.format(flag=tmp_path / "killed")}
     seen = _probe(tmp_path, _SPLIT_PROBE, str(tmp_path / "raw"), str(tmp_path / "out"), str(tmp_path / "cache"),
                   env=env)
     tasks = _task_log(log)
