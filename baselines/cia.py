@@ -90,7 +90,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmer.metrics import DEFAULT_THRESHOLD
-from mmer.neural import check_modalities, masked_mean, masked_softmax, run_rnn, zero_padding
+from mmer.neural import check_modalities, masked_mean, masked_softmax, zero_padding
 from mmer.registry import DataInfo, model_kwargs, register
 
 CITATION = ("Chauhan, Akhtar, Ekbal and Bhattacharyya, Context-aware Interactive Attention for Multi-modal Sentiment "

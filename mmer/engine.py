@@ -24,12 +24,12 @@ keeps the detached loss; losses and validation logits are brought to the CPU onc
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mmer.metrics import DEFAULT_THRESHOLD, binarize, evaluate, evaluate_probabilities, micro_f1
+from nemu.atomic import atomic_write_bytes
 from nemu.loading import collate
 
 #: The only metric used to select the checkpoint, computed on the validation set.
@@ -111,11 +112,9 @@ def _mean(values: list[torch.Tensor], sizes: list[int]) -> float | None:
 
 def save_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
     """``torch.save`` a state dict (never a pickled model object), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(dict(state_dict), tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(dict(state_dict), buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 @dataclass

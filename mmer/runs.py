@@ -15,12 +15,13 @@ Written by ``hhmpn.train`` and by every neural cell of ``baselines.run_all``; re
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from nemu.atomic import atomic_write_bytes, atomic_write_text
 from nemu.normalization import NORMALIZATION_FILE, NodeStatistics, check_setting
 from nemu.shards import dataset_fingerprint
 
@@ -33,12 +34,6 @@ REQUIRED_KEYS = ("model", "config", "modality_dims", "labels", "input_normalizat
 
 class RunFolderError(ValueError):
     """A run folder that cannot be used: missing or unreadable files, or contents that do not fit."""
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
 
 def start_run(run_dir: Path) -> Path:
     """Create the folder and drop an earlier run.json, so the folder counts as complete only when rewritten."""
@@ -53,16 +48,16 @@ def write_run(run_dir: Path, *, model: str, config: dict, info, fold: int | None
     """Write normalization.json, train_labels.npy and (last) run.json; ``info`` is a ``DataInfo``."""
     run_dir = Path(run_dir)
     statistics.save(run_dir / NORMALIZATION_FILE)
-    tmp = run_dir / (TRAIN_LABELS_FILE + ".tmp.npy")
-    np.save(tmp, np.asarray(info.train_labels, dtype=np.int8), allow_pickle=False)
-    os.replace(tmp, run_dir / TRAIN_LABELS_FILE)
+    labels = io.BytesIO()
+    np.save(labels, np.asarray(info.train_labels, dtype=np.int8), allow_pickle=False)
+    atomic_write_bytes(run_dir / TRAIN_LABELS_FILE, labels.getvalue())
     run = {"format": RUN_FORMAT, "model": model, "config": dict(config), "modality_dims": dict(info.modality_dims),
            "modalities": list(info.modality_dims), "labels": list(info.label_names), "fold": fold, "seed": seed,
            "input_normalization": statistics.setting, "dataset": info.dataset, "data": str(data),
            "dataset_fingerprint": dataset_fingerprint(manifest), "columns": list(info.columns),
            "files": {"checkpoint": CHECKPOINT_FILE, "normalization": NORMALIZATION_FILE,
                      "train_labels": TRAIN_LABELS_FILE}} | (extra or {})
-    _write_atomic(run_dir / RUN_FILE, json.dumps(run, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(run_dir / RUN_FILE, json.dumps(run, indent=2, ensure_ascii=False) + "\n")
     return run
 
 

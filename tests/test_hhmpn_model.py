@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from hhmpn.layers import F2FLayer, M2LReadout, MessagePassingBlock, MPAtt, SumReadout, UPDMLP, masked_softmax
 from hhmpn.model import ABLATIONS, HHMPN

@@ -319,7 +319,6 @@ def test_loader_and_collate_read_dims_from_manifest(pt_built):
 
 
 def test_hhmpn_train_and_run_all_accept_the_result_unchanged(pt_built, tmp_path):
-    from baselines import run_all
     from pipelines import benchmark
     from pipelines import train
 

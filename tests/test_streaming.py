@@ -4,7 +4,6 @@ carries (Table 1, the counts, the limit cuts) is accumulated without holding the
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq

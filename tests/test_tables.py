@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from mmer import registry
-from baselines import run_all
 from pipelines import benchmark
 from mmer.runner import Cell
 from baselines.tables import PAPER_TABLE2, table2, table3, table4
