@@ -33,14 +33,16 @@ from mmer.early_fusion import early_fused
 from mmer.engine import TrainResult, make_loaders, predict, seed_everything, train_and_test
 from mmer.metrics import DEFAULT_THRESHOLD, evaluate, micro_f1
 from mmer.predict import prediction_records, write_predictions
-from mmer.registry import TRAINING_KEYS, DataInfo, ModelSpec
-from mmer.runs import CHECKPOINT_FILE, start_run, write_run
+from mmer.registry import TRAINING_KEYS, DataInfo, ModelSpec, models, resolve
+from mmer.runs import CHECKPOINT_FILE, read_run, start_run, write_run
+from nemu.atomic import atomic_write_text
 from nemu.loading import column_names, read_table, split_datasets
 from nemu.normalization import DEFAULT_INPUT_NORMALIZATION
 from nemu.shards import dataset_fingerprint, read_manifest
 
 METRIC_KEYS = ("accuracy", "hamming_loss", "micro_f1", "macro_f1", "subset_accuracy")
 RUNS_DIR = "runs"
+METRICS_FILE = "metrics.json"  # beside a run folder of train_run: test and validation metrics, history, cost
 #: Per-cell entries of a record's ``settings`` that are part of the grid position, not of the settings.
 POSITION_SETTINGS = ("seed",)
 #: Gradient-norm clip of a neural configuration that names none.
@@ -220,6 +222,26 @@ def train_neural(spec: ModelSpec, config: dict, info: DataInfo, datasets: dict, 
                   statistics=datasets["train"].normalization, data=root, manifest=read_manifest(root),
                   extra={"extra_columns": list(spec.extra_columns)})
     return result, test, model
+
+
+def train_run(data: Path, out: Path, model: str, config: Mapping, *, modalities: list[str] | None = None,
+              fold: int | None = None, seed: int = 0, device: str | None = None, progress: bool = True,
+              input_normalization: str = DEFAULT_INPUT_NORMALIZATION) -> dict:
+    """Train the registered neural ``model`` with ``config`` on ``data`` (the published split, or CV rotation
+    ``fold``) through :func:`train_neural`, write the run folder ``out`` and its ``metrics.json``; returns it."""
+    out, data = Path(out), Path(data)
+    spec = models()[resolve(model)]
+    datasets = split_datasets(data, fold, modalities, input_normalization=input_normalization)
+    info = data_info(read_manifest(data).get("dataset", "data"), data, datasets)
+    result, test, _ = train_neural(spec, dict(config) | {"seed": seed}, info, datasets, root=data, fold=fold,
+                                   seed=seed, device=device, run_dir=out, progress=progress)
+    metrics = {"test": test, "valid": result.best_valid, "best_epoch": result.best_epoch,
+               "selection": "single checkpoint with the best validation micro-F1",
+               "num_parameters": result.num_parameters, "train_seconds": round(result.train_seconds, 2),
+               "sizes": {split: len(ds) for split, ds in datasets.items()}, "run": read_run(out),
+               "history": result.history}
+    atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    return metrics
 
 
 def _run_neural(spec: ModelSpec, config: dict, info: DataInfo, datasets: dict, seed: int, device: str | None,

@@ -17,7 +17,6 @@ training split's statistics (``--input-normalization raw`` feeds the stored feat
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -27,15 +26,10 @@ import torch
 from hhmpn.config import HHMPNConfig, profile
 from hhmpn.model import ABLATIONS
 from hhmpn.registration import VARIANTS
-from mmer.registry import models
-from mmer.runner import data_info, train_neural
+from mmer.runner import METRICS_FILE, train_run
 from mmer.runs import CHECKPOINT_FILE
-from nemu.loading import split_datasets
 from nemu.normalization import DEFAULT_INPUT_NORMALIZATION, INPUT_NORMALIZATIONS
-from nemu.shards import read_manifest
 from pipelines import cli
-
-METRICS_FILE = "metrics.json"
 
 
 def registry_name(config: HHMPNConfig) -> str:
@@ -46,22 +40,9 @@ def registry_name(config: HHMPNConfig) -> str:
 def train(data: Path, out: Path, config: HHMPNConfig, *, modalities: list[str] | None = None,
           fold: int | None = None, seed: int = 0, device: str | None = None, progress: bool = True,
           input_normalization: str = DEFAULT_INPUT_NORMALIZATION) -> dict:
-    """Train through the benchmark's own entry point (``mmer.runner.train_neural``), select on validation
-    micro-F1, evaluate that one checkpoint on test; writes the run folder and returns metrics.json."""
-    out, data = Path(out), Path(data)
-    datasets = split_datasets(data, fold, modalities, input_normalization=input_normalization)
-    info = data_info(read_manifest(data).get("dataset", "data"), data, datasets)
-    spec = models()[registry_name(config)]
-    result, test, _ = train_neural(spec, config.to_dict() | {"seed": seed}, info, datasets, root=data, fold=fold,
-                                   seed=seed, device=device, run_dir=out, progress=progress)
-    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
-    metrics = {"test": test, "valid": result.best_valid, "best_epoch": result.best_epoch,
-               "selection": "single checkpoint with the best validation micro-F1",
-               "num_parameters": result.num_parameters, "train_seconds": round(result.train_seconds, 2),
-               "sizes": {split: len(ds) for split, ds in datasets.items()}, "run": run,
-               "history": result.history}
-    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return metrics
+    """HHMPN (or its ablation) with ``config``, through ``mmer.runner.train_run``; returns metrics.json."""
+    return train_run(data, out, registry_name(config), config.to_dict(), modalities=modalities, fold=fold,
+                     seed=seed, device=device, progress=progress, input_normalization=input_normalization)
 
 
 def parser() -> argparse.ArgumentParser:
