@@ -31,7 +31,7 @@ from sklearn.model_selection import ParameterGrid
 
 from mmer.early_fusion import early_fused
 from mmer.engine import TrainResult, make_loaders, predict, seed_everything, train_and_test
-from mmer.metrics import DEFAULT_THRESHOLD, evaluate, micro_f1
+from mmer.metrics import DEFAULT_THRESHOLD, binarize, evaluate, micro_f1
 from mmer.predict import prediction_records, write_predictions
 from mmer.registry import TRAINING_KEYS, DataInfo, ModelSpec, models, resolve
 from mmer.runs import CHECKPOINT_FILE, read_run, start_run, write_run
@@ -195,9 +195,11 @@ def _run_estimator(spec: ModelSpec, config: dict, info: DataInfo, datasets: dict
         warnings.simplefilter("ignore", ConvergenceWarning)
         params, model = select_on_validation(lambda **p: spec.factory(config, info).set_params(**p), grid,
                                              x_train, y_train, x_valid, y_valid)
-    return {"test": evaluate(y_test, model.predict(x_test), info.label_names),
+    predicted = model.predict(x_test)
+    return {"test": evaluate(y_test, predicted, info.label_names),
             "valid": evaluate(y_valid, model.predict(x_valid), info.label_names),
-            "selected": params, "parameters": estimator_parameters(model)}
+            "selected": params, "parameters": estimator_parameters(model),
+            "test_predictions": per_song_outcome(datasets["test"].ids, y_test, predicted)}
 
 
 def train_neural(spec: ModelSpec, config: dict, info: DataInfo, datasets: dict, *, root: Path, fold: int | None,
@@ -248,15 +250,26 @@ def _run_neural(spec: ModelSpec, config: dict, info: DataInfo, datasets: dict, s
                 run_dir: Path | None, root: Path, cell: Cell) -> dict:
     result, test, model = train_neural(spec, config, info, datasets, root=root, fold=cell.fold, seed=seed,
                                        device=device, run_dir=run_dir)
+    # the test probabilities of the selected checkpoint: the per-song record, and the run folder's predictions
+    ids, probabilities = predict(model, make_loaders({"test": datasets["test"]}, config["batch_size"], seed)
+                                 ["test"], device)
+    threshold = float(config.get("threshold", DEFAULT_THRESHOLD))
     if run_dir is not None:
-        # the cell's own test probabilities, in predict's format, from the selected checkpoint
-        ids, probabilities = predict(model, make_loaders({"test": datasets["test"]}, config["batch_size"], seed)
-                                     ["test"], device)
         write_predictions(run_dir / "predictions-test.jsonl", prediction_records(
-            ids, probabilities, info.label_names, float(config.get("threshold", DEFAULT_THRESHOLD)),
-            datasets["test"]))
+            ids, probabilities, info.label_names, threshold, datasets["test"]))
+    gold = dict(zip(datasets["test"].ids, datasets["test"].labels))
     return {"test": test, "valid": result.best_valid, "selected": {"epoch": result.best_epoch},
-            "parameters": result.num_parameters}
+            "parameters": result.num_parameters,
+            "test_predictions": per_song_outcome(ids, [gold[i] for i in ids], binarize(probabilities, threshold))}
+
+
+def per_song_outcome(ids, gold, predicted) -> dict:
+    """A cell's per-song test outcome, as stored with its record (paired per-song tests pool these over
+    rotations): ids, and each song's gold and predicted label sets as 0/1 strings in label order."""
+    def bits(rows) -> list[str]:
+        return ["".join("1" if v > 0 else "0" for v in row) for row in np.asarray(rows)]
+
+    return {"ids": [str(i) for i in ids], "gold": bits(gold), "predicted": bits(predicted)}
 
 
 def run_cell(cell: Cell, spec: ModelSpec, root: Path, profile: str, *, device: str | None = None,
@@ -311,6 +324,7 @@ def run_cell(cell: Cell, spec: ModelSpec, root: Path, profile: str, *, device: s
         "sizes": {split: len(ds) for split, ds in datasets.items()},
         "settings": {k: v for k, v in config.items()},  # what the factory got (the input setting is top-level)
         "training_keys": [k for k in TRAINING_KEYS if k in config],
+        "test_predictions": outcome["test_predictions"],
     }
     if run_dir is not None:
         record["run_dir"] = str(run_dir)

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import nemu
 from mmer import registry
+from mmer.metrics import evaluate
 from baselines import cells, run_all
 from pipelines import benchmark
 from baselines.results import ResultsStore
@@ -153,6 +155,17 @@ def test_every_registered_model_runs_one_epoch_on_the_sample(name, built):
     if record["status"] == "ok":
         assert set(record["per_label_f1"]) == set(json.loads((base / "out" / "manifest.json").read_text())["labels"])
         assert record["parameters"] > 0 and record["run_seconds"] > 0
+        # the stored per-song outcome is the very one the metrics were computed from, in the test split's order
+        outcome = record["test_predictions"]
+        test = nemu.MMERDataset(base / "out", "test")
+        assert sorted(outcome["ids"]) == sorted(test.ids) and len(outcome["ids"]) == record["sizes"]["test"]
+        gold = np.array([[int(c) for c in row] for row in outcome["gold"]])
+        predicted = np.array([[int(c) for c in row] for row in outcome["predicted"]])
+        truth = dict(zip(test.ids, test.labels))
+        np.testing.assert_array_equal(gold, np.array([truth[i] for i in outcome["ids"]]))
+        again = evaluate(gold, predicted, list(record["per_label_f1"]))
+        for key, value in record["metrics"].items():
+            assert again[key] == pytest.approx(value, abs=1e-12), key
 
 
 def test_a_model_needing_dominant_emotion_is_not_applicable_on_nemu(built):
