@@ -9,6 +9,9 @@ by nemu.writer. The build streams (see ``SPOOL_FILE``): its memory does not grow
 A record's failure is that record's (quarantined with a specific reason, see nemu.extraction);
 ``RecordLimits`` bound what one record may cost, and what they cut is counted in the summary and the
 manifest. Songs whose media are byte-identical under different ids are reported and kept in one fold.
+
+The manifest's ``source`` is ``RAW/provenance.json`` (the synthetic sample's generator, seed and size) or, for a
+raw folder without one, ``{"kind": "raw-records"}`` (nemu.provenance); the shards do not carry it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from nemu.extraction import (
     CUT_COUNTS, TEXT_MODALITIES, BuildError, ExtractionSettings, RecordLimits, cache_path_of, load_features,
 )
 from nemu.images import ImageSettings, resolve_image_settings
+from nemu.provenance import PROVENANCE_FILE, RAW_RECORDS, SYNTHETIC_SAMPLE, ProvenanceError, read_raw_provenance
 from nemu.publish import DatasetPublisher, FolderConflict, FolderLocked
 from nemu.ray_engine import RaySession, RayUnavailable, import_ray, ray_extraction
 from nemu.records import Quarantined, RawRecord, ReadResult, read_records
@@ -223,6 +227,7 @@ def build(options: BuildOptions) -> BuildSummary:
             import_ray()
         except RayUnavailable as exc:
             raise BuildError(str(exc)) from None
+    source = _raw_source(options.raw_dir)  # before the lock and the extraction: a broken file fails at once
     try:
         with contextlib.ExitStack() as stack:
             publisher = stack.enter_context(DatasetPublisher(options.out_dir))  # the lock first: fail at once
@@ -233,7 +238,7 @@ def build(options: BuildOptions) -> BuildSummary:
                                                                  options.ray_gpu))
                 except RayUnavailable as exc:
                     raise BuildError(str(exc)) from None
-            return _build_staged(options, publisher, ray_session)
+            return _build_staged(options, publisher, source, ray_session)
     except (FolderLocked, FolderConflict) as exc:
         raise BuildError(str(exc)) from exc
     except OSError as exc:
@@ -324,7 +329,20 @@ def _song_features(song: _KeptSong, settings: ExtractionSettings) -> dict:
     return features
 
 
-def _build_staged(options: BuildOptions, publisher: DatasetPublisher, ray_session=None) -> BuildSummary:
+def _raw_source(raw_dir: Path) -> dict:
+    """The manifest's ``source``: RAW/provenance.json, or raw records where the folder has none."""
+    try:
+        source = read_raw_provenance(raw_dir)
+    except ProvenanceError as exc:
+        raise BuildError(str(exc)) from None
+    if source["kind"] not in (SYNTHETIC_SAMPLE, RAW_RECORDS):  # e.g. cmu-mosei: nemu-build-mosei's input, not this
+        raise BuildError(f"{Path(raw_dir) / PROVENANCE_FILE}: kind {source['kind']!r} is not a NEMu raw folder's "
+                         f"({SYNTHETIC_SAMPLE} or {RAW_RECORDS})")
+    return source
+
+
+def _build_staged(options: BuildOptions, publisher: DatasetPublisher, source: dict,
+                  ray_session=None) -> BuildSummary:
     staging = publisher.path  # everything the build writes goes here until publisher.commit()
     cache_dir = Path(options.cache_dir) if options.cache_dir else options.out_dir / ".cache"
     image = resolve_image_settings(options.image_encoder, options.image_weights)
@@ -406,7 +424,8 @@ def _build_staged(options: BuildOptions, publisher: DatasetPublisher, ray_sessio
     with bar:
         write_dataset(publisher, facts, schema, {split: [row_groups(chunk) for chunk in
                                                          shard_chunks(positions, options.rows_per_shard)]
-                                                 for split, positions in members.items()}, options.row_group_rows)
+                                                 for split, positions in members.items()}, options.row_group_rows,
+                      source)
     return BuildSummary(input=input_count, kept=len(kept), quarantined=len(quarantined),
                         without_emotion_tag=without_emotion_tag, extracted=extracted, from_cache=from_cache,
                         splits={s: len(p) for s, p in members.items()}, out_dir=options.out_dir,

@@ -3,11 +3,14 @@
 The real NEMu crawl cannot be redistributed, so the pipelines default to this sample.  It writes::
 
     RAW/records.jsonl             one JSON object per song (UTF-8, ensure_ascii=False)
+    RAW/provenance.json           {"kind": "synthetic-sample", "generator": "nemu.sample", "seed": S, "songs": N}
     RAW/audio/song-00017.{wav,ogg,mp3}
     RAW/images/song-00017-0.{jpg,png}   cover, then 0-2 posters
 
 which is the raw input format read by ``python -m pipelines.build_nemu``.  Each record has the fields
-``id, title, artist, tags, lyrics, comments, audio, images`` (see :func:`make_sample`).
+``id, title, artist, tags, lyrics, comments, audio, images`` (see :func:`make_sample`).  The build copies
+``provenance.json`` into the manifest's ``source`` (nemu.provenance), so a build of the sample is captioned
+"NEMu sample (synthetic, N songs)", never NEMu.
 
 What the content is made of
 ---------------------------
@@ -90,6 +93,7 @@ import soundfile as sf
 from PIL import Image
 
 from nemu.labels import LABEL_NAMES, NEMU_LABELS
+from nemu.provenance import PROVENANCE_FILE, synthetic_sample_source, write_raw_provenance
 
 SAMPLE_RATE = 22050
 CLIP_SECONDS = (4.0, 8.0)
@@ -561,7 +565,7 @@ def _encode_image(im: Image.Image, fmt: str) -> bytes:
 
 # --- the generator -----------------------------------------------------------------------------------------
 
-_OUTPUTS = ("records.jsonl", "audio", "images")
+_OUTPUTS = ("records.jsonl", PROVENANCE_FILE, "audio", "images")
 
 
 def _prepare(raw_dir: Path, overwrite: bool) -> None:
@@ -571,7 +575,7 @@ def _prepare(raw_dir: Path, overwrite: bool) -> None:
         if not overwrite:
             raise FileExistsError(
                 f"{raw_dir} already exists and is not empty; pass overwrite=True (--overwrite) to replace "
-                f"its records.jsonl, audio/ and images/")
+                f"its records.jsonl, {PROVENANCE_FILE}, audio/ and images/")
         # Only what this generator writes is removed, so a mistyped path cannot wipe unrelated data.
         for name in _OUTPUTS:
             path = raw_dir / name
@@ -624,8 +628,8 @@ def make_sample(raw_dir: Path, songs: int = 240, seed: int = 0, *, overwrite: bo
 
     Args:
         raw_dir: target folder; created if missing.  If it exists and is not empty, ``FileExistsError``
-            unless ``overwrite``, which replaces ``records.jsonl``, ``audio/`` and ``images/`` (and only
-            those: other files in the folder are left alone).
+            unless ``overwrite``, which replaces ``records.jsonl``, ``provenance.json``, ``audio/`` and
+            ``images/`` (and only those: other files in the folder are left alone).
         songs: number of songs (>= 1).
         seed: non-negative integer; same ``songs`` and ``seed`` give byte-identical files.
         overwrite: see ``raw_dir``.
@@ -666,6 +670,9 @@ def make_sample(raw_dir: Path, songs: int = 240, seed: int = 0, *, overwrite: bo
         records.append(record)
         label_sets.append(labels)
 
+    # Before records.jsonl: a folder that has records always says it is synthetic (a kill in between would
+    # otherwise leave a sample that builds as real records).
+    write_raw_provenance(raw_dir, synthetic_sample_source(seed, songs))
     # Written last: a folder without records.jsonl is visibly incomplete.
     with open(raw_dir / "records.jsonl", "w", encoding="utf-8", newline="\n") as fh:
         for record in records:

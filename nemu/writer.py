@@ -48,17 +48,20 @@ def shard_chunks(items: Sequence, rows_per_shard: int) -> list[Sequence]:
 
 
 def write_dataset(publisher: DatasetPublisher, facts: dict, schema: pa.Schema,
-                  shards: Mapping[str, Sequence[pa.Table | Iterable[pa.Table]]], row_group_rows: int) -> dict:
+                  shards: Mapping[str, Sequence[pa.Table | Iterable[pa.Table]]], row_group_rows: int,
+                  source: Mapping | None = None) -> dict:
     """Write and publish a dataset; returns its manifest.
 
     ``shards``: per split, its shards in order, each a table or its row groups (tables of ``schema``, read one at
     a time, so a caller holds one row group of features); ``facts``: the manifest without the shard entries
-    (also in every shard's schema metadata). Nothing is visible in OUT until the commit at the end."""
+    (also in every shard's schema metadata); ``source``: where the data came from (nemu.provenance), in the
+    manifest and the card only, so the same records give the same shard bytes whether or not their raw folder
+    says how it was made. Nothing is visible in OUT until the commit at the end."""
     staging = publisher.path
     written = {split: [write_shard(parts, staging, split, index, len(parts_of_split), row_group_rows)
                        for index, parts in enumerate(parts_of_split)]
                for split, parts_of_split in shards.items()}
-    manifest = facts | {"shards": written}
+    manifest = facts | ({"source": dict(source)} if source is not None else {}) | {"shards": written}
     write_dataset_card(staging, manifest, schema)  # README.md, the card datasets.load_dataset reads
     write_manifest(staging, manifest)
     publisher.commit()

@@ -18,7 +18,8 @@ dependencies (a pygame music loop, scikit-learn/scikit-image photos, Song ci lyr
 comments), with planted, partial label signal in lyrics, comments, audio and images.
 
 Writes RAW/records.jsonl (one song per line: id, title, artist, tags, lyrics, comments, audio, images),
-RAW/audio/*.{wav,ogg,mp3} and RAW/images/*.{jpg,png}: the input of `nemu-build --raw RAW`.
+RAW/audio/*.{wav,ogg,mp3}, RAW/images/*.{jpg,png} and RAW/provenance.json (synthetic sample, seed, songs:
+the build records it, so the dataset is captioned as the synthetic sample): the input of `nemu-build --raw RAW`.
 Same --songs and --seed give byte-identical files."""
 
 
@@ -30,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="number of songs to generate (240: about 40 MB, well under a minute)")
     cli.add_seed(parser, what="non-negative; a different seed gives a different folder")
     parser.add_argument("--overwrite", action="store_true",
-                        help="if the folder is not empty, replace its records.jsonl, audio/ and images/ "
-                             "(other files in it are left untouched); without it a non-empty folder is refused")
+                        help="if the folder is not empty, replace its records.jsonl, provenance.json, audio/ "
+                             "and images/ (other files in it are left untouched); without it a non-empty folder "
+                             "is refused")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bar; print only the JSON summary")
     return parser

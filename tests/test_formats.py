@@ -144,7 +144,7 @@ def test_card_yaml_survives_hostile_names():
 
     labels = ["a: b", "yes", "c'd\"e", "# not a comment", "- item", "null"]
     schema = build_schema(len(labels), [Modality("audio", 4, "window", True)], [])
-    manifest = {"dataset": "X: [y]", "labels": labels,
+    manifest = {"dataset": "X: [y]", "labels": labels, "source": {"kind": "raw-records"},
                 "shards": {"train": [{"path": "train/t.parquet", "rows": 3, "bytes": 10}],
                            "valid": [{"path": "valid/v.parquet", "rows": 1, "bytes": 4}], "test": []}}
     from nemu.card import _yaml_header
