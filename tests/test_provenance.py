@@ -28,3 +28,148 @@ def test_titles_name_the_synthetic_sample_and_only_real_data_is_real():
     assert is_real({"dataset": "MOSEI", "source": {"kind": "cmu-mosei", "form": "sdk"}})
     unknown = {"dataset": "NEMu"}  # built before sources were recorded: never presented as real NEMu
     assert not is_real(unknown) and dataset_title(unknown) == "NEMu (source not recorded)"
+
+
+# --- the sample, the build and the card ---------------------------------------------------------------------
+
+SAMPLE_SONGS, SAMPLE_SEED = 24, 3
+
+
+def _card(out) -> str:
+    return (out / "README.md").read_text(encoding="utf-8")
+
+
+def _pretty_name(card: str) -> str:
+    import yaml
+
+    return yaml.safe_load(card.split("---\n")[1])["pretty_name"]
+
+
+def _captions(card: str) -> list[str]:
+    """Every line that names the dataset as a caption: the headings and the YAML's pretty_name."""
+    return [line for line in card.splitlines() if line.startswith("#") or line.startswith("pretty_name:")]
+
+
+@pytest.fixture(scope="module")
+def sample_builds(tmp_path_factory):
+    """A small sample built three ways over one feature cache: as generated (provenance.json), the same files
+    without provenance.json, and as generated with a word-vector file (the first build's trained vectors)."""
+    import shutil
+
+    from nemu.build import build
+    from nemu.sample import make_sample
+    from tests.conftest import options
+
+    base = tmp_path_factory.mktemp("provenance")
+    make_sample(base / "raw", songs=SAMPLE_SONGS, seed=SAMPLE_SEED, progress=False)
+    cache = base / "cache"
+    build(options(base / "raw", base / "sample", cache_dir=cache))
+    shutil.copytree(base / "raw", base / "plain", ignore=shutil.ignore_patterns(PROVENANCE_FILE))
+    build(options(base / "plain", base / "plain-out", cache_dir=cache))
+    shutil.copy(base / "sample" / "word_vectors.bin", base / "vectors.bin")
+    build(options(base / "raw", base / "file-out", cache_dir=cache, word_vectors=base / "vectors.bin"))
+    return base
+
+
+def test_the_sample_writes_its_provenance_deterministically(sample_builds, tmp_path):
+    from nemu.sample import make_sample
+
+    written = (sample_builds / "raw" / PROVENANCE_FILE).read_bytes()
+    assert json.loads(written) == {"kind": "synthetic-sample", "generator": "nemu.sample", "seed": SAMPLE_SEED,
+                                   "songs": SAMPLE_SONGS}
+    assert read_raw_provenance(sample_builds / "raw")["seed"] == SAMPLE_SEED
+    # --overwrite replaces a stale record (here one that would make the sample build as real records)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / PROVENANCE_FILE).write_text(json.dumps({"kind": "raw-records"}))
+    make_sample(raw, songs=2, seed=SAMPLE_SEED, overwrite=True, progress=False)
+    make_sample(tmp_path / "again", songs=2, seed=SAMPLE_SEED, progress=False)
+    assert (raw / PROVENANCE_FILE).read_bytes() == (tmp_path / "again" / PROVENANCE_FILE).read_bytes()
+    assert json.loads((raw / PROVENANCE_FILE).read_text())["songs"] == 2
+
+
+def test_a_build_of_the_sample_is_captioned_as_the_synthetic_sample(sample_builds):
+    from nemu.card import DESCRIPTIONS
+    from nemu.shards import read_manifest
+
+    out = sample_builds / "sample"
+    manifest = read_manifest(out)
+    assert manifest["source"] == {"kind": "synthetic-sample", "generator": "nemu.sample", "seed": SAMPLE_SEED,
+                                  "songs": SAMPLE_SONGS}
+    title = f"NEMu sample (synthetic, {manifest['counts']['kept']} songs)"
+    assert dataset_title(manifest) == title and is_synthetic(manifest)
+    card = _card(out)
+    assert _pretty_name(card) == title
+    assert f"# Dataset Card for {title} (this build)" in card
+    assert f"### Statistics of {title}, in the layout of the paper's Table 1" in card
+    assert "## Source" in card and f"generator seed {SAMPLE_SEED}, {SAMPLE_SONGS} songs generated" in card
+    # never captioned as NEMu, never described as NetEase songs; the paper's column is marked as real NEMu
+    assert _captions(card) and all(title in line for line in _captions(card) if "NEMu" in line)
+    assert DESCRIPTIONS["NEMu"] not in card and "NetEase Cloud Music" not in card
+    assert "| paper (Table 1, real NEMu) |" in card and "not comparable" in card
+
+
+def test_a_raw_folder_without_provenance_builds_as_real_nemu_with_the_same_shards(sample_builds):
+    from nemu.shards import read_manifest
+    from tests.conftest import shard_bytes
+
+    out = sample_builds / "plain-out"
+    manifest = read_manifest(out)
+    assert manifest["source"] == {"kind": "raw-records"} and dataset_title(manifest) == "NEMu" and is_real(manifest)
+    card = _card(out)
+    assert _pretty_name(card) == "NEMu" and "# Dataset Card for NEMu (this build)" in card
+    assert "Raw records: a raw folder of real records" in card and "| paper (Table 1) |" in card
+    assert "synthetic" not in card and "not comparable" not in card
+    # the source is in the manifest and the card only: the same records give the same shard bytes
+    assert shard_bytes(out) == shard_bytes(sample_builds / "sample")
+
+
+@pytest.mark.parametrize("text, why", [
+    ("{not json", "unreadable"),
+    ("[1, 2]", "not a provenance record"),
+    ('{"kind": "synthetic-sample", "seed": "3", "songs": 24}', "seed"),
+    ('{"kind": "cmu-mosei", "form": "sdk"}', "not a NEMu raw folder"),
+])
+def test_a_broken_provenance_file_stops_the_build_naming_the_file(tmp_path, capsys, text, why):
+    from nemu.build import BuildError, build
+    from pipelines import build_nemu
+    from tests.conftest import options
+    from tests.rawkit import tiny_raw
+
+    raw = tmp_path / "raw"
+    tiny_raw(raw, 12)
+    (raw / PROVENANCE_FILE).write_text(text, encoding="utf-8")
+    with pytest.raises(BuildError) as failure:
+        build(options(raw, tmp_path / "out"))
+    message = str(failure.value)
+    assert message.startswith(f"{raw / PROVENANCE_FILE}: ") and why in message and "\n" not in message
+    assert not (tmp_path / "out").exists()  # refused before the lock and the extraction
+    assert build_nemu.main(["--raw", str(raw), "--out", str(tmp_path / "out2"), "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == f"build_nemu: error: {message}"
+
+
+def test_the_card_says_transductive_exactly_when_the_build_trained_its_word_vectors(sample_builds):
+    from nemu.shards import read_manifest
+
+    trained, given = _card(sample_builds / "sample"), _card(sample_builds / "file-out")
+    assert read_manifest(sample_builds / "file-out")["settings"]["text"]["word_vectors"]["source"] == "file"
+    assert "### Word vectors" in trained and "### Word vectors" in given
+    assert "validation and test included" in trained and "the text features are transductive" in trained
+    assert "not transductive" not in trained
+    assert "not transductive" in given and "`vectors.bin`" in given
+    assert "validation and test included" not in given and "features are transductive" not in given
+    # MOSEI's settings have no word vectors the build chose: no note
+    from nemu.card import _word_vector_section
+
+    assert _word_vector_section({"dataset": "MOSEI", "settings": {"seed": 0}}) == ""
+
+
+def test_the_source_section_names_mosei_files_and_an_unrecorded_source():
+    from nemu.card import _source_section
+
+    mosei = {"dataset": "MOSEI", "source": {"kind": "cmu-mosei", "form": "pkl", "files": ["mosei_senti_data.pkl"]}}
+    assert "form `pkl`, files `mosei_senti_data.pkl`" in _source_section(mosei)
+    # a MOSEI manifest without a source: the form and files of its settings
+    older = {"dataset": "MOSEI", "settings": {"source": {"form": "pt", "files": ["train_valid_test.pt"]}}}
+    assert "form `pt`, files `train_valid_test.pt`" in _source_section(older)
+    assert _source_section({"dataset": "NEMu"}).startswith("Not recorded: ")

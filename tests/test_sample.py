@@ -176,7 +176,10 @@ def test_different_seed_differs_and_prefix_is_stable(sample, tmp_path):
     prefix = tmp_path / "prefix"
     S.make_sample(prefix, songs=12, seed=0, progress=False)
     assert _records(prefix) == base
-    assert all(ours[name] == data for name, data in _files(prefix).items() if name != "records.jsonl")
+    # every file but the records and the provenance (which states the size) is shared with the larger sample
+    assert all(ours[name] == data for name, data in _files(prefix).items()
+               if name not in ("records.jsonl", "provenance.json"))
+    assert json.loads((prefix / "provenance.json").read_text())["songs"] == 12
 
 
 # --- labels ------------------------------------------------------------------------------------------------
