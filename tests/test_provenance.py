@@ -88,6 +88,21 @@ def test_the_sample_writes_its_provenance_deterministically(sample_builds, tmp_p
     assert json.loads((raw / PROVENANCE_FILE).read_text())["songs"] == 2
 
 
+def test_an_interrupted_overwrite_leaves_no_stale_provenance(tmp_path, monkeypatch):
+    from nemu import sample
+
+    raw = tmp_path / "raw"
+    sample.make_sample(raw, songs=1, seed=SAMPLE_SEED, progress=False)
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sample, "_song", killed)
+    with pytest.raises(KeyboardInterrupt):
+        sample.make_sample(raw, songs=1, seed=SAMPLE_SEED + 1, overwrite=True, progress=False)
+    assert not (raw / PROVENANCE_FILE).exists() and not (raw / "records.jsonl").exists()
+
+
 def test_a_build_of_the_sample_is_captioned_as_the_synthetic_sample(sample_builds):
     from nemu.card import DESCRIPTIONS
     from nemu.shards import read_manifest
@@ -173,3 +188,35 @@ def test_the_source_section_names_mosei_files_and_an_unrecorded_source():
     older = {"dataset": "MOSEI", "settings": {"source": {"form": "pt", "files": ["train_valid_test.pt"]}}}
     assert "form `pt`, files `train_valid_test.pt`" in _source_section(older)
     assert _source_section({"dataset": "NEMu"}).startswith("Not recorded: ")
+
+
+def test_new_songs_are_featurised_alike_whether_the_manifest_has_a_source_or_not(sample_builds, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from nemu.featurize import Featurizer
+    from nemu.loading import load
+    from nemu.shards import read_manifest
+
+    older = tmp_path / "older"  # the sample's build as a manifest written before sources were recorded
+    shutil.copytree(sample_builds / "sample", older)
+    manifest = read_manifest(older)
+    del manifest["source"]
+    (older / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    raw = sample_builds / "raw"
+    records = [json.loads(line) for line in (raw / "records.jsonl").read_text(encoding="utf-8").splitlines()][:3]
+    stored = load(sample_builds / "sample", None).set_index("id")
+    compared = 0
+    for data in (sample_builds / "sample", older):
+        featurizer = Featurizer(data)
+        result = featurizer.featurize_records(records, raw)
+        assert not result.quarantined
+        for song in result.songs:
+            if song.id not in stored.index:  # a song without an emotion tag is no sample
+                continue
+            compared += 1
+            for modality, dim in featurizer.modality_dims.items():
+                expected = np.array([np.asarray(n) for n in stored.at[song.id, modality]], np.float32).reshape(-1, dim)
+                np.testing.assert_array_equal(song.nodes[modality], expected)
+    assert compared >= 4
