@@ -219,9 +219,12 @@ def _source_section(manifest: dict) -> str:
     elif kind == CMU_MOSEI:
         # a manifest written before MOSEI ingestion recorded its source names the form and files in its settings
         given = (manifest.get("settings") or {}).get("source") or {}
-        form, files = source.get("form", given.get("form")), source.get("files", given.get("files"))
+        form, files = source.get("form", given.get("form")), source.get("files", given.get("files")) or []
+        # the settings list {name, role}s, the files the ingestion skipped among them
+        names = [f.get("name") if isinstance(f, dict) else f for f in files
+                 if not (isinstance(f, dict) and f.get("role") == "ignored")]
         text = (f"CMU-MOSEI, ingested by `nemu-build-mosei` from its official files: form `{form}`"
-                + (f", files {', '.join(f'`{f}`' for f in files)}" if files else "") + ".")
+                + (f", files {', '.join(f'`{name}`' for name in names)}" if names else "") + ".")
     else:
         text = (f"Not recorded: this manifest was written before builds recorded their source, so this card "
                 f"does not present the data as real {name}.")

@@ -185,7 +185,8 @@ def test_the_source_section_names_mosei_files_and_an_unrecorded_source():
     mosei = {"dataset": "MOSEI", "source": {"kind": "cmu-mosei", "form": "pkl", "files": ["mosei_senti_data.pkl"]}}
     assert "form `pkl`, files `mosei_senti_data.pkl`" in _source_section(mosei)
     # a MOSEI manifest without a source: the form and files of its settings
-    older = {"dataset": "MOSEI", "settings": {"source": {"form": "pt", "files": ["train_valid_test.pt"]}}}
+    older = {"dataset": "MOSEI", "settings": {"source": {"form": "pt", "files": [{"name": "train_valid_test.pt",
+                                                                                    "role": "aligned"}]}}}
     assert "form `pt`, files `train_valid_test.pt`" in _source_section(older)
     assert _source_section({"dataset": "NEMu"}).startswith("Not recorded: ")
 
