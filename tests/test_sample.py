@@ -108,10 +108,11 @@ def test_every_media_path_exists_and_opens(sample, records):
             image_ext[Path(p).suffix] += 1
     assert set(audio_ext) == {".wav", ".ogg", ".mp3"}
     assert set(image_ext) == {".jpg", ".png"}
-    # nothing but what the records reference
-    referenced = {"records.jsonl"} | {r["audio"] for r in records} | {p for r in records for p in r["images"]}
+    # nothing but the records, their provenance and what the records reference
+    referenced = {"records.jsonl", "provenance.json"} | {r["audio"] for r in records} | {p for r in records
+                                                                                       for p in r["images"]}
     assert set(_files(root)) == referenced
-    assert summary["files"] == len(referenced) - 1
+    assert summary["files"] == len(referenced) - 2
 
 
 def test_audio_is_real_music_not_silence(sample, records):
