@@ -2,8 +2,10 @@
 
 Every finished cell (model x dataset x fold x seed, plus HHMPN on each modality subset) is appended to
 RESULTS/results.jsonl at once; a killed run started again skips the finished cells. A stored cell is reused only
-when the dataset's fingerprint and the model's resolved settings (``mmer.runner.resolved_settings``) are the same
-as now: after a rebuild or a changed setting the cell is rerun, and the harness says what changed. The tables use
+when the dataset's fingerprint, the model's resolved settings (``mmer.runner.resolved_settings``) and the digest of
+its code (``mmer.code``: the model's module, the cell runner and their project imports) are the same as now: after
+a rebuild, a changed setting or an edited model the cell is rerun, and the harness says what changed (for code,
+the files); the cells of an unchanged model are reused. The tables use
 only the cells of this grid, this build and these settings. The command line is ``pipelines.benchmark``
 (``nemu-benchmark``; ``python -m baselines.run_all`` is the same command).
 """
@@ -22,6 +24,7 @@ from baselines.figures import write_figures
 from baselines.ray_cells import run_cells
 from baselines.results import ResultsStore, stale_reasons
 from baselines.tables import write_tables
+from mmer.code import model_code
 from mmer.registry import models, resolve
 from mmer.runner import Cell, resolved_settings, settings_digest
 from nemu.build import BuildOptions, build
@@ -53,14 +56,16 @@ def grid(datasets: dict[str, Path], model_names: list[str], folds: list[int], se
          input_normalization: str = DEFAULT_INPUT_NORMALIZATION, overrides: dict | None = None) -> list[Cell]:
     """Every cell to run: each model on each dataset, fold and seed; HHMPN on each modality subset of NEMu
     (over ``table3_folds``, default ``folds``). Each cell carries its dataset's fingerprint and its model's
-    settings digest."""
+    settings digest and code digest (``mmer.code``)."""
     registry = models()
     fingerprints = {name: dataset_fingerprint(read_manifest(root)) for name, root in datasets.items()}
     digests = {m: settings_digest(resolved_settings(registry[m], profile, overrides, input_normalization))
                for m in model_names if m in registry}
+    codes = {m: model_code(registry[m].factory)["code_digest"] for m in model_names if m in registry}
 
     def cell(model: str, dataset: str, fold: int, seed: int, subset: tuple[str, ...] | None = None) -> Cell:
-        return Cell(model, dataset, fold, seed, subset, fingerprints[dataset], digests.get(model, ""))
+        return Cell(model, dataset, fold, seed, subset, fingerprints[dataset], digests.get(model, ""),
+                    codes.get(model, ""))
 
     cells = [cell(m, d, f, s) for d in datasets for m in model_names for f in folds for s in seeds]
     if table3 and TABLE3_MODEL in model_names:
@@ -94,7 +99,8 @@ def run(datasets: dict[str, Path], model_names: list[str], folds: list[int], see
     registry = models()
     settings = {m: resolved_settings(registry[m], profile, overrides, input_normalization) for m in model_names}
     stored = store.records()
-    notices = stale_reasons(stored, cells, settings, datasets, store.path)
+    code_files = {m: model_code(registry[m].factory)["code_files"] for m in model_names}
+    notices = stale_reasons(stored, cells, settings, datasets, store.path, code_files)
     for notice in notices:
         tqdm.write(notice)
     done = {r["identity"] for r in stored if "identity" in r}

@@ -29,6 +29,7 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import ParameterGrid
 
+from mmer.code import model_code
 from mmer.early_fusion import early_fused
 from mmer.engine import TrainResult, make_loaders, predict, seed_everything, train_and_test
 from mmer.metrics import DEFAULT_THRESHOLD, binarize, evaluate, micro_f1
@@ -77,6 +78,7 @@ class Cell:
     modalities: tuple[str, ...] | None = None  # None: all the dataset's modalities
     fingerprint: str = ""  # the dataset build's fingerprint ("" when not known, e.g. in unit tests)
     settings: str = ""  # settings_digest of the model's resolved settings ("" when not known)
+    code: str = ""  # mmer.code's code_digest of the model's and the runner's sources ("" when not known)
 
     @property
     def key(self) -> str:
@@ -86,8 +88,9 @@ class Cell:
 
     @property
     def identity(self) -> str:
-        """The grid place plus what it is computed from: a record is reused only under the same identity."""
-        return f"{self.key}|data={self.fingerprint}|settings={self.settings}"
+        """The grid place plus what it is computed from (data, settings, code): a record is reused only under the
+        same identity."""
+        return f"{self.key}|data={self.fingerprint}|settings={self.settings}|code={self.code}"
 
 
 def model_slug(name: str) -> str:
@@ -302,6 +305,10 @@ def run_cell(cell: Cell, spec: ModelSpec, root: Path, profile: str, *, device: s
                          f"would run with ({settings_digest(settings)}); build cells and runs from one "
                          f"resolved_settings()")
     config = {k: v for k, v in settings.items() if k != "input_normalization"} | {"seed": cell.seed}
+    code = model_code(spec.factory)
+    if cell.code and cell.code != code["code_digest"]:  # the sources changed since the grid was made
+        raise ValueError(f"cell {cell.key}: its code digest {cell.code} is not that of the sources it would run "
+                         f"with ({code['code_digest']}); the code changed under the benchmark")
     _reset_peak_rss()
     started = time.perf_counter()
     run_dir = None
@@ -325,6 +332,7 @@ def run_cell(cell: Cell, spec: ModelSpec, root: Path, profile: str, *, device: s
         "settings": {k: v for k, v in config.items()},  # what the factory got (the input setting is top-level)
         "training_keys": [k for k in TRAINING_KEYS if k in config],
         "test_predictions": outcome["test_predictions"],
+        **code,  # code_files, code_digest, package_version, git_commit (mmer.code)
     }
     if run_dir is not None:
         record["run_dir"] = str(run_dir)
