@@ -26,7 +26,9 @@ from baselines.results import ResultsStore, stale_reasons
 from baselines.tables import write_tables
 from mmer.code import model_code
 from mmer.registry import models, resolve
-from mmer.runner import Cell, resolved_settings, settings_digest
+from mmer.metrics import EMPTY_UNION_SCORE
+from mmer.runner import Cell, resolved_settings, run_settings, settings_digest
+from mmer.tuning import DEFAULT_THRESHOLD_RULE
 from nemu.build import BuildOptions, build
 from nemu.normalization import DEFAULT_INPUT_NORMALIZATION
 from nemu.sample import make_sample
@@ -85,13 +87,18 @@ def run(datasets: dict[str, Path], model_names: list[str], folds: list[int], see
         out: Path, *, table3: bool = True, table3_folds: list[int] | None = None, device: str | None = None,
         progress: bool = True, jobs: int = 1, threads: int = 1,
         input_normalization: str = DEFAULT_INPUT_NORMALIZATION, figure_song: str | None = None,
-        engine: str = "local", ray_address: str | None = None, overrides: dict | None = None) -> dict:
+        engine: str = "local", ray_address: str | None = None, overrides: dict | None = None,
+        threshold: str = DEFAULT_THRESHOLD_RULE, empty_union: float = EMPTY_UNION_SCORE) -> dict:
     """Run every cell of the grid not already stored under the same identity, then write tables and figures.
 
     ``engine`` "local" runs the cells here (``jobs`` processes); "ray" runs them as Ray tasks
     (baselines.ray_cells) on the cluster at ``ray_address`` (or RAY_ADDRESS), else on a local Ray instance
     of ``jobs`` x ``threads`` CPUs. Either way only this process writes the results store. ``overrides``
-    replaces entries of every model's profile configuration (``mmer.runner.resolved_settings``)."""
+    replaces entries of every model's profile configuration (``mmer.runner.resolved_settings``). ``threshold``
+    ("0.5" or "validation", ``mmer.tuning.THRESHOLD_RULES``) and ``empty_union`` (Acc of an empty gold + empty
+    prediction row: 0 or 1) are the run-level settings of every cell; they travel to the cells with the overrides,
+    so they enter each cell's settings digest and record."""
+    overrides = dict(overrides or {}) | run_settings(threshold, empty_union)
     model_names = [resolve(name) for name in model_names]
     store = ResultsStore(out, profile)
     cells = grid(datasets, model_names, folds, seeds, table3, table3_folds=table3_folds, profile=profile,
