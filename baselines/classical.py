@@ -55,6 +55,7 @@ from sklearn.svm import LinearSVC
 from sklearn.utils import check_array, check_random_state
 
 from mmer.metrics import binarize
+from mmer.tuning import c_grid
 from mmer.registry import register
 
 
@@ -489,24 +490,24 @@ class RAkEL(_MultiLabel):
 # ----------------------------------------------------------------------------------------------
 # registry entries (the paper's "Classical" group); C is selected on the validation split only
 
-_C_GRID = {"C": [0.01, 0.1, 1.0]}
-
+# Every classical model searches the tuning rule's C grid (mmer.tuning.C_GRID) in both profiles.
 
 @register("BR", group="Classical", citation="Shen et al., 2004 (binary relevance)", kind="estimator",
-          quick={"grid": _C_GRID}, paper={"grid": _C_GRID})
+          quick={"grid": c_grid("quick")}, paper={"grid": c_grid("paper")})
 def _binary_relevance(config, info):
     return BinaryRelevance(random_state=config.get("seed", 0))
 
 
 @register("CC", group="Classical", citation="Read et al., 2011 (classifier chains)", kind="estimator",
-          quick={"grid": _C_GRID}, paper={"grid": _C_GRID})
+          quick={"grid": c_grid("quick")}, paper={"grid": c_grid("paper")})
 def _classifier_chain(config, info):
     return ClassifierChains(random_state=config.get("seed", 0))
 
 
-# Quick: one C and fewer solver iterations -- 2L multinomial fits per grid point dominate the quick run.
+# Quick: fewer solver iterations -- 2L multinomial fits per grid point dominate the quick run. The C grid is the
+# rule's for every classical model (before the rule quick LP searched C = 0.1 only).
 @register("LP", group="Classical", citation="Tsoumakas et al., 2011 (RAkEL: label powersets on random k-labelsets)",
-          kind="estimator", quick={"grid": {"C": [0.1]}, "k": 3, "max_iter": 200},
-          paper={"grid": _C_GRID, "k": 3, "max_iter": 1000})
+          kind="estimator", quick={"grid": c_grid("quick"), "k": 3, "max_iter": 200},
+          paper={"grid": c_grid("paper"), "k": 3, "max_iter": 1000})
 def _rakel(config, info):
     return RAkEL(k=config.get("k", 3), max_iter=config.get("max_iter"), random_state=config.get("seed", 0))

@@ -6,9 +6,11 @@ by a kill (the last one, unparsable) is ignored and that cell is redone.
 
 A cell's identity is its place in the grid (``Cell.key``: model, dataset, fold, seed, modalities) *and*
 what it was computed from: the dataset's fingerprint (``nemu.shards.dataset_fingerprint`` of its
-manifest) and a digest of the model's resolved settings (profile configuration, overrides and the input
-normalisation). A stored record is reused only when all three match, so a rebuilt dataset or a changed
-setting reruns the cell instead of reusing an old number; :func:`stale_reasons` says what changed.
+manifest), a digest of the model's resolved settings (profile configuration, overrides and the input
+normalisation) and a digest of the code that computed it (``mmer.code``: the model's module, the cell runner
+and their imports within the project; per-file digests in the record's ``code_files``). A stored record is
+reused only when all four match, so a rebuilt dataset, a changed setting or an edited model reruns the cell
+instead of reusing an old number; :func:`stale_reasons` says what changed (for code: which files).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from mmer.code import changed_files
 from mmer.runner import POSITION_SETTINGS, Cell
 
 RESULTS_FILE = "results.jsonl"
@@ -43,15 +46,22 @@ def _changed_settings(old: Mapping, new: Mapping) -> list[str]:
 
 
 def stale_reasons(records: Iterable[dict], cells: Iterable[Cell], settings: Mapping[str, Mapping],
-                  roots: Mapping[str, Path], store_path: Path) -> list[str]:
+                  roots: Mapping[str, Path], store_path: Path,
+                  code_files: Mapping[str, Mapping[str, str]] | None = None) -> list[str]:
     """Why stored records at the cells' grid places cannot be reused (one message per dataset/model).
 
-    ``settings`` maps model name -> its current resolved settings; ``roots`` dataset name -> its folder.
+    ``settings`` maps model name -> its current resolved settings; ``roots`` dataset name -> its folder;
+    ``code_files`` model name -> its current ``mmer.code.code_files`` (to name the changed files).
     """
     wanted = {cell.key: cell for cell in cells}
+    records = list(records)
     current = {r.get("identity") for r in records}
+    # One record per grid place, the latest: a cell is counted once and compared with what it last ran with,
+    # however many older runs the store keeps at its place.
+    records = list({r.get("key"): r for r in records}.values())
     by_data: dict[tuple, int] = defaultdict(int)
     by_settings: dict[str, tuple[int, list[str]]] = {}
+    by_code: dict[str, tuple[int, list[str]]] = {}
     for record in records:
         cell = wanted.get(record.get("key"))
         if cell is None or cell.identity in current:
@@ -62,12 +72,19 @@ def stale_reasons(records: Iterable[dict], cells: Iterable[Cell], settings: Mapp
             count, changes = by_settings.get(cell.model, (0, []))
             by_settings[cell.model] = (count + 1, changes or _changed_settings(record_settings(record),
                                                                               settings.get(cell.model, {})))
+        elif record.get("code_digest") != cell.code:
+            count, changes = by_code.get(cell.model, (0, []))
+            by_code[cell.model] = (count + 1, changes or changed_files(record.get("code_files"),
+                                                                      (code_files or {}).get(cell.model, {})))
     messages = [f"{store_path} has {n} cell(s) for dataset {d} built from fingerprint {_short(old)} but "
                 f"{roots.get(d, d)} is now {_short(new)}: rerunning them"
                 for (d, old, new), n in sorted(by_data.items(), key=lambda item: (item[0][0], -item[1]))]
     messages += [f"{store_path} has {n} cell(s) of {model} run with other settings "
                  f"({', '.join(changes) or 'settings digest differs'}): rerunning them"
                  for model, (n, changes) in sorted(by_settings.items())]
+    messages += [f"{store_path} has {n} cell(s) of {model} run with other code "
+                 f"({', '.join(changes) or 'code digest differs'}): rerunning them"
+                 for model, (n, changes) in sorted(by_code.items())]
     return messages
 
 
@@ -119,10 +136,10 @@ class ResultsStore:
             return handle.read(1) == b"\n"
 
     def add(self, record: dict, cell: Cell | None = None) -> None:
-        """Append ``record``; with ``cell``, stamp it with the cell's identity, fingerprint and settings digest."""
+        """Append ``record``; with ``cell``, stamp it with the cell's identity, fingerprint, settings and code digests."""
         if cell is not None:
             record = record | {"identity": cell.identity, "dataset_fingerprint": cell.fingerprint,
-                               "settings_digest": cell.settings}
+                               "settings_digest": cell.settings, "code_digest": cell.code}
         self._append(self.path, record | {"profile": self.profile})
 
     def add_failure(self, cell: Cell, error: str) -> None:

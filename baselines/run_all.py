@@ -2,8 +2,10 @@
 
 Every finished cell (model x dataset x fold x seed, plus HHMPN on each modality subset) is appended to
 RESULTS/results.jsonl at once; a killed run started again skips the finished cells. A stored cell is reused only
-when the dataset's fingerprint and the model's resolved settings (``mmer.runner.resolved_settings``) are the same
-as now: after a rebuild or a changed setting the cell is rerun, and the harness says what changed. The tables use
+when the dataset's fingerprint, the model's resolved settings (``mmer.runner.resolved_settings``) and the digest of
+its code (``mmer.code``: the model's module, the cell runner and their project imports) are the same as now: after
+a rebuild, a changed setting or an edited model the cell is rerun, and the harness says what changed (for code,
+the files); the cells of an unchanged model are reused. The tables use
 only the cells of this grid, this build and these settings. The command line is ``pipelines.benchmark``
 (``nemu-benchmark``; ``python -m baselines.run_all`` is the same command).
 """
@@ -22,8 +24,11 @@ from baselines.figures import write_figures
 from baselines.ray_cells import run_cells
 from baselines.results import ResultsStore, stale_reasons
 from baselines.tables import write_tables
+from mmer.code import model_code
 from mmer.registry import models, resolve
-from mmer.runner import Cell, resolved_settings, settings_digest
+from mmer.metrics import EMPTY_UNION_SCORE
+from mmer.runner import Cell, resolved_settings, run_settings, settings_digest
+from mmer.tuning import DEFAULT_THRESHOLD_RULE
 from nemu.build import BuildOptions, build
 from nemu.normalization import DEFAULT_INPUT_NORMALIZATION
 from nemu.sample import make_sample
@@ -53,14 +58,16 @@ def grid(datasets: dict[str, Path], model_names: list[str], folds: list[int], se
          input_normalization: str = DEFAULT_INPUT_NORMALIZATION, overrides: dict | None = None) -> list[Cell]:
     """Every cell to run: each model on each dataset, fold and seed; HHMPN on each modality subset of NEMu
     (over ``table3_folds``, default ``folds``). Each cell carries its dataset's fingerprint and its model's
-    settings digest."""
+    settings digest and code digest (``mmer.code``)."""
     registry = models()
     fingerprints = {name: dataset_fingerprint(read_manifest(root)) for name, root in datasets.items()}
     digests = {m: settings_digest(resolved_settings(registry[m], profile, overrides, input_normalization))
                for m in model_names if m in registry}
+    codes = {m: model_code(registry[m].factory)["code_digest"] for m in model_names if m in registry}
 
     def cell(model: str, dataset: str, fold: int, seed: int, subset: tuple[str, ...] | None = None) -> Cell:
-        return Cell(model, dataset, fold, seed, subset, fingerprints[dataset], digests.get(model, ""))
+        return Cell(model, dataset, fold, seed, subset, fingerprints[dataset], digests.get(model, ""),
+                    codes.get(model, ""))
 
     cells = [cell(m, d, f, s) for d in datasets for m in model_names for f in folds for s in seeds]
     if table3 and TABLE3_MODEL in model_names:
@@ -80,13 +87,18 @@ def run(datasets: dict[str, Path], model_names: list[str], folds: list[int], see
         out: Path, *, table3: bool = True, table3_folds: list[int] | None = None, device: str | None = None,
         progress: bool = True, jobs: int = 1, threads: int = 1,
         input_normalization: str = DEFAULT_INPUT_NORMALIZATION, figure_song: str | None = None,
-        engine: str = "local", ray_address: str | None = None, overrides: dict | None = None) -> dict:
+        engine: str = "local", ray_address: str | None = None, overrides: dict | None = None,
+        threshold: str = DEFAULT_THRESHOLD_RULE, empty_union: float = EMPTY_UNION_SCORE) -> dict:
     """Run every cell of the grid not already stored under the same identity, then write tables and figures.
 
     ``engine`` "local" runs the cells here (``jobs`` processes); "ray" runs them as Ray tasks
     (baselines.ray_cells) on the cluster at ``ray_address`` (or RAY_ADDRESS), else on a local Ray instance
     of ``jobs`` x ``threads`` CPUs. Either way only this process writes the results store. ``overrides``
-    replaces entries of every model's profile configuration (``mmer.runner.resolved_settings``)."""
+    replaces entries of every model's profile configuration (``mmer.runner.resolved_settings``). ``threshold``
+    ("0.5" or "validation", ``mmer.tuning.THRESHOLD_RULES``) and ``empty_union`` (Acc of an empty gold + empty
+    prediction row: 0 or 1) are the run-level settings of every cell; they travel to the cells with the overrides,
+    so they enter each cell's settings digest and record."""
+    overrides = dict(overrides or {}) | run_settings(threshold, empty_union)
     model_names = [resolve(name) for name in model_names]
     store = ResultsStore(out, profile)
     cells = grid(datasets, model_names, folds, seeds, table3, table3_folds=table3_folds, profile=profile,
@@ -94,7 +106,8 @@ def run(datasets: dict[str, Path], model_names: list[str], folds: list[int], see
     registry = models()
     settings = {m: resolved_settings(registry[m], profile, overrides, input_normalization) for m in model_names}
     stored = store.records()
-    notices = stale_reasons(stored, cells, settings, datasets, store.path)
+    code_files = {m: model_code(registry[m].factory)["code_files"] for m in model_names}
+    notices = stale_reasons(stored, cells, settings, datasets, store.path, code_files)
     for notice in notices:
         tqdm.write(notice)
     done = {r["identity"] for r in stored if "identity" in r}

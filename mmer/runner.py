@@ -8,6 +8,14 @@ Inputs follow the benchmark protocol (README, "The benchmark protocol"): every m
 features of ``nemu.loading.split_datasets`` standardised with the training split's statistics of the
 rotation in use (``input_normalization="raw"`` feeds the stored features); the setting is in every record.
 
+The decision threshold is the run-level setting ``threshold_rule`` (``mmer.tuning.THRESHOLD_RULES``): "0.5", the
+paper's fixed threshold, or "validation": after selection (C, or the best-validation epoch at 0.5), one threshold
+per cell is chosen on the validation split (``mmer.metrics.choose_threshold``: 0.05..0.95, best micro-F1, ties
+nearest 0.5) and applied to the test split, for estimators (on ``predict_proba``) and neural models alike. Acc's
+empty-union convention is the run-level setting ``empty_union`` (0, the official code's, or 1). Both are part of
+the resolved settings (so of the cell's digest) and are recorded in every record (``threshold``,
+``threshold_rule``, ``empty_union``).
+
 Every neural cell leaves a run folder (``run_folder``; format in ``mmer.runs``) that ``hhmpn.predict``
 accepts: the selected checkpoint, run.json, the normalisation statistics, the training labels, and the
 cell's own test predictions (``predictions-test.jsonl``, predict's output format).
@@ -29,18 +37,24 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import ParameterGrid
 
+from mmer.code import model_code
 from mmer.early_fusion import early_fused
 from mmer.engine import TrainResult, make_loaders, predict, seed_everything, train_and_test
-from mmer.metrics import DEFAULT_THRESHOLD, binarize, evaluate, micro_f1
+from mmer.metrics import (DEFAULT_THRESHOLD, EMPTY_UNION_CHOICES, EMPTY_UNION_SCORE, binarize, choose_threshold,
+                          evaluate, micro_f1)
 from mmer.predict import prediction_records, write_predictions
 from mmer.registry import TRAINING_KEYS, DataInfo, ModelSpec, models, resolve
-from mmer.runs import CHECKPOINT_FILE, read_run, start_run, write_run
+from mmer.runs import CHECKPOINT_FILE, RUN_FILE, read_run, start_run, write_run
+from mmer.tuning import DEFAULT_THRESHOLD_RULE, check_threshold_rule
 from nemu.atomic import atomic_write_text
 from nemu.loading import column_names, read_table, split_datasets
 from nemu.normalization import DEFAULT_INPUT_NORMALIZATION
 from nemu.shards import dataset_fingerprint, read_manifest
 
-METRIC_KEYS = ("accuracy", "hamming_loss", "micro_f1", "macro_f1", "subset_accuracy")
+METRIC_KEYS = ("accuracy", "hamming_loss", "micro_f1", "macro_f1", "macro_f1_present", "subset_accuracy")
+#: Run-level settings of every cell, with their defaults: how a cell decides and scores, not what the model is.
+#: They enter the resolved settings (and so the digest) under these names and never reach a model's factory.
+RUN_SETTINGS = {"threshold_rule": DEFAULT_THRESHOLD_RULE, "empty_union": EMPTY_UNION_SCORE}
 RUNS_DIR = "runs"
 METRICS_FILE = "metrics.json"  # beside a run folder of train_run: test and validation metrics, history, cost
 #: Per-cell entries of a record's ``settings`` that are part of the grid position, not of the settings.
@@ -53,11 +67,24 @@ def _canonical(obj) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
+def run_settings(threshold: str = DEFAULT_THRESHOLD_RULE, empty_union: float = EMPTY_UNION_SCORE) -> dict:
+    """The run-level settings (:data:`RUN_SETTINGS`) as overrides, checked: ``threshold`` "0.5" or "validation"
+    (``mmer.tuning.THRESHOLD_RULES``), ``empty_union`` 0 or 1 (``mmer.metrics.EMPTY_UNION_CHOICES``)."""
+    check_threshold_rule(threshold)
+    if float(empty_union) not in EMPTY_UNION_CHOICES:
+        raise ValueError(f"empty_union must be one of {EMPTY_UNION_CHOICES}, got {empty_union!r}")
+    return {"threshold_rule": threshold, "empty_union": float(empty_union)}
+
+
 def resolved_settings(spec: ModelSpec, profile: str, overrides: Mapping | None = None,
                       input_normalization: str = DEFAULT_INPUT_NORMALIZATION) -> dict:
     """Everything a cell's result depends on besides its data and grid place, resolved once: the profile's
-    configuration, ``overrides`` and the input normalisation. The cell's digest and its run both come from it."""
-    return spec.config(profile) | dict(overrides or {}) | {"input_normalization": input_normalization}
+    configuration, the run-level settings (:data:`RUN_SETTINGS`: their defaults unless ``overrides`` sets them,
+    e.g. with :func:`run_settings`), ``overrides`` and the input normalisation. The cell's digest and its run
+    both come from it."""
+    settings = spec.config(profile) | RUN_SETTINGS | dict(overrides or {}) | {"input_normalization": input_normalization}
+    run_settings(settings["threshold_rule"], settings["empty_union"])  # a bad value fails before any cell runs
+    return settings
 
 
 def settings_digest(settings: Mapping) -> str:
@@ -77,6 +104,7 @@ class Cell:
     modalities: tuple[str, ...] | None = None  # None: all the dataset's modalities
     fingerprint: str = ""  # the dataset build's fingerprint ("" when not known, e.g. in unit tests)
     settings: str = ""  # settings_digest of the model's resolved settings ("" when not known)
+    code: str = ""  # mmer.code's code_digest of the model's and the runner's sources ("" when not known)
 
     @property
     def key(self) -> str:
@@ -86,8 +114,9 @@ class Cell:
 
     @property
     def identity(self) -> str:
-        """The grid place plus what it is computed from: a record is reused only under the same identity."""
-        return f"{self.key}|data={self.fingerprint}|settings={self.settings}"
+        """The grid place plus what it is computed from (data, settings, code): a record is reused only under the
+        same identity."""
+        return f"{self.key}|data={self.fingerprint}|settings={self.settings}|code={self.code}"
 
 
 def model_slug(name: str) -> str:
@@ -187,7 +216,17 @@ def select_on_validation(factory: Callable[..., object], grid: Mapping[str, Iter
 
 
 
-def _run_estimator(spec: ModelSpec, config: dict, info: DataInfo, datasets: dict) -> dict:
+def decide(rule: str, valid_gold: np.ndarray, valid_probabilities: np.ndarray,
+           default: float = DEFAULT_THRESHOLD) -> float:
+    """The decision threshold a cell applies under ``rule``: ``default`` (0.5) for "0.5"; for "validation" the
+    threshold with the best micro-F1 on the *validation* split (``mmer.metrics.choose_threshold``)."""
+    if check_threshold_rule(rule) == "validation":
+        return choose_threshold(valid_gold, valid_probabilities)[0]
+    return float(default)
+
+
+def _run_estimator(spec: ModelSpec, config: dict, info: DataInfo, datasets: dict, rule: str = DEFAULT_THRESHOLD_RULE,
+                   empty_union: float = EMPTY_UNION_SCORE) -> dict:
     (x_train, y_train), (x_valid, y_valid), (x_test, y_test) = (early_fused(datasets[s]) for s in
                                                                 ("train", "valid", "test"))
     grid = config.get("grid") or {}
@@ -195,10 +234,15 @@ def _run_estimator(spec: ModelSpec, config: dict, info: DataInfo, datasets: dict
         warnings.simplefilter("ignore", ConvergenceWarning)
         params, model = select_on_validation(lambda **p: spec.factory(config, info).set_params(**p), grid,
                                              x_train, y_train, x_valid, y_valid)
-    predicted = model.predict(x_test)
-    return {"test": evaluate(y_test, predicted, info.label_names),
-            "valid": evaluate(y_valid, model.predict(x_valid), info.label_names),
-            "selected": params, "parameters": estimator_parameters(model),
+    if rule == "validation":  # C chosen at the estimator's own decision, then one threshold on predict_proba
+        threshold = decide(rule, y_valid, model.predict_proba(x_valid))
+        predicted, predicted_valid = (binarize(model.predict_proba(x), threshold) for x in (x_test, x_valid))
+    else:  # the estimator's own decision: binarize(predict_proba) at 0.5 (LP: its label-combination vote)
+        threshold = DEFAULT_THRESHOLD
+        predicted, predicted_valid = model.predict(x_test), model.predict(x_valid)
+    return {"test": evaluate(y_test, predicted, info.label_names, empty_union=empty_union),
+            "valid": evaluate(y_valid, predicted_valid, info.label_names, empty_union=empty_union),
+            "selected": params, "parameters": estimator_parameters(model), "threshold": float(threshold),
             "test_predictions": per_song_outcome(datasets["test"].ids, y_test, predicted)}
 
 
@@ -247,20 +291,32 @@ def train_run(data: Path, out: Path, model: str, config: Mapping, *, modalities:
 
 
 def _run_neural(spec: ModelSpec, config: dict, info: DataInfo, datasets: dict, seed: int, device: str | None,
-                run_dir: Path | None, root: Path, cell: Cell) -> dict:
-    result, test, model = train_neural(spec, config, info, datasets, root=root, fold=cell.fold, seed=seed,
-                                       device=device, run_dir=run_dir)
-    # the test probabilities of the selected checkpoint: the per-song record, and the run folder's predictions
-    ids, probabilities = predict(model, make_loaders({"test": datasets["test"]}, config["batch_size"], seed)
-                                 ["test"], device)
-    threshold = float(config.get("threshold", DEFAULT_THRESHOLD))
+                run_dir: Path | None, root: Path, cell: Cell, rule: str = DEFAULT_THRESHOLD_RULE,
+                empty_union: float = EMPTY_UNION_SCORE) -> dict:
+    result, _, model = train_neural(spec, config, info, datasets, root=root, fold=cell.fold, seed=seed,
+                                    device=device, run_dir=run_dir)
+    # The selected checkpoint's probabilities (the epoch was chosen at config["threshold"], 0.5): the threshold
+    # is decided on validation alone, then test is scored, recorded per song and written to the run folder at it.
+    loaders = make_loaders({s: datasets[s] for s in ("valid", "test")}, config["batch_size"], seed)
+    outcome = {}
+    for split in ("valid", "test"):
+        ids, probabilities = predict(model, loaders[split], device)
+        gold = dict(zip(datasets[split].ids, datasets[split].labels))
+        outcome[split] = (ids, np.asarray([gold[i] for i in ids]).reshape(len(ids), -1), probabilities)
+    threshold = decide(rule, outcome["valid"][1], outcome["valid"][2], config.get("threshold", DEFAULT_THRESHOLD))
+    ids, gold, probabilities = outcome["test"]
     if run_dir is not None:
+        if rule == "validation":  # hhmpn-predict on this folder decides as the cell did (run.json's threshold)
+            run = read_run(run_dir)
+            run["config"]["threshold"], run["threshold_rule"] = float(threshold), rule
+            atomic_write_text(run_dir / RUN_FILE, json.dumps(run, indent=2, ensure_ascii=False) + "\n")
         write_predictions(run_dir / "predictions-test.jsonl", prediction_records(
             ids, probabilities, info.label_names, threshold, datasets["test"]))
-    gold = dict(zip(datasets["test"].ids, datasets["test"].labels))
-    return {"test": test, "valid": result.best_valid, "selected": {"epoch": result.best_epoch},
-            "parameters": result.num_parameters,
-            "test_predictions": per_song_outcome(ids, [gold[i] for i in ids], binarize(probabilities, threshold))}
+    scored = {split: evaluate(y, binarize(p, threshold), info.label_names, empty_union=empty_union)
+              for split, (_, y, p) in outcome.items()}
+    return {"test": scored["test"], "valid": scored["valid"], "selected": {"epoch": result.best_epoch},
+            "parameters": result.num_parameters, "threshold": float(threshold),
+            "test_predictions": per_song_outcome(ids, gold, binarize(probabilities, threshold))}
 
 
 def per_song_outcome(ids, gold, predicted) -> dict:
@@ -274,14 +330,21 @@ def per_song_outcome(ids, gold, predicted) -> dict:
 
 def run_cell(cell: Cell, spec: ModelSpec, root: Path, profile: str, *, device: str | None = None,
              overrides: dict | None = None, out_dir: Path | None = None,
-             input_normalization: str = DEFAULT_INPUT_NORMALIZATION) -> dict:
+             input_normalization: str = DEFAULT_INPUT_NORMALIZATION, threshold: str | None = None,
+             empty_union: float | None = None) -> dict:
     """Train and test ``spec`` on ``cell``; returns the record for the results store.
 
     ``overrides`` replaces entries of the profile's configuration (e.g. ``{"epochs": 1}`` for smoke runs).
     With ``out_dir``, a neural cell writes its run folder ``run_folder(out_dir, cell)`` (path in the record's
     ``run_dir``).
-    ``input_normalization``: ``"standardize"`` (default, the protocol) or ``"raw"``.
+    ``input_normalization``: ``"standardize"`` (default, the protocol) or ``"raw"``. ``threshold`` ("0.5" or
+    "validation") and ``empty_union`` (0 or 1), when given, set the run-level settings (:func:`run_settings`; the
+    same as passing them in ``overrides``, which is how ``baselines.run_all`` hands them to every cell).
     """
+    if threshold is not None or empty_union is not None:
+        current = RUN_SETTINGS | dict(overrides or {})
+        overrides = dict(overrides or {}) | run_settings(current["threshold_rule"] if threshold is None else threshold,
+                                                         current["empty_union"] if empty_union is None else empty_union)
     base = {"key": cell.key, "model": spec.name, "group": spec.group, "dataset": cell.dataset, "fold": cell.fold,
             "seed": cell.seed, "input_normalization": input_normalization}
     reason = missing_columns(root, spec.extra_columns)
@@ -301,15 +364,21 @@ def run_cell(cell: Cell, spec: ModelSpec, root: Path, profile: str, *, device: s
         raise ValueError(f"cell {cell.key}: its settings digest {cell.settings} is not that of the settings it "
                          f"would run with ({settings_digest(settings)}); build cells and runs from one "
                          f"resolved_settings()")
-    config = {k: v for k, v in settings.items() if k != "input_normalization"} | {"seed": cell.seed}
+    rule, empty_union = settings["threshold_rule"], float(settings["empty_union"])
+    config = ({k: v for k, v in settings.items() if k != "input_normalization" and k not in RUN_SETTINGS}
+              | {"seed": cell.seed})
+    code = model_code(spec.factory)
+    if cell.code and cell.code != code["code_digest"]:  # the sources changed since the grid was made
+        raise ValueError(f"cell {cell.key}: its code digest {cell.code} is not that of the sources it would run "
+                         f"with ({code['code_digest']}); the code changed under the benchmark")
     _reset_peak_rss()
     started = time.perf_counter()
     run_dir = None
     if spec.kind == "estimator":
-        outcome = _run_estimator(spec, config, info, datasets)
+        outcome = _run_estimator(spec, config, info, datasets, rule, empty_union)
     else:
         run_dir = run_folder(out_dir, cell) if out_dir is not None else None
-        outcome = _run_neural(spec, config, info, datasets, cell.seed, device, run_dir, root, cell)
+        outcome = _run_neural(spec, config, info, datasets, cell.seed, device, run_dir, root, cell, rule, empty_union)
     seconds = time.perf_counter() - started
     test = outcome["test"]
     record = base | {
@@ -322,9 +391,14 @@ def run_cell(cell: Cell, spec: ModelSpec, root: Path, profile: str, *, device: s
         "parameters": int(outcome["parameters"]),
         "peak_memory_mb": _peak_rss_mb(),
         "sizes": {split: len(ds) for split, ds in datasets.items()},
-        "settings": {k: v for k, v in config.items()},  # what the factory got (the input setting is top-level)
+        # what the factory got, and the run-level settings (the input setting is top-level)
+        "settings": dict(config) | {"threshold_rule": rule, "empty_union": empty_union},
+        "threshold": outcome["threshold"],  # the decision threshold applied to test (and to test_predictions)
+        "threshold_rule": rule,
+        "empty_union": empty_union,  # Acc of an empty gold + empty prediction row
         "training_keys": [k for k in TRAINING_KEYS if k in config],
         "test_predictions": outcome["test_predictions"],
+        **code,  # code_files, code_digest, package_version, git_commit (mmer.code)
     }
     if run_dir is not None:
         record["run_dir"] = str(run_dir)

@@ -267,6 +267,14 @@ def _modality_table(manifest: dict) -> str:
     return "\n".join(out)
 
 
+def _folds_line(manifest: dict) -> str:
+    """The CV folds' grouping rule, where the manifest records one (MOSEI: by video, or row-level)."""
+    folds = manifest.get("folds")
+    if not isinstance(folds, dict) or not folds.get("rule"):
+        return ""
+    return f"\nCross-validation folds: {folds['rule']} (`--folds {folds.get('option', '?')}`).\n"
+
+
 def render_dataset_card(manifest: dict, schema: pa.Schema | None = None, folder: Path | None = None) -> str:
     """The card's text; ``schema`` (a shard's) adds the features to the YAML, ``folder`` the split sizes."""
     counts, settings = manifest["counts"], manifest["settings"]
@@ -319,7 +327,7 @@ Columns:
 {text_lines}
 
 Splits: {settings['splits']['rule']}; folds by {settings['splits']['method']}, seed {settings['seed']}.
-
+{_folds_line(manifest)}
 ### Statistics of {title}, in the layout of the paper's Table 1
 
 {_table1(manifest)}

@@ -59,9 +59,17 @@ Decisions (also recorded in ``manifest.json`` under ``settings``):
   segment follows its video; videos in no fold are dropped and counted) or ``--folds-file``;
   ``pt``/``pkl`` their own train/valid/test. The split folders hold this published split. Separately,
   ``fold`` (0–9) is assigned over *all* samples by :func:`nemu.splits.assign_folds` (iterative
-  stratification, ``seed``), i.e. a standard stratified 10-fold CV with 8:1:1 rotations. For MOSEI,
-  rotation 0 of ``cv_rotation`` is therefore *not* the published split (the source split is about
-  71:8:20 and cannot be one fold each); ``settings['splits']`` says so.
+  stratification, ``seed``), i.e. a stratified 10-fold CV with 8:1:1 rotations, by one of two rules
+  (``folds``, ``--folds``): ``grouped`` (default) keeps every segment of a video in one fold, the videos
+  stratified as units on the union of their segments' labels (segments of one video share speaker and
+  topic: split across folds they would put the same person in train and test); ``official`` is the
+  row-level stratification of earlier releases (a video's segments may sit in different folds), for
+  reproducing older numbers, with the published split as the leak-free evaluation. The video of a
+  segment is the form's own video field (``sdk``: the labels key without its ``[i]``; ``pkl`` and a
+  ``.pt`` with ids: the first column of ``id``); a sample with none (a ``.pt`` without ``id``) is its
+  own group, and the manifest counts them. The rule is recorded in ``manifest['folds']`` and stated on
+  the card. For MOSEI, rotation 0 of ``cv_rotation`` is *not* the published split (the source split is
+  about 71:8:20 and cannot be one fold each); ``settings['splits']`` says so.
 * **Table 1.** Split sizes, one vs two-or-more labels, mean duration per utterance (``sdk``: interval
   length; ``pkl``: end − start from its ids; ``pt``: unknown, null), and mean words per sentence
   (each sample is one sentence): the number of its word vectors that are not all zero: for ``sdk`` the
@@ -87,6 +95,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from nemu import unpickler
+from nemu.provenance import CMU_MOSEI
 from nemu.publish import DatasetPublisher, FolderConflict, FolderLocked
 from nemu.shards import FORMAT_VERSION, LABEL_IDS, Modality, build_schema, label_ids, with_manifest
 from nemu.splits import N_FOLDS, SPLITS, assign_folds
@@ -100,6 +109,8 @@ SDK_LABEL_ROW = ("sentiment",) + LABELS  # one row of the SDK's "All Labels" seq
 MODALITY_DIMS = {"text": 300, "audio": 74, "vision": 35}
 MODALITY_SOURCES = {"text": "GloVe word vectors", "audio": "COVAREP", "vision": "FACET 4.2"}
 FORMS = ("auto", "sdk", "pt", "pkl")
+#: How the fold column is assigned (``--folds``): by video (default) or row-level as in earlier releases.
+FOLD_RULES = ("grouped", "official")
 PT_KEYS = {"text": "src-text", "audio": "src-audio", "vision": "src-visual"}
 PKL_KEYS = {"text": "text", "audio": "audio", "vision": "vision"}
 STANDARD_FOLDS_FILE = Path(__file__).with_name("resources") / "mosei_standard_folds.json"
@@ -167,6 +178,7 @@ class MoseiOptions:
     labels_pt: Path | None = None  # form 3: the aligned .pt whose labels are paired with the pkl
     folds_file: Path | None = None  # form 1: JSON {"train": [video ids], "valid": [...], "test": [...]}
     seed: int = 0
+    folds: str = "grouped"  # FOLD_RULES: the fold column grouped by video, or row-level ("official")
     trust_pickle: bool = False
     neg_inf_to_zero: bool = False
     drop_incomplete: bool = False
@@ -181,9 +193,10 @@ class MoseiSummary:
     splits: dict[str, int]
     counts: dict
     out_dir: Path
+    folds: str = ""  # the fold column's rule (manifest['folds']['rule'])
 
     def __str__(self) -> str:
-        extra = ""
+        extra = f"\nCV folds: {self.folds}" if self.folds else ""
         if self.counts.get("not_in_folds"):
             extra += f"\nsegments of videos in no fold (dropped): {self.counts['not_in_folds']}"
         if self.counts.get("dropped_incomplete"):
@@ -442,7 +455,8 @@ def _ids_from_meta(meta, path: Path, split: str, n: int) -> list[tuple[str, str 
     elif array.ndim == 1:
         for value in array:
             key = _text(value).strip()
-            out.append((key, re.sub(r"\[\d+\]$", "", key), None, None))
+            # VIDEO[SEGMENT]: the segment part may be an index or times ("vid[3]", "vid[1.5,4.0]")
+            out.append((key, re.sub(r"\[[^\[\]]*\]$", "", key), None, None))
     else:
         raise MoseiError(f"{path}: {split}/id has shape {array.shape}; expected (N, 3) rows "
                          f"[video id, start, end] or (N,) strings")
@@ -928,6 +942,40 @@ SPLIT_SOURCES = {
 }
 
 
+GROUPED_RULE = "grouped by video"
+OFFICIAL_RULE = ("not grouped: row-level, as in earlier releases (segments of one video may sit in different folds, "
+                 "so a CV rotation can put one speaker and topic in train and test; evaluate on the published "
+                 "split for a leak-free number)")
+
+
+def _assign_cv_folds(ordered: list[Sample], label_matrix: np.ndarray, options: MoseiOptions, src: Path) -> dict:
+    """Set every sample's ``fold`` by the rule ``options.folds``; returns the manifest's ``folds`` record."""
+    stratifier = ("iterative stratification (iterative-stratification MultilabelStratifiedKFold, shuffled with "
+                  "the seed)")
+    if options.folds == "official":
+        for s, fold in zip(ordered, assign_folds(label_matrix, options.seed)):
+            s.fold = int(fold)
+        return {"option": "official", "rule": OFFICIAL_RULE, "n_folds": N_FOLDS, "seed": options.seed,
+                "method": f"{stratifier} over the samples"}
+    # A sample without a video (a .pt without ids) is its own group: nothing says which segments share a video.
+    groups = np.array([s.video_id if s.video_id else f"\0sample:{s.id}" for s in ordered], dtype=object)
+    without_video = sum(1 for s in ordered if not s.video_id)
+    videos = len({s.video_id for s in ordered if s.video_id})
+    units = videos + without_video
+    if units < N_FOLDS:
+        raise MoseiError(f"{src}: {videos} video(s) (and {without_video} sample(s) without a video id) cannot fill "
+                         f"the {N_FOLDS} CV folds grouped by video; at least {N_FOLDS} are needed (or pass "
+                         f"--folds official for row-level folds)")
+    for s, fold in zip(ordered, assign_folds(label_matrix, options.seed, groups=groups)):
+        s.fold = int(fold)
+    rule = GROUPED_RULE if not without_video else (
+        f"{GROUPED_RULE} ({without_video} sample(s) without a video id in the source, each its own group)")
+    return {"option": "grouped", "rule": rule, "n_folds": N_FOLDS, "seed": options.seed, "group_key": "video_id",
+            "videos": videos, "samples_without_video": without_video,
+            "method": f"{stratifier} over videos as units, each carrying the union of its segments' labels; "
+                      f"every segment takes its video's fold"}
+
+
 def build_mosei(options: MoseiOptions) -> MoseiSummary:
     """Read MOSEI in any of the three forms and write the toolkit's layout; see the module docstring."""
     form, src, labels_pt = resolve_form(Path(options.src), options.form, options.labels_pt)
@@ -935,6 +983,8 @@ def build_mosei(options: MoseiOptions) -> MoseiSummary:
     if options.folds_file is not None and form != "sdk":
         raise MoseiError(f"--folds-file applies to the sdk form only; the {form} form keeps its own "
                          f"train/valid/test")
+    if options.folds not in FOLD_RULES:
+        raise MoseiError(f"unknown fold rule {options.folds!r}; expected one of {', '.join(FOLD_RULES)}")
     if options.rows_per_shard < 1 or options.row_group_rows < 1:
         raise MoseiError("--shard-rows and --row-group-rows must be at least 1")
     out_dir = Path(options.out_dir)
@@ -965,8 +1015,7 @@ def build_mosei(options: MoseiOptions) -> MoseiSummary:
         if len(ordered) < N_FOLDS:
             raise MoseiError(f"{src}: {len(ordered)} samples; at least {N_FOLDS} are needed for the 10 CV folds")
         label_matrix = np.array([s.label_vector for s in ordered], dtype=np.int8)
-        for s, fold in zip(ordered, assign_folds(label_matrix, options.seed)):
-            s.fold = int(fold)
+        fold_record = _assign_cv_folds(ordered, label_matrix, options, src)
 
         counts.update(samples=len(ordered), per_split={s: len(samples[s]) for s in SPLITS},
                       without_labels=int((label_matrix.sum(axis=1) == 0).sum()))
@@ -974,6 +1023,10 @@ def build_mosei(options: MoseiOptions) -> MoseiSummary:
         facts = {
             "format_version": FORMAT_VERSION,
             "dataset": DATASET,
+            # nemu.provenance's schema: the official files read (the sdk's ignored sequences are not read)
+            "source": {"kind": CMU_MOSEI, "form": form,
+                       "files": [f["name"] for f in files if f.get("role") != "ignored"]},
+            "folds": fold_record,
             "labels": list(LABELS),
             "modalities": [m.to_dict() for m in modalities],
             "settings": {
@@ -992,12 +1045,11 @@ def build_mosei(options: MoseiOptions) -> MoseiSummary:
                 "words_per_sentence": WORDS_RULES[form],
                 "splits": {
                     "n_folds": N_FOLDS,
-                    "method": "iterative stratification (iterative-stratification MultilabelStratifiedKFold, "
-                              "shuffled with the seed) over all samples",
+                    "method": fold_record["method"],
                     "rule": f"the published split is the source's ({SPLIT_SOURCES[form]}), kept in the split "
-                            f"folders; the fold column is a separate stratified 10-fold CV over all samples "
-                            f"(cv_rotation(k): test = fold k, valid = fold k+1, train = the rest), so rotation 0 "
-                            f"is NOT the published split",
+                            f"folders; the fold column is a separate stratified 10-fold CV over all samples, "
+                            f"{fold_record['rule']} (cv_rotation(k): test = fold k, valid = fold k+1, train = the "
+                            f"rest), so rotation 0 is NOT the published split",
                     "published_split": SPLIT_SOURCES[form],
                     "rotation_0_is_published_split": False,
                 },
@@ -1020,4 +1072,5 @@ def build_mosei(options: MoseiOptions) -> MoseiSummary:
             raise MoseiError(str(exc)) from None
     finally:
         source.close()
-    return MoseiSummary(form=form, splits={s: len(samples[s]) for s in SPLITS}, counts=counts, out_dir=out_dir)
+    return MoseiSummary(form=form, splits={s: len(samples[s]) for s in SPLITS}, counts=counts, out_dir=out_dir,
+                        folds=fold_record["rule"])

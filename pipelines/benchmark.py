@@ -19,7 +19,9 @@ from pathlib import Path
 from baselines.cells import default_jobs, limit_threads
 from baselines import run_all
 from baselines.run_all import PROFILE_FOLDS
+from mmer.metrics import EMPTY_UNION_CHOICES, EMPTY_UNION_SCORE
 from mmer.registry import UnknownModelError, models, resolve_names
+from mmer.tuning import DEFAULT_THRESHOLD_RULE, THRESHOLD_RULES
 from nemu.normalization import DEFAULT_INPUT_NORMALIZATION, INPUT_NORMALIZATIONS
 from nemu.ray_engine import RayUnavailable
 from nemu.splits import N_FOLDS
@@ -55,6 +57,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--input-normalization", choices=INPUT_NORMALIZATIONS, default=DEFAULT_INPUT_NORMALIZATION,
                    help="standardize: node features standardised per modality and dimension on each rotation's "
                         "training split (the protocol); raw: the stored features (default: %(default)s)")
+    p.add_argument("--threshold", choices=THRESHOLD_RULES, default=DEFAULT_THRESHOLD_RULE,
+                   help="decision threshold of every model: 0.5 (the paper's), or validation: one threshold per cell "
+                        "chosen on its validation split (0.05..0.95, best micro-F1, ties nearest 0.5) and applied to "
+                        "test; recorded in every result (default: %(default)s)")
+    p.add_argument("--empty-union", type=float, choices=EMPTY_UNION_CHOICES, default=EMPTY_UNION_SCORE,
+                   metavar="{0,1}",
+                   help="Acc (Jaccard) of a song whose gold and predicted label sets are both empty: 0, the official "
+                        "HHMPN code's convention, or 1, a perfect match as in subset accuracy; recorded in every "
+                        "result (default: %(default)g)")
     p.add_argument("--figure-song", metavar="ID",
                    help="song of Figure 3 (default: the test song of the first HHMPN run with the most comment "
                         "sentences, up to 16, among those with two or more labels; ties: smallest id)")
@@ -106,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                       table3=not args.no_table3, table3_folds=list(range(n_table3)), device=args.device,
                       progress=not args.no_progress, jobs=args.jobs, threads=args.threads,
                       input_normalization=args.input_normalization, figure_song=args.figure_song,
-                      engine=args.engine, ray_address=args.ray_address)
+                      engine=args.engine, ray_address=args.ray_address, threshold=args.threshold,
+                      empty_union=args.empty_union)
     except (FileNotFoundError, ValueError, RayUnavailable) as exc:
         print(f"run_all: error: {exc}", file=sys.stderr)
         return 2

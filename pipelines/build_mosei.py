@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from pipelines import cli
-from nemu.mosei import FORMS, MoseiError, MoseiOptions, build_mosei
+from nemu.mosei import FOLD_RULES, FORMS, MoseiError, MoseiOptions, build_mosei
 
 
 def parser() -> argparse.ArgumentParser:
@@ -32,6 +32,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--folds-file", type=Path, default=None, metavar="FILE",
                    help='sdk form: JSON {"train": [video ids], "valid": [...], "test": [...]} for the published '
                         "split; default: the SDK's standard folds shipped in nemu/resources/mosei_standard_folds.json")
+    p.add_argument("--folds", choices=FOLD_RULES, default="grouped",
+                   help="the 10-fold CV column 'fold': grouped keeps every segment of a video in one fold (videos "
+                        "stratified by their labels), so no speaker is in train and test of a rotation; official "
+                        "is the row-level stratification of earlier releases (a video's segments may be in "
+                        "different folds; evaluate on the published split, the split folders, which every rule "
+                        "keeps). Recorded in the manifest's 'folds' and on the card")
     cli.add_seed(p, what="of the stratified 10-fold CV column 'fold'; the split folders keep the source's split")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow full unpickling (can run arbitrary code) for a .pt/.pkl that does not load safely; "
@@ -52,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     options = MoseiOptions(
-        src=args.raw, out_dir=args.out, form=args.form, labels_pt=args.labels_pt, folds_file=args.folds_file,
+        src=args.raw, out_dir=args.out, form=args.form, labels_pt=args.labels_pt, folds_file=args.folds_file, folds=args.folds,
         seed=args.seed, trust_pickle=args.trust_pickle, neg_inf_to_zero=args.neg_inf_to_zero,
         drop_incomplete=args.drop_incomplete, rows_per_shard=args.shard_rows, row_group_rows=args.row_group_rows,
         progress=not args.no_progress)

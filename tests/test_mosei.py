@@ -73,13 +73,15 @@ SDK_VIDEOS = {
 SDK_FOLDS = {"train": ["vidA", "vidB", "vidC", "vidD", "vidE"], "valid": ["vidF"], "test": ["vidG", "vidH"]}
 
 
-def sdk_source(root: Path, *, skip_vision: tuple[str, ...] = (), mutate=None) -> tuple[Path, Path, dict]:
+def sdk_source(root: Path, *, skip_vision: tuple[str, ...] = (), mutate=None, videos: dict | None = None,
+               folds_spec: dict | None = None) -> tuple[Path, Path, dict]:
     """A folder of four .csd files (+ an ignored one) and a folds file. Returns (src, folds, features)."""
+    videos = SDK_VIDEOS if videos is None else videos
     rng = np.random.default_rng(7)
     src = root / "csd"
     src.mkdir(parents=True)
     seqs = {"labels": {}, "text": {}, "audio": {}, "vision": {}}
-    for video, segments in SDK_VIDEOS.items():
+    for video, segments in videos.items():
         duration = max(end for _, end, _ in segments)
         seqs["labels"][video] = (np.array([row for _, _, row in segments], np.float64),
                                  np.array([[s, e] for s, e, _ in segments], np.float64))
@@ -96,9 +98,9 @@ def sdk_source(root: Path, *, skip_vision: tuple[str, ...] = (), mutate=None) ->
     write_csd(src / "CMU_MOSEI_COVAREP.csd", "COVAREP", seqs["audio"])
     write_csd(src / "CMU_MOSEI_VisualFacet42.csd", "FACET 4.2", seqs["vision"])
     write_csd(src / "CMU_MOSEI_VisualOpenFace2.csd", "OpenFace_2",
-              {v: (np.zeros((2, 5)), np.array([[0, 1], [1, 2]], np.float64)) for v in SDK_VIDEOS})
+              {v: (np.zeros((2, 5)), np.array([[0, 1], [1, 2]], np.float64)) for v in videos})
     folds = root / "folds.json"
-    folds.write_text(json.dumps(SDK_FOLDS))
+    folds.write_text(json.dumps(SDK_FOLDS if folds_spec is None else folds_spec))
     return src, folds, seqs
 
 
@@ -110,7 +112,9 @@ def overlap(intervals, start, end):
 def sdk_built(tmp_path_factory):
     base = tmp_path_factory.mktemp("sdk")
     src, folds, seqs = sdk_source(base, skip_vision=("vidE",))
-    summary = build_mosei(options(src, base / "out", folds_file=folds, rows_per_shard=4, row_group_rows=2))
+    # 8 videos, too few for 10 folds grouped by video: these fixtures use the row-level rule (grouped: below)
+    summary = build_mosei(options(src, base / "out", folds_file=folds, folds="official", rows_per_shard=4,
+                                  row_group_rows=2))
     return base / "out", seqs, summary
 
 
@@ -186,14 +190,14 @@ def test_sdk_standard_folds_are_shipped_and_used_by_default(tmp_path):
             seqs[role] = {rename.get(k, k): v for k, v in seqs[role].items()}
 
     src, _, _ = sdk_source(tmp_path, mutate=to_real_ids)
-    summary = build_mosei(options(src, tmp_path / "out"))
+    summary = build_mosei(options(src, tmp_path / "out", folds="official"))
     assert summary.splits == {"train": 8, "valid": 2, "test": 2}
     assert set(nemu.load(tmp_path / "out", "test")["video_id"]) == set(real["test"])
 
 
 def test_sdk_drop_incomplete(tmp_path):
     src, folds, _ = sdk_source(tmp_path, skip_vision=("vidE",))
-    summary = build_mosei(options(src, tmp_path / "out", folds_file=folds, drop_incomplete=True))
+    summary = build_mosei(options(src, tmp_path / "out", folds_file=folds, drop_incomplete=True, folds="official"))
     assert summary.splits["train"] == 7 and summary.counts["dropped_incomplete"] == 1
     assert "vidE[0]" not in set(nemu.load(tmp_path / "out", None)["id"])
 
@@ -236,14 +240,14 @@ def padded_split(split: str, n: int, rng) -> tuple[dict, dict]:
     return arrays, real
 
 
-def write_pt(path: Path, rng=None, settings=None, mutate=None) -> tuple[dict, dict]:
+def write_pt(path: Path, rng=None, settings=None, mutate=None, sizes=None) -> tuple[dict, dict]:
     rng = rng or np.random.default_rng(3)
     vocab = pt_vocab()
     data = {"settings": settings if settings is not None else argparse.Namespace(
                 max_text_seq_len=T, max_visual_seq_len=T, max_audio_seq_len=T),
             "dict": {"src": None, "tgt": vocab}}
     reals = {}
-    for split, n in SPLIT_SIZES.items():
+    for split, n in (sizes or SPLIT_SIZES).items():
         arrays, reals[split] = padded_split(split, n, rng)
         tgt = [[2, *[vocab[name] for name in sample_labels(split, i)], 3] for i in range(n)]
         data[split] = {"src-text": arrays["text"], "src-visual": arrays["vision"],
@@ -359,11 +363,11 @@ def test_cli_help_explains_every_flag(capsys):
 # Form 3: the unaligned pkl, labels from the .pt
 
 
-def write_pkl(path: Path, rng=None, mutate=None) -> dict:
+def write_pkl(path: Path, rng=None, mutate=None, sizes=None, video=lambda split, i: f"v{split}{i // 2}") -> dict:
     rng = rng or np.random.default_rng(5)
     data = {}
     lengths = {"text": 5, "audio": 12, "vision": 9}
-    for split, n in SPLIT_SIZES.items():
+    for split, n in (sizes or SPLIT_SIZES).items():
         part = {}
         for m, d in DIMS.items():
             array = np.zeros((n, lengths[m], d), np.float32)
@@ -372,7 +376,7 @@ def write_pkl(path: Path, rng=None, mutate=None) -> dict:
                 array[i, lengths[m] - real:] = rng.normal(size=(real, d)) + 1.0  # left padding, per modality
             part[m] = array
         part["labels"] = np.arange(n, dtype=np.float32).reshape(n, 1, 1) / 10
-        part["id"] = np.array([[f"v{split}{i // 2}", f"{1.5 * i}", f"{1.5 * i + 1.25}"] for i in range(n)],
+        part["id"] = np.array([[video(split, i), f"{1.5 * i}", f"{1.5 * i + 1.25}"] for i in range(n)],
                               dtype=object)
         data[split] = part
     if mutate:
@@ -386,7 +390,7 @@ def test_pkl_paired_with_pt_labels(tmp_path, pt_built):
     base = pt_built[0]
     data = write_pkl(tmp_path / "mosei_senti_data_noalign.pkl")
     summary = build_mosei(options(tmp_path / "mosei_senti_data_noalign.pkl", tmp_path / "out",
-                                  labels_pt=base / "train_valid_test.pt"))
+                                  labels_pt=base / "train_valid_test.pt", folds="official"))  # 8 videos
     assert summary.form == "pkl" and summary.splits == SPLIT_SIZES
     frame = nemu.load(tmp_path / "out", "valid")
     for i in range(SPLIT_SIZES["valid"]):
@@ -407,7 +411,7 @@ def test_pkl_paired_with_pt_labels(tmp_path, pt_built):
     both.mkdir()
     (both / "mosei_senti_data_noalign.pkl").write_bytes((tmp_path / "mosei_senti_data_noalign.pkl").read_bytes())
     (both / "train_valid_test.pt").write_bytes((base / "train_valid_test.pt").read_bytes())
-    assert build_mosei(options(both, tmp_path / "out2")).form == "pkl"
+    assert build_mosei(options(both, tmp_path / "out2", folds="official")).form == "pkl"
 
 
 def test_pkl_needs_labels_and_matching_counts(tmp_path):
@@ -459,7 +463,8 @@ def test_pkl_needing_full_unpickling_is_refused_without_trust_pickle(tmp_path, p
     write_pkl(path, mutate=lambda d: d.update(meta=CustomSettings()))
     with pytest.raises(UntrustedPickleError, match=r"noalign\.pkl: refused.*CustomSettings.*--trust-pickle"):
         build_mosei(options(path, tmp_path / "out", labels_pt=labels))
-    assert build_mosei(options(path, tmp_path / "out", labels_pt=labels, trust_pickle=True)).splits == SPLIT_SIZES
+    assert build_mosei(options(path, tmp_path / "out", labels_pt=labels, trust_pickle=True,
+                               folds="official")).splits == SPLIT_SIZES
 
 
 # ----------------------------------------------------------------------------------------------
@@ -530,7 +535,7 @@ def test_neg_inf_is_an_error_unless_replaced(tmp_path):
     src, folds, _ = sdk_source(tmp_path, mutate=silence)
     with pytest.raises(MoseiError, match=r"video 'vidA' segment vidA\[0\] has -inf.*--neg-inf-to-zero"):
         build_mosei(options(src, tmp_path / "out", folds_file=folds))
-    summary = build_mosei(options(src, tmp_path / "out", folds_file=folds, neg_inf_to_zero=True))
+    summary = build_mosei(options(src, tmp_path / "out", folds_file=folds, neg_inf_to_zero=True, folds="official"))
     assert summary.counts["neg_inf_replaced"]["audio"] == 74
     row = nemu.load(tmp_path / "out", "train").set_index("id").loc["vidA[0]"]
     assert not np.any(np.stack(list(row["audio"]))[3])
@@ -597,7 +602,8 @@ def test_positions_beyond_int16_are_stored_exactly(tmp_path, pt_built):
         data["valid"]["vision"] = vision
 
     data = write_pkl(tmp_path / "long.pkl", mutate=lengthen)
-    build_mosei(options(tmp_path / "long.pkl", tmp_path / "out", labels_pt=pt_built[0] / "train_valid_test.pt"))
+    build_mosei(options(tmp_path / "long.pkl", tmp_path / "out", labels_pt=pt_built[0] / "train_valid_test.pt",
+                        folds="official"))
     frame = nemu.load(tmp_path / "out", "validation")
     for i, steps in real_steps.items():
         row = frame.iloc[i]
@@ -675,3 +681,151 @@ def test_an_ingestion_failing_half_way_leaves_the_previous_dataset_whole(pt_buil
     assert _dataset_bytes(out) == before
     nemu.verify(out)  # the previous shards, whole and matching their manifest
     assert not [p for p in (out / ".builds").iterdir() if p.name.startswith("staging-")]
+
+
+# ----------------------------------------------------------------------------------------------
+# CV folds grouped by video (--folds grouped, the default) and the row-level rule (--folds official)
+
+
+def _many_sdk_videos(n: int = 24) -> tuple[dict, dict]:
+    """n videos of 1-3 segments (enough for 10 grouped folds), and standard folds placing them."""
+    patterns = [[1.0, 0, 0, 0, 0, 0], [0, 1.0, 0, 0.5, 0, 0], [0, 0, 1.0, 0, 0, 1.0], [0.3, 0, 0, 0, 1.0, 0],
+                [0, 0, 0, 0, 0, 0], [0, 0.6, 0, 0, 0, 0.3], [1.0, 1.0, 0, 0, 0, 0]]
+    videos = {}
+    for v in range(n):
+        segments = []
+        for i in range(1 + v % 3):
+            row = patterns[(v + 2 * i) % len(patterns)]
+            segments.append((1.0 * i, 1.0 * i + 1.0, [0.0, *row]))
+        videos[f"vid{v:02d}"] = segments
+    names = sorted(videos)
+    return videos, {"train": names[:16], "valid": names[16:19], "test": names[19:]}
+
+
+def _video_folds(out: Path) -> dict[str, set[int]]:
+    frame = nemu.load(out, None)
+    assert frame["video_id"].notna().all()
+    return {video: set(folds) for video, folds in frame.groupby("video_id")["fold"]}
+
+
+def _pkl_many_videos(root: Path, sizes=None) -> tuple[Path, Path]:
+    """A pkl whose segments belong to sizes/2 videos per split, a video's two segments not adjacent."""
+    sizes = sizes or {"train": 40, "valid": 10, "test": 12}
+    write_pt(root / "labels.pt", sizes=sizes)
+    write_pkl(root / "x.pkl", sizes=sizes, video=lambda split, i: f"{split}-v{(i * 7) % (sizes[split] // 2)}")
+    return root / "x.pkl", root / "labels.pt"
+
+
+def _pt_with_ids(root: Path) -> Path:
+    """The aligned .pt carrying ``id`` rows [video, start, end] (the form's own video field)."""
+    sizes = {"train": 24, "valid": 6, "test": 8}
+
+    def add_ids(data):
+        for split, n in sizes.items():
+            data[split]["id"] = np.array([[f"{split}{i % (n // 2)}", f"{i}.0", f"{i}.5"] for i in range(n)],
+                                         dtype=object)
+
+    write_pt(root / "ids.pt", sizes=sizes, mutate=add_ids)
+    return root / "ids.pt"
+
+
+@pytest.mark.parametrize("form", ["sdk", "pkl", "pt"])
+def test_a_mosei_build_never_splits_a_video_across_folds(tmp_path, form):
+    if form == "sdk":
+        videos, spec = _many_sdk_videos()
+        src, folds_file, _ = sdk_source(tmp_path, videos=videos, folds_spec=spec)
+        kw = {"folds_file": folds_file}
+    elif form == "pkl":
+        src, labels = _pkl_many_videos(tmp_path)
+        kw = {"labels_pt": labels}
+    else:
+        src, kw = _pt_with_ids(tmp_path), {}
+    summary = build_mosei(options(src, tmp_path / "grouped", **kw))  # the default rule
+    assert summary.form == form and summary.folds == "grouped by video"
+    grouped = _video_folds(tmp_path / "grouped")
+    assert all(len(folds) == 1 for folds in grouped.values()), grouped
+    assert set().union(*grouped.values()) == set(range(10))
+    manifest = nemu.read_manifest(tmp_path / "grouped")
+    assert manifest["folds"]["option"] == "grouped" and manifest["folds"]["rule"] == "grouped by video"
+    assert manifest["folds"]["videos"] == len(grouped) and manifest["folds"]["samples_without_video"] == 0
+    # the same source under the row-level rule does split videos: the fixture can tell the rules apart
+    build_mosei(options(src, tmp_path / "rows", folds="official", **kw))
+    assert any(len(folds) > 1 for folds in _video_folds(tmp_path / "rows").values())
+    # and the split folders hold the official split under both rules
+    for split in ("train", "valid", "test"):
+        assert list(nemu.load(tmp_path / "grouped", split)["id"]) == list(nemu.load(tmp_path / "rows", split)["id"])
+
+
+def test_grouped_folds_are_stratified_by_the_videos_labels_and_deterministic(tmp_path):
+    src, labels = _pkl_many_videos(tmp_path, {"train": 160, "valid": 20, "test": 40})
+    build_mosei(options(src, tmp_path / "a", labels_pt=labels, seed=3))
+    frame = nemu.load(tmp_path / "a", None)
+    videos = frame.groupby("video_id").agg(fold=("fold", "first"),
+                                           labels=("label_vector", lambda rows: np.max(np.stack(list(rows)), 0)))
+    label_matrix = np.stack(list(videos["labels"]))
+    for j, name in enumerate(LABELS):
+        per_fold = [int(label_matrix[videos["fold"].to_numpy() == f, j].sum()) for f in range(10)]
+        expected = label_matrix[:, j].sum() / 10
+        # iterative stratification over videos: every fold within one video of its share of each label
+        assert max(abs(c - expected) for c in per_fold) <= 1.5, (name, per_fold)
+    sizes = np.bincount(videos["fold"], minlength=10)
+    assert sizes.max() - sizes.min() <= 2, sizes
+    build_mosei(options(src, tmp_path / "b", labels_pt=labels, seed=3))
+    assert list(nemu.load(tmp_path / "b", None)["fold"]) == list(frame["fold"])
+    build_mosei(options(src, tmp_path / "c", labels_pt=labels, seed=4))
+    assert list(nemu.load(tmp_path / "c", None)["fold"]) != list(frame["fold"])
+
+
+def test_the_official_rule_reproduces_the_row_level_folds(pt_built, tmp_path):
+    from nemu.splits import assign_folds
+
+    src = _pt_with_ids(tmp_path)
+    build_mosei(options(src, tmp_path / "out", folds="official", seed=2))
+    frame = nemu.load(tmp_path / "out", None)  # train, valid, test in source order: the order folds are drawn in
+    expected = assign_folds(np.stack(list(frame["label_vector"])).astype(np.int8), 2)
+    assert list(frame["fold"]) == expected.tolist()
+    manifest = nemu.read_manifest(tmp_path / "out")
+    assert manifest["folds"]["option"] == "official" and manifest["folds"]["rule"].startswith("not grouped")
+    card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
+    assert "Cross-validation folds: not grouped" in card and "`--folds official`" in card
+    assert cli.main(["--raw", str(src), "--out", str(tmp_path / "cli"), "--folds", "official", "--seed", "2",
+                     "--no-progress"]) == 0
+    assert list(nemu.load(tmp_path / "cli", None)["fold"]) == expected.tolist()
+
+
+def test_the_manifest_records_the_source_and_the_fold_rule(sdk_built, pt_built, tmp_path):
+    from nemu.provenance import dataset_title, is_real, source_of
+
+    out = sdk_built[0]
+    manifest = nemu.read_manifest(out)
+    # the official files read; the ignored OpenFace sequence is not one of them
+    assert manifest["source"] == {"kind": "cmu-mosei", "form": "sdk", "files": [
+        "CMU_MOSEI_COVAREP.csd", "CMU_MOSEI_Labels.csd", "CMU_MOSEI_TimestampedWordVectors.csd",
+        "CMU_MOSEI_VisualFacet42.csd"]}
+    assert source_of(manifest)["form"] == "sdk" and is_real(manifest) and dataset_title(manifest) == "MOSEI"
+    assert manifest["folds"]["option"] == "official"
+    pt_manifest = nemu.read_manifest(pt_built[0] / "out")
+    assert pt_manifest["source"] == {"kind": "cmu-mosei", "form": "pt", "files": ["train_valid_test.pt"]}
+    # a .pt without ids has no video field: each sample is its own group, and the manifest and card say so
+    folds = pt_manifest["folds"]
+    assert folds["option"] == "grouped" and folds["videos"] == 0 and folds["samples_without_video"] == 15
+    assert "15 sample(s) without a video id" in folds["rule"]
+    card = (pt_built[0] / "out" / "README.md").read_text(encoding="utf-8")
+    assert f"Cross-validation folds: {folds['rule']} (`--folds grouped`)" in card
+    src, labels = _pkl_many_videos(tmp_path)
+    build_mosei(options(src, tmp_path / "pkl", labels_pt=labels))
+    assert nemu.read_manifest(tmp_path / "pkl")["source"] == {"kind": "cmu-mosei", "form": "pkl",
+                                                              "files": ["x.pkl", "labels.pt"]}
+    assert "Cross-validation folds: grouped by video (`--folds grouped`)" in \
+        (tmp_path / "pkl" / "README.md").read_text(encoding="utf-8")
+
+
+def test_too_few_videos_for_grouped_folds_names_the_way_out(tmp_path, capsys):
+    src, folds, _ = sdk_source(tmp_path)  # 8 videos in the folds
+    with pytest.raises(MoseiError, match=r"8 video\(s\).*cannot fill the 10 CV folds grouped by video.*--folds "
+                                         r"official"):
+        build_mosei(options(src, tmp_path / "out", folds_file=folds))
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--folds {grouped,official}" in text and "(default: grouped)" in text

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mmer import registry
+from mmer import code, registry
 from baselines import run_all
 from baselines.results import ResultsStore
 from baselines.tables import write_tables
@@ -137,3 +137,105 @@ def test_a_cell_never_runs_with_settings_its_digest_does_not_cover(dataset):
     assert run_cell(cell, spec, dataset, "quick")["status"] == "ok"
     with pytest.raises(ValueError, match="settings digest"):
         run_cell(cell, spec, dataset, "quick", overrides={"grid": {"C": [1.0]}})
+
+
+# ----------------------------------------------------------------------------------------------
+# Results tied to the code: the model's module, the cell runner and their project imports (mmer.code)
+
+
+def _project_copy(tmp_path: Path) -> Path:
+    """A copy of the project's Python sources, to edit without touching the real tree."""
+    tree = tmp_path / "tree"
+    for package in code.CODE_PACKAGES:
+        shutil.copytree(code.PROJECT_ROOT / package, tree / package,
+                        ignore=lambda folder, names: [n for n in names if n == "__pycache__" or
+                                                      (not n.endswith(".py") and not Path(folder, n).is_dir())])
+    return tree
+
+
+def _edit(path: Path) -> None:
+    path.write_text(path.read_text(encoding="utf-8") + "\n# a bug fix\n", encoding="utf-8")
+
+
+def test_editing_a_models_source_reruns_its_cells_and_not_the_others(dataset, tmp_path, monkeypatch):
+    tree = _project_copy(tmp_path)
+    monkeypatch.setattr(code, "PROJECT_ROOT", tree)  # the digests read this copy; the cells run the real code
+    out = tmp_path / "results"
+    store = out / "results.jsonl"
+
+    def run() -> dict:
+        return run_all.run({"nemu": dataset}, ["BR", "LSAN"], [0], [0], "quick", out, table3=False, progress=False,
+                           overrides={"epochs": 1})
+
+    assert run()["ran"] == 2
+    again = run()
+    assert (again["ran"], again["skipped"], again["notices"]) == (0, 2, [])  # nothing changed: both reused
+    first = {r["model"]: r for r in ResultsStore(out, "quick").records()}
+    _edit(tree / "baselines" / "classical.py")  # BR's module
+    edited = run()
+    assert (edited["ran"], edited["skipped"]) == (1, 1)  # BR reruns, LSAN is reused
+    assert edited["notices"] == [f"{store} has 1 cell(s) of BR run with other code (baselines/classical.py changed): "
+                                 f"rerunning them"]
+    records = ResultsStore(out, "quick").records()
+    assert [r["model"] for r in records] == ["BR", "LSAN", "BR"]
+    new_br = records[-1]
+    assert new_br["code_files"]["baselines/classical.py"] == code.sha256_of(tree / "baselines" / "classical.py")
+    assert new_br["code_files"]["baselines/classical.py"] != first["BR"]["code_files"]["baselines/classical.py"]
+    assert new_br["code_digest"] == code.code_digest(new_br["code_files"]) != first["BR"]["code_digest"]
+    assert new_br["identity"].endswith(f"|code={new_br['code_digest']}")
+    # the engine is in every cell's closure: editing it reruns both models, naming the file for each
+    _edit(tree / "mmer" / "engine.py")
+    engine = run()
+    assert engine["ran"] == 2
+    assert engine["notices"] == [f"{store} has 1 cell(s) of {m} run with other code (mmer/engine.py changed): "
+                                 f"rerunning them" for m in ("BR", "LSAN")]
+    assert run()["ran"] == 0
+
+
+def test_a_record_carries_its_code_files_digest_version_and_commit(dataset):
+    spec = registry.get("BR")
+    current = code.model_code(spec.factory)
+    cell = Cell("BR", "nemu", 0, 0, None, dataset_fingerprint(read_manifest(dataset)),
+                settings_digest(resolved_settings(spec, "quick")), current["code_digest"])
+    record = run_cell(cell, spec, dataset, "quick")
+    assert record["code_digest"] == cell.code == code.code_digest(record["code_files"])
+    for path in ("baselines/classical.py", "mmer/runner.py", "mmer/engine.py", "mmer/metrics.py", "nemu/loading.py",
+                 "nemu/normalization.py", "mmer/registry.py"):
+        assert record["code_files"][path] == code.sha256_of(code.PROJECT_ROOT / path)
+    assert record["package_version"] == code.package_version() and "git_commit" in record
+    with pytest.raises(ValueError, match="code digest"):  # a cell never runs code its digest does not cover
+        run_cell(Cell("BR", "nemu", 0, 0, None, cell.fingerprint, cell.settings, "0" * 16), spec, dataset, "quick")
+
+
+def test_the_code_closure_follows_imports_of_the_project_only(tmp_path):
+    lsan = code.code_files("baselines.lsan")
+    br = code.code_files("baselines.classical")
+    assert "baselines/lsan.py" in lsan and "baselines/classical.py" not in lsan
+    assert "baselines/classical.py" in br and "baselines/lsan.py" not in br
+    assert {"mmer/runner.py", "mmer/engine.py", "nemu/loading.py"} <= set(lsan) & set(br)
+    assert not any(path.startswith("pipelines/") for path in {*lsan, *br})
+    # imports inside functions and relative imports count; a __main__ block does not run in a cell
+    tree = tmp_path / "tree"
+    for name, text in {
+        "baselines/__init__.py": "",
+        "baselines/toy.py": "import numpy\nfrom . import helper\n\ndef f():\n    from nemu.extra import g\n"
+                            "\nif __name__ == '__main__':\n    from baselines import main_only\n",
+        "baselines/helper.py": "",
+        "baselines/main_only.py": "",
+        "baselines/unrelated.py": "",
+        "nemu/__init__.py": "",
+        "nemu/extra.py": "from nemu import deeper\n",
+        "nemu/deeper.py": "",
+    }.items():
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text(text, encoding="utf-8")
+    files = code.code_files("baselines.toy", tree)
+    assert sorted(files) == ["baselines/__init__.py", "baselines/helper.py", "baselines/toy.py", "nemu/__init__.py",
+                             "nemu/deeper.py", "nemu/extra.py"]
+    before = code.code_digest(files)
+    _edit(tree / "baselines" / "unrelated.py")
+    assert code.code_digest(code.code_files("baselines.toy", tree)) == before
+    _edit(tree / "nemu" / "deeper.py")
+    after = code.code_files("baselines.toy", tree)
+    assert code.code_digest(after) != before and code.changed_files(files, after) == ["nemu/deeper.py changed"]
+    assert code.git_commit(tmp_path) is None  # not a checkout: no commit, no error
