@@ -105,7 +105,7 @@ class BuildSummary:
         if cut:
             text += "\ncut by limits: " + ", ".join(f"{name.replace('_', ' ')} {n:g}" for name, n in cut.items())
         if self.duplicate_media:
-            text += (f"\nbyte-identical media under different ids (each group kept in one fold): "
+            text += ("\nbyte-identical media under different ids (each group kept in one fold): "
                      + "; ".join(", ".join(group) for group in self.duplicate_media[:5])
                      + (f"; and {len(self.duplicate_media) - 5} more groups" if len(self.duplicate_media) > 5 else ""))
         return text
