@@ -41,6 +41,10 @@ def test_grid_has_table3_subsets_for_nemu(built):
     subsets = {c.modalities for c in cells if c.modalities}
     assert len(subsets) == 14 and all(1 <= len(s) <= 3 for s in subsets)
     assert len(cells) == 2 * 2 + 14 * 2
+    # three seeds for Table 2, one for Table 3 (benchmark's defaults): 2 models x 2 folds x 3 + 14 x 2 x 1
+    cells = run_all.grid({"nemu": base / "out"}, ["BR", "HHMPN"], [0, 1], [0, 1, 2], table3=True, table3_seeds=[0])
+    assert len(cells) == 2 * 2 * 3 + 14 * 2
+    assert {c.seed for c in cells if c.modalities} == {0} and {c.seed for c in cells if not c.modalities} == {0, 1, 2}
 
 
 def _lines(path: Path) -> list[dict]:
@@ -190,7 +194,7 @@ def test_run_all_defaults_to_five_rotations_for_tables_2_and_3_on_every_core(bui
     seen = {}
 
     def fake_run(datasets, model_names, folds, seeds, profile, out, **kw):
-        seen.update(models=model_names, folds=folds, **kw)
+        seen.update(models=model_names, folds=folds, seeds=seeds, **kw)
         return {"cells": 0, "ran": 0, "skipped": 0, "failed": 0, "tables": [], "figures": []}
 
     monkeypatch.setattr(run_all, "run", fake_run)
@@ -198,8 +202,11 @@ def test_run_all_defaults_to_five_rotations_for_tables_2_and_3_on_every_core(bui
     assert seen["models"] == ["BR", "HHMPN"]
     assert seen["folds"] == seen["table3_folds"] == [0, 1, 2, 3, 4]
     assert seen["jobs"] == cells.default_jobs() and seen["threads"] == 1
+    assert seen["seeds"] == [0, 1, 2] and seen["table3_seeds"] == [0]  # >= 3 seeds per Table 2 cell by default
     assert benchmark.main(["--datasets", f"nemu={base / 'out'}", "--profile", "paper", "--table3-folds", "3"]) == 0
     assert len(seen["folds"]) == 10 and seen["table3_folds"] == [0, 1, 2]
+    assert benchmark.main(["--datasets", f"nemu={base / 'out'}", "--seeds", "4,5", "--table3-seeds", "4,5"]) == 0
+    assert seen["seeds"] == seen["table3_seeds"] == [4, 5]
 
 
 def _thread_pools() -> tuple[list, int]:
