@@ -418,10 +418,9 @@ def table2(records: Sequence[dict], datasets: Mapping[str, str | Mapping], with_
                 best[(d, m)] = min(values) if m in LOWER_IS_BETTER else max(values)
     beside = {d: with_paper and described[d][2] for d in datasets}  # paper numbers in parentheses
     apart = {d: with_paper and not described[d][2] for d in datasets}  # in their own columns
-    several = len(datasets) > 1
     header, latex_header, column_groups = ["Group", "Approach"], ["Group", "Approach"], []
     for d, (name, title, _) in described.items():
-        header += [f"{title} {HEADERS[m]}" if several else HEADERS[m] for m in METRICS]
+        header += [f"{title} {HEADERS[m]}" for m in METRICS]
         latex_header += [HEADERS[m] for m in METRICS]
         column_groups.append((title, len(METRICS)))
         if apart[d]:

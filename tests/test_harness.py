@@ -55,7 +55,7 @@ def test_killed_run_resumes_without_redoing_finished_cells(built, tmp_path):
     base, _, _ = built
     out = tmp_path / "results"
     command = [sys.executable, "-m", "baselines.run_all", "--datasets", f"nemu={base / 'out'}", "--models",
-               "BR,CC,HHMPN,HHMPN w/o L2L", "--folds", "2", "--no-table3", "--out", str(out), "--no-progress"]
+               "BR,CC,HHMPN,HHMPN w/o L2L", "--folds", "2", "--seeds", "0", "--no-table3", "--out", str(out), "--no-progress"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while time.time() < deadline and len(_lines(out / "results.jsonl")) < 2:

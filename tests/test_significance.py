@@ -243,6 +243,7 @@ def test_a_synthetic_sample_is_captioned_as_one_in_every_table(tmp_path):
     # the paper's numbers are never beside the sample's: their own columns, headed as the real NEMu's
     paper = (tmp_path / "table2_with_paper.md").read_text(encoding="utf-8")
     assert "(41.1)" not in paper and "paper, real NEMu miF1(%)" in paper and "the datasets differ" in paper
+    assert "| NEMu sample (synthetic, 150 songs) miF1(%) |" in paper  # our columns are headed by the data's title
     br = next(line for line in paper.splitlines() if "| BR |" in line).split(" | ")
     assert br[-2] == "41.1"  # BR's published miF1 sits in the paper's column, apart from ours
     table1 = (tmp_path / "table1.md").read_text(encoding="utf-8")
