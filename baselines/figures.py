@@ -8,6 +8,8 @@ the song's number of sentences: 1 (white) is what uniform attention gives every 
 blue less, so a uniform map looks uniform whatever the number of sentences.
 Figure 4: L2L attention (eq. 13, last round) averaged over the test set and the modalities: the learned
 label-dependency heatmap.
+Both titles name the data as every table does (``nemu.provenance.dataset_title``: a synthetic sample is "NEMu
+sample (synthetic, N songs)", never NEMu).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from mmer.engine import make_loaders, move_batch
 from mmer.predict import load_run
 from mmer.runner import data_info
 from nemu.loading import load
+from nemu.provenance import dataset_title
+from nemu.shards import read_manifest
 from nemu.splits import cv_rotation
 
 FIGURE_FORMATS = ("png", "pdf")
@@ -87,7 +91,7 @@ def _outputs(model, dataset, batch_size: int = 64) -> tuple[list[str], list[dict
     return ids, outputs, batches
 
 
-def figure4(model, dataset, info, out_dir: Path) -> list[Path]:
+def figure4(model, dataset, info, out_dir: Path, data_title: str = "") -> list[Path]:
     plt = _pyplot()
     _, outputs, _ = _outputs(model, dataset)
     maps = []
@@ -104,7 +108,7 @@ def figure4(model, dataset, info, out_dir: Path) -> list[Path]:
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("sending label j")
     ax.set_ylabel("receiving label i")
-    ax.set_title("L2L attention (eq. 13, last round), test-set mean")
+    ax.set_title("L2L attention (eq. 13, last round), test-set mean" + (f"\n{data_title}" if data_title else ""))
     fig.colorbar(image, ax=ax, fraction=0.046)
     paths = _save(fig, out_dir, "figure4_l2l")
     plt.close(fig)
@@ -152,7 +156,8 @@ def _shorten(text: str, limit: int = TEXT_CHARS) -> str:
 
 
 def figure3(model, dataset, info, root: Path, out_dir: Path, modality: str = "comments",
-            max_sentences: int = MAX_SENTENCES, song: str | None = None, all_songs=None) -> list[Path]:
+            max_sentences: int = MAX_SENTENCES, song: str | None = None, all_songs=None,
+            data_title: str = "") -> list[Path]:
     """F2L attention of one song's ``modality`` sentences, each row labelled with its sentence's text.
 
     ``song`` (an id) is looked up in ``dataset`` (the run's test songs) and then in ``all_songs()`` (a
@@ -186,14 +191,16 @@ def figure3(model, dataset, info, root: Path, out_dir: Path, modality: str = "co
         ax.set_yticks(range(shown.shape[1]),
                       [f"{i + 1}) {_shorten(texts[i]) if i < len(texts) else ''}" for i in range(shown.shape[1])])
         ax.set_title(f"F2L attention (eq. 11, last round) of song {song_id}'s {modality} ({where}); * true label"
-                     + (f"; first {max_sentences} of {total} sentences" if total > max_sentences else ""),
+                     + (f"; first {max_sentences} of {total} sentences" if total > max_sentences else "")
+                     + (f"\n{data_title}" if data_title else ""),
                      fontsize=9)
         bar = fig.colorbar(image, ax=ax, fraction=0.046)
         bar.set_label(f"attention × {total} sentences (1 = uniform)")
         paths = _save(fig, out_dir, "figure3_f2l")
         plt.close(fig)
     strongest = {labels[i]: int(np.argmax(attention[i])) + 1 for i in range(len(labels)) if truth[i]}
-    lines = [f"# Figure 3: F2L attention of song {song_id}'s {modality} sentences ({where})", "",
+    lines = [f"# Figure 3: F2L attention of song {song_id}'s {modality} sentences ({where})"
+             + (f", {data_title}" if data_title else ""), "",
              f"True labels: {', '.join(n for i, n in enumerate(labels) if truth[i])}. Colour: attention × "
              f"{total} (the number of sentences), so 1 is uniform attention.",
              "Most attended sentence per true label: " + ", ".join(f"{k} → {v})" for k, v in strongest.items()), "",
@@ -217,6 +224,7 @@ def write_figures(records: list[dict], roots: dict[str, Path], out_dir: Path, so
         if len(record["modalities"]) < len(full_modalities(records, record["dataset"])):
             continue  # a Table 3 subset run
         model, test, info, all_songs = _model_and_test(record, root)
-        return (figure3(model, test, info, root, out_dir, song=song, all_songs=all_songs)
-                + figure4(model, test, info, out_dir))
+        title = dataset_title(read_manifest(root))
+        return (figure3(model, test, info, root, out_dir, song=song, all_songs=all_songs, data_title=title)
+                + figure4(model, test, info, out_dir, data_title=title))
     return []

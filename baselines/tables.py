@@ -1,11 +1,18 @@
 """Tables 1-4 of the paper from the results store and the dataset manifests (markdown, CSV, LaTeX).
 
-Numbers are the mean over CV rotations (folds; seeds are averaged within a fold first), with the sample
-standard deviation ("± std") only where a cell has two or more folds: one fold gives a single number.
-Significance: a two-sided paired t-test over the folds HHMPN shares with MulT (†) and with M3ER (‡), per
-dataset and metric (scipy.stats.ttest_rel); a marker means p < 0.05 with HHMPN the better of the two.
-A test needs at least two common folds: with fewer, no test runs, no marker is printed and the tables carry
-no significance footnote.
+Numbers are the mean over CV rotations of the seed-averaged values (each cell's seeds are averaged within a
+rotation first), with the sample standard deviation over rotations ("± std") only where a cell has two or more
+rotations: one gives a single number. Every caption names its data with ``nemu.provenance.dataset_title``: a
+synthetic sample is "NEMu sample (synthetic, N songs)", never NEMu; the paper's numbers stand in parentheses
+beside a real build only (``is_real``), and in their own columns, headed as the paper's on the real dataset with
+a note that the datasets differ, beside anything else (``table2_with_paper``).
+Significance (``baselines.significance``): HHMPN against MulT (†) and M3ER (‡), and every ablation against full
+HHMPN, on every metric, by the corrected resampled t-test over rotations (Nadeau & Bengio 2003) and a paired
+per-song bootstrap of the pooled test predictions, Holm–Bonferroni over each family. A marker means the
+Holm-corrected corrected-t p < 0.05 with HHMPN the better. A test needs two common rotations: with fewer, none runs,
+no marker is printed and the notes say nothing of significance. ``table2_significance.csv`` holds every
+comparison; ``table2_ablations`` the ablations' bootstrap intervals. Every table's notes say the seeds, the
+rotations and their test folds, the test songs per rotation and the decision threshold rule.
 A model with no result is absent; a model that cannot run on a dataset (MLEE without dominant-emotion
 annotations) shows "–". Rows follow the paper: Table 2 in its order (``mmer.registry.PAPER_ORDER``),
 Table 3 from three modalities down to one in the order L, A, C, V, Table 4 the paper's two blocks.
@@ -20,24 +27,30 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import ttest_rel
-
+from baselines.significance import (ALPHA, BOOTSTRAP_RESAMPLES, BOOTSTRAP_TEST, CORRECTED_T_TEST, CORRECTION,
+                                    corrected_t_test, holm, paired_bootstrap, size_ratio)
+from mmer.metrics import DEFAULT_THRESHOLD
 from mmer.registry import GROUPS, models
+from nemu.provenance import dataset_title, is_real
 from nemu.shards import dataset_fingerprint
+from nemu.splits import cv_rotation
 from nemu.statistics import PAPER_TABLE1
 
 METRICS = ("accuracy", "hamming_loss", "micro_f1", "macro_f1")
 HEADERS = {"accuracy": "Acc(%)", "hamming_loss": "HL", "micro_f1": "miF1(%)", "macro_f1": "maF1(%)"}
 LOWER_IS_BETTER = {"hamming_loss"}
 SIGNIFICANCE = (("MulT", "†"), ("M3ER", "‡"))
-SIGNIFICANCE_TEST = "two-sided paired t-test over folds (scipy.stats.ttest_rel), p < 0.05"
-ALPHA = 0.05
 OURS = "HHMPN"
+#: Table 2 cells average at least this many seeds by default (``pipelines.benchmark --seeds 0,1,2``).
+TABLE2_MIN_SEEDS = 3
+TABLE3_RULE = ("Table 3 runs fewer seeds than Table 2 by default (the first of --seeds; --table3-seeds to change) "
+               "so that make demo fits in 15 minutes on 2 cores; its rows are for reading across subsets, not for "
+               "significance.")
 
 # Table 2 of Zhang et al. (AAAI 2021): (Acc %, HL, miF1 %, maF1 %); None where the paper has "-".
 PAPER_TABLE2 = {
@@ -84,31 +97,8 @@ def summarise(records: Sequence[dict], metric: str) -> Summary:
     return Summary(float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else None, per_fold)
 
 
-def paired_test(ours: Summary, theirs: Summary, metric: str) -> float | None:
-    """p-value of the paired t-test over common folds, or None when fewer than two folds are shared."""
-    folds = sorted(set(ours.per_fold) & set(theirs.per_fold))
-    if len(folds) < 2:
-        return None
-    a = np.array([ours.per_fold[f] for f in folds])
-    b = np.array([theirs.per_fold[f] for f in folds])
-    if np.allclose(a, b):
-        return 1.0
-    return float(ttest_rel(a, b).pvalue)
-
-
 def _better(metric: str, ours: float, theirs: float) -> bool:
     return ours < theirs if metric in LOWER_IS_BETTER else ours > theirs
-
-
-def significance_markers(ours: Summary, others: dict[str, Summary], metric: str) -> str:
-    marks = ""
-    for name, mark in SIGNIFICANCE:
-        if name not in others:
-            continue
-        p = paired_test(ours, others[name], metric)
-        if p is not None and p < ALPHA and _better(metric, ours.mean, others[name].mean):
-            marks += mark
-    return marks
 
 
 def _scale(metric: str, scale: bool = True) -> float:
@@ -143,13 +133,13 @@ def _index(records: Sequence[dict]):
     return ok, not_applicable
 
 
-def _folds_note(counts: dict[str, list[int]]) -> str:
+def _folds_note(counts: dict[str, list[int]], values: str = "") -> str:
     """How many folds stand behind the numbers: one sentence, naming the models whose count differs."""
     if not counts:
         return "No results."
     sets = [tuple(v) for v in counts.values()]
     common = max(set(sets), key=lambda f: (sets.count(f), len(f), f))  # the most usual; ties: the most folds
-    text = (f"Mean ± sample std over {len(common)} CV rotations (folds {', '.join(map(str, common))})"
+    text = (f"Mean ± sample std over {len(common)} CV rotations{values} (folds {', '.join(map(str, common))})"
             if len(common) > 1 else f"One CV rotation (fold {common[0]}): a single number per cell, no spread "
                                     f"and no significance test")
     others = {name: folds for name, folds in counts.items() if tuple(folds) != common}
@@ -175,6 +165,7 @@ class RenderedTable:
     rules_before: set[int] = field(default_factory=set)  # row indices preceded by \midrule in LaTeX
     label: str = ""
     extra_csv: dict[str, tuple[list[str], list[list]]] = field(default_factory=dict)  # name -> (header, rows)
+    tests: list[dict] = field(default_factory=list)  # Table 2: its comparisons (baselines.tables.significance)
     text_columns: int = 2  # leading left-aligned columns in LaTeX; the rest are numbers, right-aligned
     merge_first_column: bool = False  # LaTeX: a first-column value (Table 2's group) only where it changes
 
@@ -258,8 +249,156 @@ def full_modalities(records: Sequence[dict], dataset: str) -> list[str]:
     return max(subsets, key=len) if subsets else []
 
 
-def table2(records: Sequence[dict], datasets: dict[str, str], with_paper: bool = False) -> RenderedTable:
-    """Table 2: every model with a result, in the paper's order; ``datasets`` maps key -> paper name."""
+def _describe(value) -> tuple[str, str, bool]:
+    """(dataset name, caption title, real?) of a manifest, or of a bare dataset name (no source recorded: not
+    real, titled "NAME (source not recorded)")."""
+    manifest = value if isinstance(value, Mapping) else {"dataset": str(value)}
+    return str(manifest.get("dataset", "dataset")), dataset_title(manifest), is_real(manifest)
+
+
+def _listing(values) -> str:
+    values = sorted(values)
+    if len(values) > 2 and values == list(range(values[0], values[-1] + 1)):
+        return f"{values[0]}–{values[-1]}"
+    return ", ".join(map(str, values))
+
+
+def _seeds_note(records: Sequence[dict]) -> str:
+    """Seeds per cell: the usual set, and the models whose set differs."""
+    by_model: dict[str, set] = defaultdict(set)
+    for record in records:
+        by_model[record["model"]].add(record["seed"])
+    if not by_model:
+        return ""
+    sets = [tuple(sorted(s)) for s in by_model.values()]
+    common = max(set(sets), key=lambda s: (sets.count(s), len(s), s))
+    text = (f"{len(common)} seeds per rotation ({_listing(common)}), averaged within the rotation first"
+            if len(common) > 1 else f"one seed per rotation (seed {common[0]})")
+    others = {m: tuple(sorted(s)) for m, s in by_model.items() if tuple(sorted(s)) != common}
+    if others:
+        text += "; " + "; ".join(f"{m}: seed(s) {_listing(s)}" for m, s in others.items())
+    return text
+
+
+def protocol_note(records: Sequence[dict], title: str) -> str:
+    """Item 8 of issue 21: seeds, rotations and their test folds, test size per rotation, the threshold rule."""
+    if not records:
+        return ""
+    folds = sorted({r["fold"] for r in records})
+    test_folds = sorted({f for k in folds for f in cv_rotation(k)["test"]})
+    sizes = {}
+    for record in sorted(records, key=lambda r: r["fold"]):
+        size = (record.get("sizes") or {}).get("test")
+        if size is not None:
+            sizes.setdefault(record["fold"], size)
+    rules = sorted({str(r.get("threshold_rule") or f"fixed {DEFAULT_THRESHOLD:g}") for r in records})
+    seeds = _seeds_note(records)
+    text = (f"Data: {title}. {seeds[:1].upper() + seeds[1:]}; rotations "
+            f"{_listing(folds)} (rotation k tests on fold k: test folds {_listing(test_folds)}, validation on "
+            f"fold k+1, training on the other 8 of 10)")
+    if sizes:
+        text += "; test songs per rotation: " + ", ".join(str(sizes[f]) for f in folds if f in sizes)
+    text += f". Decision threshold: {' / '.join(rules)}."
+    return text
+
+
+def _comparisons(names: Sequence[str]) -> list[tuple[str, str, str, str]]:
+    """(family, model, versus, marker) of every comparison Table 2 makes among ``names``: HHMPN against MulT and
+    M3ER (the markers) and every ablation against full HHMPN."""
+    if OURS not in names:
+        return []
+    pairs = [("markers", OURS, other, mark) for other, mark in SIGNIFICANCE if other in names]
+    pairs += [("ablations", name, OURS, "") for name in names if name.startswith(OURS + " w/o ")]
+    return pairs
+
+
+def significance(ok: Mapping[tuple, list[dict]], full: Mapping[str, str], titles: Mapping[str, str],
+                 names: Sequence[str], *, resamples: int = BOOTSTRAP_RESAMPLES) -> list[dict]:
+    """Every comparison of Table 2 on every dataset and metric, both tests, Holm-corrected per family.
+
+    Families (Holm–Bonferroni over each, across the table's datasets and metrics): "markers", HHMPN against MulT
+    and M3ER (up to 8 comparisons per dataset), and "ablations", each ablation against full HHMPN (up to 16).
+    Differences are model minus versus; a row with ``marker`` set is where the table prints it."""
+    rows = []
+    for dataset, title in titles.items():
+        for family, model, versus, mark in _comparisons(names):
+            a, b = ok.get((model, dataset, full[dataset])), ok.get((versus, dataset, full[dataset]))
+            if not a or not b:
+                continue
+            common = sorted({r["fold"] for r in a} & {r["fold"] for r in b})
+            if len(common) < 2:
+                continue  # no test over rotations with fewer than two shared ones
+            ratio = size_ratio([r for r in a + b if r["fold"] in common])
+            boot = paired_bootstrap(a, b, METRICS, resamples=resamples) or {}
+            for metric in METRICS:
+                sa, sb = summarise(a, metric), summarise(b, metric)
+                d = [sa.per_fold[f] - sb.per_fold[f] for f in common]
+                test = corrected_t_test(d, ratio)
+                rows.append({"key": dataset, "dataset": title, "family": family, "model": model, "versus": versus,
+                             "metric": metric, "mark": mark, "rotations": len(common),
+                             "seeds": len({r["seed"] for r in a}), "versus seeds": len({r["seed"] for r in b}),
+                             "model mean": float(np.mean([sa.per_fold[f] for f in common])),
+                             "versus mean": float(np.mean([sb.per_fold[f] for f in common])),
+                             "test": test, "bootstrap": boot.get(metric),
+                             "better": _better(metric, float(np.mean(d)), 0.0)})
+    for family in ("markers", "ablations"):
+        members = [row for row in rows if row["family"] == family]
+        for key, holm_key in (("t p", "t p holm"), ("bootstrap p", "bootstrap p holm")):
+            raw = [(row["test"].p if key == "t p" else row["bootstrap"].p if row["bootstrap"] else None)
+                   for row in members]
+            for row, p, adjusted in zip(members, raw, holm(raw)):
+                row[key], row[holm_key] = p, adjusted
+    for row in rows:
+        row["marker"] = (row["mark"] if row["family"] == "markers" and row["better"] and row["t p holm"] is not None
+                         and row["t p holm"] < ALPHA else "")
+    return rows
+
+
+SIGNIFICANCE_HEADER = ["dataset", "family", "model", "versus", "metric", "rotations", "model seeds",
+                       "versus seeds", "model mean", "versus mean", "mean difference", "t", "df",
+                       "n_test/n_train", "corrected t p", "corrected t p Holm", "pooled difference",
+                       "bootstrap 95% low", "bootstrap 95% high", "bootstrap p", "bootstrap p Holm",
+                       "bootstrap songs", "bootstrap resamples", "model better", "marker"]
+
+
+def _round(value: float | None, digits: int = 6):
+    return None if value is None else round(float(value), digits)
+
+
+def significance_csv_rows(rows: Sequence[dict]) -> list[list]:
+    """One CSV row per comparison (``SIGNIFICANCE_HEADER``); means and differences in the displayed unit."""
+    out = []
+    for row in rows:
+        m, test, boot = row["metric"], row["test"], row["bootstrap"]
+        out.append([row["dataset"], row["family"], row["model"], row["versus"], HEADERS[m], row["rotations"],
+                    row["seeds"], row["versus seeds"], _number(m, row["model mean"]), _number(m, row["versus mean"]),
+                    _number(m, test.mean_difference), _round(test.t, 4), test.df, _round(test.ratio, 4),
+                    _round(row["t p"]), _round(row["t p holm"]),
+                    _number(m, boot.difference) if boot else None, _number(m, boot.low) if boot else None,
+                    _number(m, boot.high) if boot else None, _round(row["bootstrap p"]),
+                    _round(row["bootstrap p holm"]), boot.songs if boot else None,
+                    boot.resamples if boot else None, row["better"], row["marker"]])
+    return out
+
+
+def _test_note(rows: Sequence[dict], resamples: int) -> str:
+    return (f"Tests: the {CORRECTED_T_TEST} on the seed-averaged per-rotation differences (df = rotations - 1, "
+            f"n_test/n_train from the rotations' split sizes), and a {BOOTSTRAP_TEST} ({resamples:,} resamples of "
+            f"songs, seeds averaged, 95% percentile interval); {CORRECTION} over each family of comparisons "
+            f"(HHMPN vs MulT and M3ER; each ablation vs HHMPN), across datasets and metrics. Every p-value, raw "
+            f"and corrected, and every interval is in table2_significance.csv.")
+
+
+def table2(records: Sequence[dict], datasets: Mapping[str, str | Mapping], with_paper: bool = False, *,
+           resamples: int = BOOTSTRAP_RESAMPLES) -> RenderedTable:
+    """Table 2: every model with a result, in the paper's order.
+
+    ``datasets`` maps a dataset key to its manifest (or to a bare name, which records no source). Captions and
+    column groups name each dataset with ``nemu.provenance.dataset_title``. ``with_paper``: the paper's published
+    numbers, in parentheses beside ours for a real build (``is_real``); for any other data in their own columns
+    headed as the paper's on the real dataset, with a note that the datasets differ."""
+    described = {key: _describe(value) for key, value in datasets.items()}
+    names_of = {key: d[0] for key, d in described.items()}
     ok, not_applicable = _index(records)
     full = {key: "+".join(full_modalities(records, key)) for key in datasets}
     groups = {r["model"]: r.get("group", "Ours") for r in records}
@@ -267,26 +406,39 @@ def table2(records: Sequence[dict], datasets: dict[str, str], with_paper: bool =
                                                        for d in datasets)], groups)
     summaries = {(name, d, m): summarise(ok[(name, d, full[d])], m)
                  for name in present for d in datasets for m in METRICS if (name, d, full[d]) in ok}
+    tests = significance(ok, full, {key: d[1] for key, d in described.items()}, present, resamples=resamples)
+    markers: dict[tuple, str] = defaultdict(str)
+    for t in tests:
+        markers[(t["key"], t["metric"])] += t["marker"]
     best = {}
     for d in datasets:
         for m in METRICS:
             values = [summaries[(n, d, m)].mean for n in present if (n, d, m) in summaries]
             if values:
                 best[(d, m)] = min(values) if m in LOWER_IS_BETTER else max(values)
-    header = ["Group", "Approach"] + [f"{paper_name} {HEADERS[m]}" for d, paper_name in datasets.items()
-                                      for m in METRICS]
+    beside = {d: with_paper and described[d][2] for d in datasets}  # paper numbers in parentheses
+    apart = {d: with_paper and not described[d][2] for d in datasets}  # in their own columns
+    header, latex_header, column_groups = ["Group", "Approach"], ["Group", "Approach"], []
+    for d, (name, title, _) in described.items():
+        header += [f"{title} {HEADERS[m]}" for m in METRICS]
+        latex_header += [HEADERS[m] for m in METRICS]
+        column_groups.append((title, len(METRICS)))
+        if apart[d]:
+            header += [f"paper, real {name} {HEADERS[m]}" for m in METRICS]
+            latex_header += [HEADERS[m] for m in METRICS]
+            column_groups.append((f"Paper, real {name}", len(METRICS)))
     csv_header = ["group", "approach"]
-    for paper_name in datasets.values():
-        csv_header.append(f"{paper_name} folds")
-        csv_header += [f"{paper_name} {HEADERS[m]} {part}" for m in METRICS for part in ("mean", "std")]
+    for name in names_of.values():
+        csv_header.append(f"{name} folds")
+        csv_header += [f"{name} {HEADERS[m]} {part}" for m in METRICS for part in ("mean", "std")]
         if with_paper:
-            csv_header += [f"{paper_name} {HEADERS[m]} paper" for m in METRICS]
-    rows, csv_rows, rules, tests = [], [], set(), []
+            csv_header += [f"{name} {HEADERS[m]} paper" for m in METRICS]
+    rows, csv_rows, rules = [], [], set()
     for name in present:
         if rows and groups[name] != groups[present[len(rows) - 1]]:
             rules.add(len(rows))
         row, csv_row = [groups[name], name], [groups[name], name]
-        for d, paper_name in datasets.items():
+        for d, paper_name in names_of.items():
             csv_row.append(summaries[(name, d, METRICS[0])].folds if (name, d, METRICS[0]) in summaries else None)
             paper = (PAPER_TABLE2.get(name) or {}).get(paper_name)
             for m in METRICS:
@@ -299,53 +451,86 @@ def table2(records: Sequence[dict], datasets: dict[str, str], with_paper: bool =
                 if np.isclose(s.mean, best[(d, m)]):
                     cell = f"**{cell}**"
                 if name == OURS:
-                    others = {o: summaries[(o, d, m)] for o, _ in SIGNIFICANCE if (o, d, m) in summaries}
-                    for other, mark in SIGNIFICANCE:
-                        if other in others:
-                            p = paired_test(s, others[other], m)
-                            if p is not None:
-                                tests.append([paper_name, HEADERS[m], other,
-                                              len(set(s.per_fold) & set(others[other].per_fold)),
-                                              _number(m, s.mean), _number(m, others[other].mean),
-                                              round(p, 6), _better(m, s.mean, others[other].mean),
-                                              mark if p < ALPHA and _better(m, s.mean, others[other].mean) else ""])
-                    cell += significance_markers(s, others, m)
-                if with_paper:
+                    cell += markers[(d, m)]
+                if beside[d]:
                     cell += f" ({_format(m, paper[METRICS.index(m)], scale=False)})" if paper else " (–)"
                 row.append(cell)
                 csv_row += [_number(m, s.mean), _number(m, s.std)]
+            if apart[d]:
+                row += [_format(m, paper[METRICS.index(m)], scale=False) if paper else "–" for m in METRICS]
             if with_paper:
                 csv_row += [paper[METRICS.index(m)] if paper else None for m in METRICS]
         rows.append(row)
         csv_rows.append(csv_row)
     counts = {name: sorted({fold for (n, d, m), s in summaries.items() if n == name for fold in s.per_fold})
               for name in present if any(n == name for n, _, _ in summaries)}
-    notes = [_folds_note(counts) + " Best per column in bold."]
-    if any(test[-1] for test in tests):
-        notes.append(f"† / ‡: HHMPN significantly better than MulT / M3ER ({SIGNIFICANCE_TEST}; p-values in "
-                     f"table2_significance.csv).")
-    elif tests:
-        notes.append(f"No † / ‡: HHMPN is significantly better than neither MulT nor M3ER on any metric "
-                     f"({SIGNIFICANCE_TEST}; p-values in table2_significance.csv).")
+    used = [r for key, rs in ok.items() if key[1] in datasets and key[2] == full[key[1]] and key[0] in present
+            for r in rs]
+    notes = [_folds_note(counts, " of the seed-averaged values") + " Best per column in bold."]
+    notes += [protocol_note([r for r in used if r["dataset"] == d], described[d][1]) for d in datasets]
+    markers_family = [t for t in tests if t["family"] == "markers"]
+    if any(t["marker"] for t in markers_family):
+        notes.append("† / ‡: HHMPN better than MulT / M3ER with a Holm-corrected p < 0.05 of the corrected "
+                     "resampled t-test.")
+    elif markers_family:
+        notes.append("No † / ‡: HHMPN is better than neither MulT nor M3ER on any metric with a Holm-corrected "
+                     "p < 0.05 of the corrected resampled t-test.")
+    if tests:
+        notes.append(_test_note(tests, resamples))
     notes.append("HL: lower is better. Acc is the per-sample Jaccard index (multi-label accuracy), not subset "
                  "accuracy.")
-    notes += [f"– {name} on {datasets[d]}: {reason}" for (name, d), reason in sorted(not_applicable.items())
+    notes += [f"– {name} on {described[d][1]}: {reason}" for (name, d), reason in sorted(not_applicable.items())
               if d in datasets]
-    if with_paper:
-        notes.append("In parentheses: the paper's published number (Zhang et al., AAAI 2021, Table 2).")
-    names = " and ".join(datasets.values())
-    caption = (f"Performance of different approaches to MMER on {names}" +
-               (", beside the paper's numbers" if with_paper else "") + ".")
+    if any(beside.values()):
+        notes.append("In parentheses: the paper's published number (Zhang et al., AAAI 2021, Table 2) on the same "
+                     "dataset.")
+    for d in datasets:
+        if apart[d]:
+            name, title, _ = described[d]
+            notes.append(f"Columns 'paper, real {name}': the paper's published numbers (Zhang et al., AAAI 2021, "
+                         f"Table 2) on the real {name}, not on {title}: the datasets differ and the numbers are not "
+                         f"comparable.")
+    titles = " and ".join(d[1] for d in described.values())
+    caption = f"Performance of different approaches to MMER on {titles}."
     extra = {}
     if tests and not with_paper:
-        extra["table2_significance"] = (["dataset", "metric", "versus", "common folds", "HHMPN mean",
-                                         "other mean", "p value", "HHMPN better", "marker"], tests)
+        extra["table2_significance"] = (SIGNIFICANCE_HEADER, significance_csv_rows(tests))
     name = "table2_with_paper" if with_paper else "table2"
     return RenderedTable(name, header, rows, notes, caption=caption, csv_header=csv_header, csv_rows=csv_rows,
-                         column_groups=[(paper_name, len(METRICS)) for paper_name in datasets.values()],
-                         latex_header=["Group", "Approach"] + [HEADERS[m] for _ in datasets for m in METRICS],
-                         rules_before=rules, label=f"tab:{name.replace('_', '-')}", extra_csv=extra,
-                         merge_first_column=True)
+                         column_groups=column_groups, latex_header=latex_header, rules_before=rules,
+                         label=f"tab:{name.replace('_', '-')}", extra_csv=extra, merge_first_column=True,
+                         tests=tests)
+
+
+def _interval(metric: str, boot) -> str:
+    if boot is None:
+        return "–"
+    digits = 3 if metric in LOWER_IS_BETTER else 1
+    f = _scale(metric)
+    return f"{boot.difference * f:+.{digits}f} [{boot.low * f:+.{digits}f}, {boot.high * f:+.{digits}f}]"
+
+
+def ablation_table(tests: Sequence[dict]) -> RenderedTable:
+    """Each ablation against full HHMPN: the bootstrap's pooled difference (ablation minus HHMPN) with its 95%
+    interval per metric, and the corrected t-test's Holm-corrected p, from Table 2's comparisons."""
+    header = ["Dataset", "Approach"] + [f"Δ{HEADERS[m]} [95% CI]" for m in METRICS] + \
+             [f"p {HEADERS[m]} (Holm)" for m in METRICS]
+    by_pair: dict[tuple, dict] = defaultdict(dict)
+    for t in tests:
+        if t["family"] == "ablations":
+            by_pair[(t["dataset"], t["model"])][t["metric"]] = t
+    rows = []
+    for (dataset, model), per_metric in by_pair.items():
+        rows.append([dataset, model]
+                    + [_interval(m, per_metric[m]["bootstrap"]) if m in per_metric else "–" for m in METRICS]
+                    + [f"{per_metric[m]['t p holm']:.3f}" if m in per_metric else "–" for m in METRICS])
+    resamples = next((t["bootstrap"].resamples for t in tests if t["bootstrap"]), BOOTSTRAP_RESAMPLES)
+    notes = ["Δ: the ablation minus full HHMPN on the test songs of the common rotations pooled (seeds averaged; "
+             "percentage points, HL as a fraction: negative Δ HL means the ablation errs less), with the 95% "
+             f"interval of a {BOOTSTRAP_TEST} ({resamples:,} resamples). p: the {CORRECTED_T_TEST}, "
+             f"{CORRECTION}-corrected over the ablation comparisons. All values: table2_significance.csv."]
+    caption = "Ablations of HHMPN against the full model on " + " and ".join(dict.fromkeys(d for d, _ in by_pair)) + "."
+    return RenderedTable("table2_ablations", header, rows, notes, caption=caption, text_columns=2)
 
 
 #: The paper's modality letters and Table 3's order of them (L, A, C, V); other modalities follow by name.
@@ -382,8 +567,12 @@ def table3(records: Sequence[dict], dataset: str, model: str = OURS, title: str 
         csv_rows.append([label, "+".join(parts), summaries[0].folds] +
                         [value for m, s in zip(METRICS, summaries) for value in (_number(m, s.mean),
                                                                                   _number(m, s.std))])
-    notes = [_folds_note(counts), "L: lyrics, A: audio, C: comments, V: vision (images); all four modalities: "
-                                  "Table 2. HL: lower is better."]
+    used = [r for key, rs in ok.items() if key[0] == model and key[1] == dataset and key[2] in subsets for r in rs]
+    notes = [_folds_note(counts), protocol_note(used, title or dataset),
+             "L: lyrics, A: audio, C: comments, V: vision (images); all four modalities: Table 2. HL: lower is "
+             "better."]
+    if used and len({r["seed"] for r in used}) < TABLE2_MIN_SEEDS:
+        notes.append(TABLE3_RULE)
     caption = f"Performance of {model} with one, two or three modalities as input on {title or dataset}."
     return RenderedTable("table3", header, rows, notes, caption=caption, csv_header=csv_header, csv_rows=csv_rows,
                          text_columns=1,
@@ -417,7 +606,8 @@ def table4(records: Sequence[dict], dataset: str, label_shares: dict[str, float]
             csv_rows.append([block, name, round(100 * label_shares[name], 2), _number("micro_f1", mean),
                              _number("micro_f1", std), len(values)])
     notes = [f"{model} on {title or dataset}: F1 of each label (the paper's 'Micro F1' of a label). "
-             + _folds_note({model: folds} if folds else {})]
+             + _folds_note({model: folds} if folds else {}, " of the seed-averaged values"),
+             protocol_note(runs, title or dataset)]
     caption = f"The performance of {model} on the most and fewest emotion labels of {title or dataset}."
     return RenderedTable("table4", header, rows, notes, caption=caption,
                          csv_header=["block", "emotion", "% of samples", "F1(%) mean", "F1(%) std", "folds"],
@@ -425,23 +615,31 @@ def table4(records: Sequence[dict], dataset: str, label_shares: dict[str, float]
 
 
 def table1(manifests: dict[str, dict]) -> RenderedTable:
+    """Statistics of each build, named by its title; the paper's statistics beside a real build only, and beside
+    anything else in a row that says they are of the real dataset, not of this one."""
     header = ["Dataset", "Source", "Train", "Valid", "Test", "One", "Two and more", "Avg. time (s)", "Labels",
               "Avg. words/sentence"]
-    rows = []
+    rows, notes = [], ["Statistics computed from each build's shards (manifest.json)."]
     for key, manifest in manifests.items():
         stats = manifest["statistics"]
-        rows.append([key, "this build", *(str(stats["splits"].get(s, "–")) for s in ("train", "valid", "test")),
+        title = dataset_title(manifest)
+        rows.append([title, "this build", *(str(stats["splits"].get(s, "–")) for s in ("train", "valid", "test")),
                      str(stats["one_label"]), str(stats["two_or_more_labels"]),
                      str(stats.get("mean_duration_seconds") or "–"), str(len(manifest["labels"])),
                      str(stats.get("mean_words_per_sentence") or "–")])
         paper = PAPER_TABLE1.get(manifest["dataset"])
         if paper:
-            rows.append([key, "paper", *(str(paper["splits"][s]) for s in ("train", "valid", "test")),
+            real = is_real(manifest)
+            rows.append([manifest["dataset"], "paper" if real else f"paper (real {manifest['dataset']})",
+                         *(str(paper["splits"][s]) for s in ("train", "valid", "test")),
                          str(paper["one_label"]), str(paper["two_or_more_labels"]),
                          f"{paper['mean_duration_seconds']}/{paper['duration_unit']}", str(paper["labels"]),
                          str(paper["mean_words_per_sentence"])])
-    return RenderedTable("table1", header, rows, ["Statistics computed from each build's shards (manifest.json)."],
-                         caption="Statistics of the datasets.")
+            if not real:
+                notes.append(f"The 'paper' row of {manifest['dataset']} describes the real dataset of the paper, not "
+                             f"{title}: the datasets differ.")
+    titles = ", ".join(dict.fromkeys(dataset_title(m) for m in manifests.values()))
+    return RenderedTable("table1", header, rows, notes, caption=f"Statistics of the datasets: {titles}.")
 
 
 def current_build(records: Sequence[dict], manifests: dict[str, dict]) -> list[dict]:
@@ -454,23 +652,25 @@ def current_build(records: Sequence[dict], manifests: dict[str, dict]) -> list[d
 def write_tables(records: Sequence[dict], manifests: dict[str, dict], out_dir: Path) -> list[Path]:
     """Write every table the results of the current builds support; returns the markdown files written."""
     records = current_build(records, manifests)
-    datasets = {key: manifest["dataset"] for key, manifest in manifests.items()}
-    tables = [table1(manifests), table2(records, datasets), table2(records, datasets, with_paper=True)]
-    stale = Path(out_dir) / "table2_significance.csv"
-    if stale.exists() and "table2_significance" not in tables[1].extra_csv:
-        stale.unlink()  # an earlier run's p-values must not sit beside a table without tests
+    titles = {key: dataset_title(manifest) for key, manifest in manifests.items()}
+    main = table2(records, manifests)
+    tables = [table1(manifests), main, table2(records, manifests, with_paper=True)]
+    if any(t["family"] == "ablations" for t in main.tests):
+        tables.append(ablation_table(main.tests))
     for key, manifest in manifests.items():
         if manifest["dataset"] != "NEMu":
             continue
         shares = {name: v["share"] for name, v in manifest["statistics"]["label_frequencies"].items()}
         if any(r["model"] == OURS and r["dataset"] == key and r.get("status") == "ok" for r in records):
-            subsets = table3(records, key, title=manifest["dataset"])
-            tables += ([subsets] if subsets.rows else []) + [table4(records, key, shares, title=manifest["dataset"])]
+            subsets = table3(records, key, title=titles[key])
+            tables += ([subsets] if subsets.rows else []) + [table4(records, key, shares, title=titles[key])]
     for table in tables:
         table.write(out_dir)
-    written = {t.name for t in tables}
-    for name in ("table3", "table4"):  # an earlier run's table must not sit beside this run's others
+    written = {t.name for t in tables} | {n for t in tables for n in t.extra_csv}
+    stale = {"table2_significance": ("csv",), "table2_ablations": ("md", "csv", "tex"),
+             "table3": ("md", "csv", "tex"), "table4": ("md", "csv", "tex")}
+    for name, suffixes in stale.items():  # an earlier run's table must not sit beside this run's others
         if name not in written:
-            for suffix in ("md", "csv", "tex"):
+            for suffix in suffixes:
                 (Path(out_dir) / f"{name}.{suffix}").unlink(missing_ok=True)
     return [out_dir / f"{t.name}.md" for t in tables]

@@ -66,6 +66,11 @@ def test_figure_song_flag_chooses_the_song(hhmpn_results, built):
     stored = ResultsStore(out, "quick").records()
     chosen = sorted(ids)[-1]
     write_figures(stored, {"nemu": root}, out, song=chosen)
-    assert f"song {chosen}'s comments" in (out / "figure3.md").read_text(encoding="utf-8")
+    listing = (out / "figure3.md").read_text(encoding="utf-8")
+    assert f"song {chosen}'s comments" in listing
+    from nemu.provenance import dataset_title
+    from nemu.shards import read_manifest
+
+    assert listing.splitlines()[0].endswith(", " + dataset_title(read_manifest(root)))  # the data, named as captions do
     with pytest.raises(ValueError, match="no such song"):
         write_figures(stored, {"nemu": root}, out, song="no-such-song")

@@ -41,6 +41,10 @@ def test_grid_has_table3_subsets_for_nemu(built):
     subsets = {c.modalities for c in cells if c.modalities}
     assert len(subsets) == 14 and all(1 <= len(s) <= 3 for s in subsets)
     assert len(cells) == 2 * 2 + 14 * 2
+    # three seeds for Table 2, one for Table 3 (benchmark's defaults): 2 models x 2 folds x 3 + 14 x 2 x 1
+    cells = run_all.grid({"nemu": base / "out"}, ["BR", "HHMPN"], [0, 1], [0, 1, 2], table3=True, table3_seeds=[0])
+    assert len(cells) == 2 * 2 * 3 + 14 * 2
+    assert {c.seed for c in cells if c.modalities} == {0} and {c.seed for c in cells if not c.modalities} == {0, 1, 2}
 
 
 def _lines(path: Path) -> list[dict]:
@@ -51,7 +55,7 @@ def test_killed_run_resumes_without_redoing_finished_cells(built, tmp_path):
     base, _, _ = built
     out = tmp_path / "results"
     command = [sys.executable, "-m", "baselines.run_all", "--datasets", f"nemu={base / 'out'}", "--models",
-               "BR,CC,HHMPN,HHMPN w/o L2L", "--folds", "2", "--no-table3", "--out", str(out), "--no-progress"]
+               "BR,CC,HHMPN,HHMPN w/o L2L", "--folds", "2", "--seeds", "0", "--no-table3", "--out", str(out), "--no-progress"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while time.time() < deadline and len(_lines(out / "results.jsonl")) < 2:
@@ -117,8 +121,12 @@ def test_absent_models_have_no_row_and_not_applicable_shows_a_dash():
     rendered = table2(records, {"nemu": "NEMu", "mosei": "MOSEI"})
     names = [row[1] for row in rendered.rows]
     assert names == ["BR", "HHMPN"]  # nothing else registered appears as a placeholder
-    paper = table2(records, {"nemu": "NEMu", "mosei": "MOSEI"}, with_paper=True)
-    assert "(41.1)" in paper.rows[0][4]  # BR's published NEMu miF1 beside ours
+    real = {"nemu": {"dataset": "NEMu", "source": {"kind": "raw-records"}},
+            "mosei": {"dataset": "MOSEI", "source": {"kind": "cmu-mosei"}}}
+    paper = table2(records, real, with_paper=True)
+    assert "(41.1)" in paper.rows[0][4]  # BR's published NEMu miF1 beside ours on a real build
+    apart = table2(records, {"nemu": "NEMu", "mosei": real["mosei"]}, with_paper=True)
+    assert "(41.1)" not in apart.rows[0][4] and apart.rows[0][8] == "41.1"  # the paper's own column, apart
 
 
 def test_table3_and_table4_shapes():
@@ -186,7 +194,7 @@ def test_run_all_defaults_to_five_rotations_for_tables_2_and_3_on_every_core(bui
     seen = {}
 
     def fake_run(datasets, model_names, folds, seeds, profile, out, **kw):
-        seen.update(models=model_names, folds=folds, **kw)
+        seen.update(models=model_names, folds=folds, seeds=seeds, **kw)
         return {"cells": 0, "ran": 0, "skipped": 0, "failed": 0, "tables": [], "figures": []}
 
     monkeypatch.setattr(run_all, "run", fake_run)
@@ -194,8 +202,11 @@ def test_run_all_defaults_to_five_rotations_for_tables_2_and_3_on_every_core(bui
     assert seen["models"] == ["BR", "HHMPN"]
     assert seen["folds"] == seen["table3_folds"] == [0, 1, 2, 3, 4]
     assert seen["jobs"] == cells.default_jobs() and seen["threads"] == 1
+    assert seen["seeds"] == [0, 1, 2] and seen["table3_seeds"] == [0]  # >= 3 seeds per Table 2 cell by default
     assert benchmark.main(["--datasets", f"nemu={base / 'out'}", "--profile", "paper", "--table3-folds", "3"]) == 0
     assert len(seen["folds"]) == 10 and seen["table3_folds"] == [0, 1, 2]
+    assert benchmark.main(["--datasets", f"nemu={base / 'out'}", "--seeds", "4,5", "--table3-seeds", "4,5"]) == 0
+    assert seen["seeds"] == seen["table3_seeds"] == [4, 5]
 
 
 def _thread_pools() -> tuple[list, int]:
