@@ -52,7 +52,7 @@ Deviations from the paper, and why:
   lr 1e-3, batch 64, k = 300, d_a = 200 and embedding width 300 (here the fusion width ``d``) as in the
   authors' ``config.yml``/``classification.py`` (their Adam betas (0.9, 0.99) become PyTorch's defaults).
 * **Epochs** follow the benchmark's one tuning rule (``mmer.tuning``): the paper profile trains 50 epochs, not
-  the authors' 10 (every neural model gets the same budget; the best validation epoch is kept); quick trains 15
+  the authors' 10 (every neural model gets the same budget; the best validation epoch is kept); quick trains 10
   epochs at the shared lr 2e-3 (20 epochs at 3e-3 before the rule).
 
 The masked softmax and the packed recurrent encoder over the fused sequence (``run_packed``) are

@@ -3,7 +3,7 @@
 Every model of a profile is tuned the same way, on the validation split only:
 
 * **Neural models** (HHMPN, its ablations and every neural baseline) train for the profile's
-  :data:`MAX_EPOCHS` (quick 15, paper 50) with the shared engine (``mmer.engine``), and the single epoch with
+  :data:`MAX_EPOCHS` (quick 10, paper 50) with the shared engine (``mmer.engine``), and the single epoch with
   the best validation micro-F1 (the earliest on ties) is the checkpoint every test metric comes from.
 * **No learning-rate search for any model.** In the paper profile every model trains at its own paper's learning
   rate (or, where the paper gives none, the one its module docstring states); in the quick profile, whose widths
@@ -12,10 +12,9 @@ Every model of a profile is tuned the same way, on the validation split only:
   of cells, past the 15-minute ``make demo`` on 2 cores, and its paper runs 3x as long), while a
   fixed rate gives every model the same budget (one training run) and hands none of them an advantage. 2e-3 is
   the median of the rates the quick profile set by hand per model before this rule (1e-3 .. 6e-3), so no model
-  moved by more than a factor of 3. 15 quick epochs: the hand-set counts ranged from 8 (HHMPN) to 30 (ML-GCN),
-  median 20; measured per epoch on the 240-song sample (rotation 0), 15 keeps the cells of Tables 2 and 3 at
-  ~1.4x their earlier CPU time (HHMPN, with Table 3's modality subsets most of the cells, goes 8 -> 15; the
-  models that trained longest give epochs back), where 20 would cost ~1.9x. 50 paper epochs are the HHMPN
+  moved by more than a factor of 3. 10 quick epochs: the hand-set counts ranged from 8 (HHMPN) to 30 (ML-GCN);
+  with Table 2's three seeds, 15 epochs took ``make demo`` past its 15 minutes on 2 cores (measured: 20 min with
+  a test run beside it), and 10 brings it back within them. 50 paper epochs are the HHMPN
   paper's, the longest any of the reproduced papers trains, so no baseline gets fewer epochs than its paper
   (selection on validation keeps the extra epochs from hurting).
 * **Classical estimators** (BR, CC, LP) select ``C`` of their base classifier from :data:`C_GRID` (0.01, 0.1, 1)
@@ -33,7 +32,7 @@ from __future__ import annotations
 
 PROFILES = ("quick", "paper")
 #: Maximum epochs of every neural model, per profile; the best-validation-micro-F1 epoch is selected.
-MAX_EPOCHS = {"quick": 15, "paper": 50}
+MAX_EPOCHS = {"quick": 10, "paper": 50}
 #: The one learning rate of every neural model in the quick profile (the paper profile: each paper's own).
 QUICK_LR = 2e-3
 #: Inverse regularisation strengths searched on validation by every classical estimator, in both profiles.
