@@ -78,7 +78,7 @@ Configurations: ``paper`` uses the authors' released setting (``drop = 0.5`` for
 outputs, ``rdrop = 0.3`` for the GRUs, ``r_units = 50``, ``td_units = 200``, Adam, batch 16, 50 epochs; the
 learning rate is Keras' Adam default 1e-3); ``quick`` is a small setting for CPU runs of the benchmark
 (``r_units = 16``, ``td_units = 32``, lighter dropout). Epochs and learning rate follow the benchmark's one tuning rule (``mmer.tuning``): paper 50 epochs (as the authors'
-run) at lr 1e-3; quick 10 epochs at the shared 2e-3 (10 epochs at 6e-3 before the rule).
+run) at lr 1e-3; quick 10 epochs at the shared 3e-3 (10 epochs at 6e-3 before the rule).
 """
 
 from __future__ import annotations

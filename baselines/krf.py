@@ -70,7 +70,7 @@ Deviations from the paper / authors' code, and why:
   comment-vector width (200).
 * **Epochs** follow the benchmark's one tuning rule (``mmer.tuning``): the paper profile trains 50 epochs, not
   the authors' 20 (every neural model gets the same budget; the best validation epoch is kept); quick trains 10
-  epochs at the shared lr 2e-3 (25 epochs at 2e-3 before the rule).
+  epochs at the shared lr 3e-3 (25 epochs at 2e-3 before the rule).
 * **Zero-node samples**: the GRU runs on one zero vector whose output is masked; the attention then sums
   over nothing, r = 0, and the scores come from the biases and label representations only (no NaN).
 """

@@ -78,7 +78,7 @@ Other choices and deviations:
 Configurations: ``paper`` (hidden 128, beta 1, 8 canonical components from 64 principal components per
 modality, Adam lr 1e-3, batch 32, 50 epochs; clipping at 10 as the shared protocol) and ``quick`` (hidden
 64, 16 principal components, stronger shrinkage for the small sample, batch 16). Epochs and learning rate follow the benchmark's one tuning rule (``mmer.tuning``): paper 50
-epochs at lr 1e-3 as above; quick 10 epochs (15 before the rule) at the shared 2e-3 (6e-3 before).
+epochs at lr 1e-3 as above; quick 10 epochs (15 before the rule) at the shared 3e-3 (6e-3 before).
 """
 
 from __future__ import annotations

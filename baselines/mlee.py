@@ -60,7 +60,7 @@ Deviations from the paper, and why:
 
 Profiles: ``paper`` as above; ``quick`` (CPU smoke runs) keeps the structure with d = 64, 64 LSTM units
 per direction, fc 128, batch 32. Epochs and learning rate follow the benchmark's one tuning rule (``mmer.tuning``): paper 50 epochs at lr 1e-4 as
-above; quick 10 epochs at the shared 2e-3 (20 epochs at 2e-3 before the rule).
+above; quick 10 epochs at the shared 3e-3 (20 epochs at 2e-3 before the rule).
 """
 
 from __future__ import annotations

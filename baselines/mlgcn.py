@@ -58,7 +58,7 @@ Deviations (each forced by our setting or the shared protocol):
 
 Profiles: ``paper`` as above; ``quick`` (CPU smoke runs on the embedded sample) keeps τ, p and
 the structure with D = 256, GCN hidden 128, batch 32. Epochs and learning rate follow the benchmark's one tuning rule (``mmer.tuning``): paper 50
-epochs (not the paper's 100 SGD epochs, item 3) at lr 1e-4; quick 10 epochs at the shared 2e-3 (30 epochs at
+epochs (not the paper's 100 SGD epochs, item 3) at lr 1e-4; quick 10 epochs at the shared 3e-3 (30 epochs at
 1e-3 before the rule).
 """
 

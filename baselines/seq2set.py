@@ -60,7 +60,7 @@ Deviations from the paper, and why:
   rate) for both phases and 20 pre-training epochs are our choices.
 * **Epochs** follow the benchmark's one tuning rule (``mmer.tuning``): the paper profile trains 50 epochs
   (20 pre-training + 30 RL; the authors' 10 RL epochs, 30 in all before the rule), quick 10 (7 + 3; 16 + 6
-  at lr 3e-3 before the rule) at the shared lr 2e-3; the best validation epoch over both phases is kept.
+  at lr 3e-3 before the rule) at the shared lr 3e-3; the best validation epoch over both phases is kept.
 * **Zero-node samples**: the encoder runs on one zero vector whose outputs are masked, the attention
   context is zero, and decoding proceeds from the biases (no NaN).
 """

@@ -9,7 +9,7 @@ Adam's betas are PyTorch's defaults (the official code uses (0.9, 0.98)).
 
 Epochs and learning rates follow the benchmark's one tuning rule (``mmer.tuning``): the paper profile trains
 the paper's 50 epochs at the lr above; the quick profile trains 10 epochs (8 before the rule) at the shared
-quick lr 2e-3 (1e-3 before), like every neural model, with the best-validation epoch selected.
+quick lr 3e-3 (1e-3 before), like every neural model, with the best-validation epoch selected.
 
 Layering: callers build the profile, then override single fields from the command line with
 ``dataclasses.replace`` (``cfg.replace(lr=3e-4)``). Data paths never live here.

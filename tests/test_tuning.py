@@ -37,7 +37,7 @@ def test_every_classical_model_searches_the_rules_c_grid(profile):
 
 def test_describe_states_the_rule_in_one_sentence():
     quick = tuning.describe("quick")
-    assert "10 epochs" in quick and "0.002" in quick and "0.01, 0.1, 1" in quick and "0.5" in quick
+    assert "10 epochs" in quick and "0.003" in quick and "0.01, 0.1, 1" in quick and "0.5" in quick
     assert quick.endswith(".") and quick.count(". ") == 0
     paper = tuning.describe("paper", threshold="validation")
     assert "50 epochs" in paper and "own paper learning rate" in paper and "chosen on validation" in paper
