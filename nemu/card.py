@@ -129,9 +129,24 @@ def _licence(manifest: dict) -> dict:
     return SAMPLE_LICENCE if is_synthetic(manifest) else LICENCES.get(manifest["dataset"], LICENCES["NEMu"])
 
 
+def shard_glob(split: str) -> str:
+    """A glob matching exactly the toolkit's shard names of ``split`` (``train/train-00000-of-00003.parquet``),
+    never a copy or another file beside them (``train-00000-of-00003 (copy).parquet``): the pattern of the
+    repository's DATASET_CARD.md, which describes every build and so cannot list one build's files."""
+    digits = "[0-9]" * 5
+    return f"{split}/{split}-{digits}-of-{digits}.parquet"
+
+
+def data_files(manifest: dict, split: str) -> list[str]:
+    """The card's data files of one split: exactly the shard paths its manifest lists, never a glob, so that
+    ``datasets.load_dataset(OUT)`` reads no stray file (``train-00000-of-00003 (copy).parquet``) put beside
+    them (the toolkit's shard names hold no glob character)."""
+    return [entry["path"] for entry in manifest["shards"][split]]
+
+
 def card_metadata(manifest: dict, schema: pa.Schema | None = None, folder: Path | None = None) -> dict:
     """The card's YAML header as a dict: licence, configs (one data_files entry per split, under the names
-    datasets uses: train, validation, test) and dataset_info (features from the shard schema, and each
+    datasets uses: train, validation, test, listing the split's shard files: ``data_files``) and dataset_info (features from the shard schema, and each
     split's num_examples and num_bytes, the shards' size on disk)."""
     name = manifest["dataset"]
     splits = [s for s in SPLITS if s in manifest["shards"]] + [s for s in manifest["shards"] if s not in SPLITS]
@@ -154,7 +169,7 @@ def card_metadata(manifest: dict, schema: pa.Schema | None = None, folder: Path 
         "task_categories": ["audio-classification", "text-classification", "image-classification"],
         "tags": ["emotion-recognition", "multi-label", "multi-modal"],
         "configs": [{"config_name": "default", "default": True,
-                     "data_files": [{"split": HF_SPLIT_NAMES.get(split, split), "path": f"{split}/{split}-*.parquet"}
+                     "data_files": [{"split": HF_SPLIT_NAMES.get(split, split), "path": data_files(manifest, split)}
                                     for split in splits]}],
         "dataset_info": info,
     }

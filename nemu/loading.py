@@ -1,93 +1,177 @@
 """Loading any dataset built in the toolkit's Parquet layout (NEMu, CMU-MOSEI): pandas and torch.
 
-Recipes for other tools (tested in tests/test_loading.py)::
+The loaders read exactly the shard files the manifest lists: any other file in a split folder (a stray
+``train-00000-of-00003 (copy).parquet``, a user's notes) is ignored and named in an :class:`UnlistedFileWarning`.
+Before reading, every shard read is checked against its manifest entry: it exists, has the listed size, row
+count and schema (each modality's node width is the manifest's dim, ``label_vector`` as wide as the labels),
+and, with ``check_integrity=True`` (the default), the listed sha256 (hashed once per file state and process).
+A mismatch raises :class:`nemu.shards.DatasetMismatch` naming the file. ``nemu-verify`` (nemu.integrity) runs
+the full check.
 
+Recipes for other tools (tested in tests/test_formats.py) read the manifest's file list, never a glob::
+
+    files = nemu.loading.shard_files("OUT", "train")          # or from OUT/manifest.json, see README.md
     import pyarrow.dataset as ds
-    table = ds.dataset("OUT/train", format="parquet").to_table()
+    table = ds.dataset(files, format="parquet").to_table()
 
-    from datasets import load_dataset
-    nemu = load_dataset("parquet", data_files={s: f"OUT/{s}/*.parquet" for s in ("train", "valid", "test")})
+    from datasets import load_dataset                        # the card lists each split's shard files
+    nemu = load_dataset("OUT")
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from nemu.integrity import IntegrityWarning, UnlistedFileWarning, unlisted_files, verify_dataset
 from nemu.normalization import NodeStatistics, check_setting
-from nemu.shards import DatasetMismatch, check_shard, dataset_fingerprint, published_root, read_manifest, sha256_file
+from nemu.shards import (DatasetMismatch, check_digest, check_shard, dataset_fingerprint, published_root,
+                         read_manifest)
 from nemu.splits import SPLITS, cv_rotation, split_key
 
+__all__ = ["IntegrityWarning", "MMERDataset", "UnlistedFileWarning", "collate", "load", "read_table",
+           "shard_files", "split_datasets", "verify"]
 
-def shard_paths(root: Path, manifest: dict, split: str | None, shown_root: Path | None = None) -> list[Path]:
-    """The split's shard paths (all splits when ``split`` is None), each checked cheaply against the manifest:
-    it exists, has the listed size in bytes and the listed row count in its Parquet footer. A folder whose
-    shards do not match its manifest is refused with DatasetMismatch (a ValueError) naming the shard, as
-    ``shown_root/path`` (``root`` by default; nemu.load passes the folder the user named)."""
+
+def _splits_of(root: Path, manifest: dict, split: str | None) -> tuple[str, ...]:
     splits = SPLITS if split is None else (split_key(split),)  # "validation" and "valid" name one split
     unknown = [s for s in splits if s not in manifest["shards"]]
     if unknown:
-        raise ValueError(f"{shown_root or root}: no split {unknown[0]!r}; the dataset has "
-                         f"{', '.join(manifest['shards'])}")
-    paths = []
-    for s in splits:
+        raise ValueError(f"{root}: no split {unknown[0]!r}; the dataset has {', '.join(manifest['shards'])}")
+    return splits
+
+
+def shard_paths(root: Path, manifest: dict, split: str | None, shown_root: Path | None = None,
+                check_integrity: bool = False) -> list[Path]:
+    """The split's shard paths (train, valid and test when ``split`` is None), each checked against the manifest:
+    it exists, has the listed size in bytes, the listed row count in its Parquet footer and a schema that agrees
+    with the manifest's modality dims and labels (no column data read); with ``check_integrity`` also its
+    sha256. A folder whose shards do not match its manifest is refused with DatasetMismatch (a ValueError)
+    naming the shard, as ``shown_root/path`` (``root`` by default; nemu.load passes the folder the user named)."""
+    shown_root = Path(shown_root or root)
+    paths, unchecked = [], []
+    for s in _splits_of(shown_root, manifest, split):
         for entry in manifest["shards"][s]:
-            path = Path(root) / entry["path"]
-            check_shard(path, entry, Path(shown_root or root) / entry["path"])
+            path, shown = Path(root) / entry["path"], shown_root / entry["path"]
+            check_shard(path, entry, shown, manifest)
+            if check_integrity and not check_digest(path, entry, shown):
+                unchecked.append(entry["path"])
             paths.append(path)
+    if unchecked:
+        warnings.warn(IntegrityWarning(
+            f"{shown_root}: the manifest records no sha256 for {len(unchecked)} shard(s) ({unchecked[0]}"
+            f"{', ...' if len(unchecked) > 1 else ''}; a manifest written before checksums): checked by size, rows "
+            f"and schema only; rebuild the dataset to get checksums"), stacklevel=3)
     return paths
 
 
+def shard_files(root: str | Path, split: str | None = None) -> list[Path]:
+    """The shard files the manifest of ``root`` lists for ``split`` (train, valid and test when None), as paths
+    under ``root``: the file list to hand to pandas, pyarrow, polars or DuckDB, so that no stray file in a
+    split folder is ever read."""
+    manifest = read_manifest(Path(root))
+    return [Path(root) / entry["path"] for s in _splits_of(Path(root), manifest, split)
+            for entry in manifest["shards"][s]]
+
+
+def warn_unlisted(root: Path, manifest: dict | None = None, stacklevel: int = 3) -> list[Path]:
+    """Warn (UnlistedFileWarning) about the files in ``root``'s split folders its manifest does not list, which
+    the toolkit's loaders ignore; returns them."""
+    stray = unlisted_files(root, manifest)
+    if stray:
+        names = ", ".join(str(path) for path in stray[:5]) + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
+        warnings.warn(UnlistedFileWarning(
+            f"{root}: {len(stray)} file(s) in its split folders are not listed in its manifest and are ignored: "
+            f"{names} (move them out of the dataset folder; glob readers such as "
+            f"pd.read_parquet('{root}/train') would read them)"), stacklevel=stacklevel)
+    return stray
+
+
 def verify(root: Path) -> None:
-    """Check every shard against the manifest: the cheap checks of ``shard_paths`` and its sha256.
-    Raises DatasetMismatch (a ValueError) naming the first shard that differs."""
-    generation = published_root(root)
-    manifest = read_manifest(generation)
-    for entries in manifest["shards"].values():
-        for entry in entries:
-            path, shown = generation / entry["path"], Path(root) / entry["path"]
-            check_shard(path, entry, shown)
-            if sha256_file(path) != entry["sha256"]:
-                raise DatasetMismatch(f"{shown}: sha256 differs from the one in {root}/manifest.json; "
-                                      f"the shard is damaged or was replaced (rebuild the dataset)")
+    """The full check of ``nemu-verify`` (nemu.integrity.verify_dataset): every listed shard present, with its
+    size, sha256, row count and schema as the manifest lists, its data readable. Raises DatasetMismatch (a
+    ValueError) with the first problem found; files the manifest does not list are named in an
+    UnlistedFileWarning (the loaders ignore them)."""
+    report = verify_dataset(Path(root))
+    if report.unlisted:
+        warn_unlisted(Path(root), stacklevel=3)
+    for note in report.warnings:
+        if "no sha256" in note:
+            warnings.warn(IntegrityWarning(note), stacklevel=2)
+    if report.problems:
+        raise DatasetMismatch(report.problems[0] + (f" (and {len(report.problems) - 1} more problem(s): "
+                                                    f"nemu-verify {root} lists them)"
+                                                    if len(report.problems) > 1 else ""))
 
 
-def read_table(root: Path, split: str | None = None, columns: Sequence[str] | None = None,
-               folds: Iterable[int] | None = None) -> pa.Table:
-    """One Arrow table of the split's shards (all splits when ``split`` is None), optionally some folds.
-
-    The folder is resolved once (``published_root``), so the manifest and the shards read are one build's
-    even while a rebuild publishes another; should that rebuild retire the shards mid-read, the read starts
-    again on the new build."""
+def _read_table(root: Path, split: str | None, columns: Sequence[str] | None, folds: Iterable[int] | None,
+                check_integrity: bool, warn: bool) -> pa.Table:
     filters = [("fold", "in", sorted(set(folds)))] if folds is not None else None
     for attempt in range(3):
         generation = published_root(root)
         manifest = read_manifest(generation)
         try:
-            tables = [pq.read_table(path, columns=list(columns) if columns else None, filters=filters)
-                      for path in shard_paths(generation, manifest, split, Path(root))]
+            paths = shard_paths(generation, manifest, split, Path(root), check_integrity)
+            tables = []
+            for path in paths:
+                try:
+                    tables.append(pq.read_table(path, columns=list(columns) if columns else None, filters=filters))
+                except FileNotFoundError:
+                    raise
+                except (pa.ArrowException, OSError) as exc:  # a damaged shard read with check_integrity=False
+                    raise DatasetMismatch(f"{Path(root) / path.relative_to(generation)}: cannot be read "
+                                          f"({exc}); the shard is damaged (rebuild the dataset)") from None
         except (FileNotFoundError, DatasetMismatch):
             if attempt < 2 and published_root(root) != generation:
                 continue  # a rebuild was published while reading
             raise
+        if warn:
+            warn_unlisted(Path(root), manifest, stacklevel=4)
         return pa.concat_tables(tables)
     raise AssertionError("unreachable")
 
 
-def load(root: str | Path, split: str | None = "train", columns: Sequence[str] | None = None):
-    """A pandas DataFrame of one split (or all splits when ``split`` is None)."""
-    return read_table(Path(root), split, columns).to_pandas()
+def read_table(root: Path, split: str | None = None, columns: Sequence[str] | None = None,
+               folds: Iterable[int] | None = None, check_integrity: bool = True) -> pa.Table:
+    """One Arrow table of the split's shards (all splits when ``split`` is None), optionally some folds.
+
+    Only the shards the manifest lists are read (other files in the split folders: UnlistedFileWarning), each
+    checked first (``shard_paths``; ``check_integrity=False`` skips the sha256 only).
+    The folder is resolved once (``published_root``), so the manifest and the shards read are one build's
+    even while a rebuild publishes another; should that rebuild retire the shards mid-read, the read starts
+    again on the new build."""
+    return _read_table(Path(root), split, columns, folds, check_integrity, warn=True)
 
 
-def _node_arrays(column: pa.ChunkedArray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(all nodes as one (total, dim) float32 matrix, per-row offsets) of a list<fixed_size_list> column."""
+def load(root: str | Path, split: str | None = "train", columns: Sequence[str] | None = None,
+         check_integrity: bool = True):
+    """A pandas DataFrame of one split (or all splits when ``split`` is None): ``read_table`` as pandas, the
+    shards' sha256 checked unless ``check_integrity=False``."""
+    return _read_table(Path(root), split, columns, None, check_integrity, warn=True).to_pandas()
+
+
+def _node_arrays(column: pa.ChunkedArray, dim: int, name: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """(all nodes as one (total, dim) float32 matrix, per-row offsets) of a list<fixed_size_list> column.
+
+    A column whose nodes are not ``dim`` wide (the manifest's dim) is refused, never reshaped to ``dim``."""
     array = column.combine_chunks()
     offsets = array.offsets.to_numpy()
-    values = array.values.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    inner = array.values
+    if pa.types.is_fixed_size_list(inner.type):
+        widths = {inner.type.list_size} if len(inner) else set()
+    else:
+        widths = set(np.unique(pc.list_value_length(inner).to_numpy(zero_copy_only=False)).tolist())
+    wrong = sorted(w for w in widths if w != dim)
+    if wrong:
+        raise DatasetMismatch(f"modality {name!r}: the manifest's dim is {dim} but the shards' nodes are "
+                              f"{wrong[0]} wide; the manifest does not describe these shards (rebuild the dataset)")
+    values = inner.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
     # offsets are relative to a possibly sliced child array; the copy makes the tensors' memory writable
     return values[offsets[0]:offsets[-1]].copy(), offsets - offsets[0]
 
@@ -103,7 +187,8 @@ class _DecodedDataset:
         # the order of read_table(root, None): the published splits first, then any other the manifest lists
         self.splits = [s for s in SPLITS if s in manifest["shards"]] + [s for s in manifest["shards"]
                                                                        if s not in SPLITS]
-        base = [read_table(root, split, ["id", "label_vector", "fold"]) for split in self.splits]
+        base = [_read_table(root, split, ["id", "label_vector", "fold"], None, False, False)
+                for split in self.splits]
         self.ids = np.array([i for table in base for i in table["id"].to_pylist()], dtype=object)
         self.labels = np.concatenate([
             np.asarray(t["label_vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False),
@@ -115,8 +200,10 @@ class _DecodedDataset:
     def column(self, name: str):
         """(values, offsets) of a modality column, or the raw Arrow column of an extra, decoded once."""
         if name not in self.columns:
-            table = pa.concat_tables([read_table(self.root, split, [name]) for split in self.splits])
-            self.columns[name] = _node_arrays(table[name], self.dims[name]) if name in self.dims else table[name]
+            table = pa.concat_tables([_read_table(self.root, split, [name], None, False, False)
+                                      for split in self.splits])
+            self.columns[name] = _node_arrays(table[name], self.dims[name], name) if name in self.dims \
+                else table[name]
         return self.columns[name]
 
 
@@ -147,6 +234,15 @@ def _decoded(root: Path) -> _DecodedDataset:
     return _DECODED[key]
 
 
+def _check_dataset(root: Path, check_integrity: bool) -> None:
+    """Check every shard the manifest lists (``shard_paths``), and warn about files it does not list."""
+    generation = published_root(root)
+    manifest = read_manifest(generation)
+    for split in manifest["shards"]:
+        shard_paths(generation, manifest, split, root, check_integrity)
+    warn_unlisted(root, manifest, stacklevel=4)
+
+
 def clear_cache() -> None:
     """Forget every decoded dataset (the next load reads the shards again)."""
     _DECODED.clear()
@@ -172,6 +268,10 @@ class MMERDataset:
     naming a label (``dominant_emotion``) becomes the label's index (-1 when null); numeric and
     fixed-size list columns (``intensities``) become float tensors (NaN when null).
 
+    Every shard of the dataset (all are decoded) is checked first, its sha256 included unless
+    ``check_integrity=False`` (``shard_paths``); files the manifest does not list are ignored
+    (UnlistedFileWarning).
+
     ``normalization`` (a :class:`nemu.normalization.NodeStatistics`) is applied to the node features;
     None keeps them as stored. The statistics used are ``self.normalization`` (None when not normalised).
     :func:`split_datasets` fits them on the training split and applies them to all three splits.
@@ -180,8 +280,9 @@ class MMERDataset:
 
     def __init__(self, root: str | Path, split: str | None = "train", modalities: Sequence[str] | None = None,
                  folds: Iterable[int] | None = None, extra_columns: Sequence[str] = (),
-                 normalization=None):
+                 normalization=None, check_integrity: bool = True):
         self.root = Path(root)
+        _check_dataset(self.root, check_integrity)
         decoded = _decoded(self.root)
         self.manifest = decoded.manifest
         dims = decoded.dims
@@ -276,8 +377,8 @@ def collate(items: list[dict]) -> dict:
 
 
 def split_datasets(root: str | Path, fold: int | None = None, modalities: Sequence[str] | None = None,
-                   extra_columns: Sequence[str] = (), input_normalization: str = "standardize"
-                   ) -> dict[str, MMERDataset]:
+                   extra_columns: Sequence[str] = (), input_normalization: str = "standardize",
+                   check_integrity: bool = True) -> dict[str, MMERDataset]:
     """train/valid/test datasets: the published split folders, or cross-validation rotation ``fold``.
 
     Rotation k takes test = fold k, valid = fold k+1, train = the other folds (``nemu.splits.cv_rotation``).
@@ -286,6 +387,7 @@ def split_datasets(root: str | Path, fold: int | None = None, modalities: Sequen
     ``"standardize"`` (default) standardises every modality per dimension with the mean and std of the
     real nodes of *this* train split, applied to all three splits; ``"raw"`` keeps the stored features.
     The statistics are ``datasets["train"].normalization`` (the same object on every split).
+    ``check_integrity`` is MMERDataset's (the shards' sha256, checked by default; hashed once per process).
     """
     check_setting(input_normalization)
     if fold is None:
@@ -293,12 +395,13 @@ def split_datasets(root: str | Path, fold: int | None = None, modalities: Sequen
     else:
         selections = {split: (None, folds) for split, folds in cv_rotation(fold).items()}
     train_split, train_folds = selections["train"]
-    train = MMERDataset(root, train_split, modalities, folds=train_folds, extra_columns=extra_columns)
+    train = MMERDataset(root, train_split, modalities, folds=train_folds, extra_columns=extra_columns,
+                        check_integrity=check_integrity)
     statistics = NodeStatistics.fit(train.node_values(), input_normalization)
     train.apply_normalization(statistics)
     return {split: train if split == "train" else
             MMERDataset(root, split_name, modalities, folds=folds, extra_columns=extra_columns,
-                        normalization=statistics)
+                        normalization=statistics, check_integrity=check_integrity)
             for split, (split_name, folds) in selections.items()}
 
 

@@ -197,18 +197,100 @@ def dataset_fingerprint(manifest: dict) -> str:
     return hashlib.sha256(canonical_json(manifest).encode("utf-8")).hexdigest()
 
 
-def read_manifest(root: Path) -> dict:
-    path = Path(root) / MANIFEST_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not a built dataset folder (no {MANIFEST_FILE}); build it first")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {manifest.get('format_version')} is not {FORMAT_VERSION}")
-    return manifest
+class DatasetNotFound(FileNotFoundError):
+    """A dataset folder that does not exist, or a folder that exists but holds no built dataset (no manifest).
+    The message says which: "does not exist" only for a path that is not there."""
 
 
 class DatasetMismatch(ValueError):
-    """A dataset folder whose shards are not the ones its manifest lists."""
+    """A dataset folder whose shards are not the ones its manifest lists (missing, other size, rows, checksum or
+    schema), or whose manifest contradicts its shards (a modality's dim, the number of labels)."""
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _manifest_problem(manifest) -> str | None:
+    """What makes ``manifest`` (parsed JSON) unusable as a dataset's manifest, or None."""
+    if not isinstance(manifest, dict):
+        return f"not a JSON object but {type(manifest).__name__}"
+    if manifest.get("format_version") != FORMAT_VERSION:
+        return f"format_version {manifest.get('format_version')} is not {FORMAT_VERSION}"
+    labels = manifest.get("labels")
+    if not isinstance(labels, list) or not labels or not all(isinstance(name, str) for name in labels):
+        return "'labels' is not a non-empty list of label names"
+    if len(set(labels)) != len(labels):
+        return f"'labels' names {sorted({n for n in labels if labels.count(n) > 1})[0]!r} twice"
+    modalities = manifest.get("modalities")
+    if not isinstance(modalities, list) or not all(isinstance(m, dict) for m in modalities):
+        return "'modalities' is not a list of {name, dim} objects"
+    names = [m.get("name") for m in modalities]
+    for modality in modalities:
+        if not isinstance(modality.get("name"), str) or not modality["name"]:
+            return f"a modality without a name: {modality}"
+        dim = modality.get("dim")
+        if not _is_count(dim) or dim == 0:
+            return f"modality {modality['name']!r}: dim {dim!r} is not a positive integer"
+        if names.count(modality["name"]) > 1:
+            return f"modality {modality['name']!r} is listed twice"
+    shards = manifest.get("shards")
+    if not isinstance(shards, dict) or not all(isinstance(v, list) for v in shards.values()):
+        return "'shards' is not an object of split -> list of shard entries"
+    seen = set()
+    for split, entries in shards.items():
+        for entry in entries:
+            if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+                return f"split {split!r}: a shard entry without a path: {entry!r}"
+            path = entry["path"]
+            parts = path.split("/")
+            if path.startswith("/") or "\\" in path or any(part in ("", ".", "..") for part in parts) \
+                    or len(parts) < 2:
+                return f"shard path {path!r} is not a file inside a split folder of the dataset"
+            if path in seen:
+                return f"shard {path!r} is listed twice"
+            seen.add(path)
+            if not _is_count(entry.get("rows")):
+                return f"{path}: rows {entry.get('rows')!r} is not a count"
+            if "bytes" in entry and not _is_count(entry["bytes"]):
+                return f"{path}: bytes {entry['bytes']!r} is not a count"
+            if "sha256" in entry and not (isinstance(entry["sha256"], str) and _SHA256.fullmatch(entry["sha256"])):
+                return f"{path}: sha256 {entry['sha256']!r} is not a sha256 digest"
+    return None
+
+
+def read_manifest(root: Path) -> dict:
+    """The manifest of the dataset folder ``root``.
+
+    A path that is not there: DatasetNotFound "ROOT: does not exist"; a folder (or file) that is there but holds
+    no manifest: DatasetNotFound "not a built dataset folder"; a manifest that is not valid JSON or not a
+    manifest (labels, modalities with positive dims, shard entries with relative paths and counts): ValueError
+    naming the file and what is wrong."""
+    root = Path(root)
+    path = root / MANIFEST_FILE
+    if not path.is_file():
+        if not root.exists() and not root.is_symlink():
+            raise DatasetNotFound(f"{root}: does not exist (no such dataset folder); pass the OUT folder of "
+                                  f"nemu-build or nemu-build-mosei")
+        if not root.is_dir():
+            raise DatasetNotFound(f"{root}: is a file, not a built dataset folder (a folder holding "
+                                  f"{MANIFEST_FILE})")
+        if path.is_symlink():
+            raise DatasetNotFound(f"{path}: a link to {os.readlink(path)}, which is missing; the folder is not a "
+                                  f"whole dataset (rebuild it)")
+        raise DatasetNotFound(f"{root}: not a built dataset folder (no {MANIFEST_FILE} in it); build it first")
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path}: not a valid manifest ({type(exc).__name__}: {exc}); the file is damaged "
+                         f"(rebuild the dataset)") from None
+    problem = _manifest_problem(manifest)
+    if problem is not None:
+        raise ValueError(f"{path}: {problem}")
+    return manifest
 
 
 def published_root(root: Path) -> Path:
@@ -221,9 +303,49 @@ def published_root(root: Path) -> Path:
     return Path(os.path.realpath(manifest)).parent if manifest.is_symlink() else Path(root)
 
 
-def check_shard(path: Path, entry: dict, shown_as: Path | None = None) -> None:
+def _modality_width(arrow_type: pa.DataType) -> int | None | str:
+    """The node width a modality column's type fixes (list<fixed_size_list<float, w>>: w), None for a
+    list<list<float>> (the width is in the data), or a description of a type that holds no node matrices."""
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        inner = arrow_type.value_type
+        if pa.types.is_fixed_size_list(inner) and pa.types.is_floating(inner.value_type):
+            return inner.list_size
+        if (pa.types.is_list(inner) or pa.types.is_large_list(inner)) and pa.types.is_floating(inner.value_type):
+            return None
+    return f"{arrow_type}, not a list of node vectors"
+
+
+def check_schema(schema: pa.Schema, manifest: dict, shown: Path) -> None:
+    """The shard's Arrow schema against the manifest: a column per manifest modality whose node width is the
+    manifest's dim, and ``label_vector`` as wide as the manifest's labels. Raises DatasetMismatch naming the
+    shard, the modality (or column), the manifest's value and the shard's."""
+    names = set(schema.names)
+    for modality in manifest["modalities"]:
+        name, dim = modality["name"], modality["dim"]
+        if name not in names:
+            raise DatasetMismatch(f"{shown}: the manifest lists modality {name!r} (dim {dim}) but the shard has no "
+                                  f"column {name!r}; the manifest does not describe these shards (rebuild the "
+                                  f"dataset, or restore its {MANIFEST_FILE})")
+        width = _modality_width(schema.field(name).type)
+        if isinstance(width, str):
+            raise DatasetMismatch(f"{shown}: modality {name!r}: column type {width}")
+        if width is not None and width != dim:
+            raise DatasetMismatch(f"{shown}: modality {name!r}: the manifest's dim is {dim} but the shard's nodes "
+                                  f"are {width} wide; the manifest does not describe these shards (was it edited? "
+                                  f"rebuild the dataset, or restore its {MANIFEST_FILE})")
+    if "label_vector" in names:
+        kind = schema.field("label_vector").type
+        if pa.types.is_fixed_size_list(kind) and kind.list_size != len(manifest["labels"]):
+            raise DatasetMismatch(f"{shown}: label_vector is {kind.list_size} wide but the manifest lists "
+                                  f"{len(manifest['labels'])} labels; the manifest does not describe these shards "
+                                  f"(rebuild the dataset, or restore its {MANIFEST_FILE})")
+
+
+def check_shard(path: Path, entry: dict, shown_as: Path | None = None, manifest: dict | None = None) -> None:
     """Cheap check of one shard against its manifest entry: it exists, has the listed size in bytes (when the
-    manifest records it) and the listed row count in its Parquet footer. Raises DatasetMismatch naming it."""
+    manifest records it) and the listed row count in its Parquet footer, and (given the ``manifest``) its
+    schema agrees with the manifest's modality dims and labels (``check_schema``). No column data is read.
+    Raises DatasetMismatch naming it."""
     shown = shown_as or path
     try:
         size = Path(path).stat().st_size
@@ -234,9 +356,41 @@ def check_shard(path: Path, entry: dict, shown_as: Path | None = None) -> None:
         raise DatasetMismatch(f"{shown}: {size} bytes, the manifest lists {entry['bytes']}; the folder is not "
                               f"the dataset its manifest describes (rebuild it)")
     try:
-        rows = pq.ParquetFile(path).metadata.num_rows
+        metadata = pq.ParquetFile(path).metadata
+        schema = metadata.schema.to_arrow_schema()
     except (pa.ArrowException, OSError) as exc:
         raise DatasetMismatch(f"{shown}: not a readable Parquet file ({exc}); rebuild the dataset") from None
-    if rows != entry["rows"]:
-        raise DatasetMismatch(f"{shown}: {rows} rows, the manifest lists {entry['rows']}; the folder is not the "
-                              f"dataset its manifest describes (rebuild it)")
+    if metadata.num_rows != entry["rows"]:
+        raise DatasetMismatch(f"{shown}: {metadata.num_rows} rows, the manifest lists {entry['rows']}; the folder "
+                              f"is not the dataset its manifest describes (rebuild it)")
+    if manifest is not None:
+        check_schema(schema, manifest, shown)
+
+
+#: sha256 digests computed in this process, by file identity and state (device, inode, size, mtime, ctime):
+#: a shard read again unchanged is not hashed again; any write to it (which changes its ctime) is.
+_DIGESTS: dict[tuple, str] = {}
+
+
+def shard_digest(path: Path) -> str:
+    """The sha256 of the file at ``path``, computed once per state of the file in this process."""
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    digest = _DIGESTS.get(key)
+    if digest is None:
+        digest = sha256_file(path)
+        if len(_DIGESTS) > 4096:
+            _DIGESTS.clear()
+        _DIGESTS[key] = digest
+    return digest
+
+
+def check_digest(path: Path, entry: dict, shown_as: Path | None = None) -> bool:
+    """The shard's sha256 against its manifest entry; False when the entry records none (a manifest written
+    before checksums: nothing to compare). Raises DatasetMismatch naming the shard when they differ."""
+    if "sha256" not in entry:
+        return False
+    if shard_digest(path) != entry["sha256"]:
+        raise DatasetMismatch(f"{shown_as or path}: sha256 differs from the one in the manifest; the shard is "
+                              f"damaged or was replaced (rebuild the dataset)")
+    return True

@@ -40,6 +40,7 @@ COMMANDS = {
     "hhmpn-train": "pipelines.train",
     "hhmpn-predict": "pipelines.predict",
     "nemu-benchmark": "pipelines.benchmark",
+    "nemu-verify": "pipelines.verify",
 }
 SCRIPTS = {module: script for script, module in COMMANDS.items()}
 # the documented ``python -m`` spellings kept for these commands (each module's ``__main__`` block runs the command)
