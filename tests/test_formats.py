@@ -1,11 +1,17 @@
 """A built dataset folder read by the ecosystem's tools as it is: the five recipes of README.md ("Loading").
 
 pandas, pyarrow, Hugging Face datasets, polars and DuckDB each read the folder written by the build, keep the
-fixed feature sizes (or get them back, DuckDB), and see the same rows as ``nemu.load``.
+fixed feature sizes (or get them back, DuckDB), and see the same rows as ``nemu.load``. Every recipe reads the
+shard files the manifest lists (the card lists them for datasets), so a stray copy in a split folder is read by
+none of them: the README's code block is run as written on a folder holding one.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +32,17 @@ def _dims(out: Path) -> dict[str, int]:
     return {m["name"]: m["dim"] for m in nemu.read_manifest(out)["modalities"]}
 
 
+def _files(out: Path) -> dict[str, list[str]]:
+    """The README's file lists: each split's shard files as its manifest lists them."""
+    shards = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["shards"]
+    return {split: [f"{out}/{entry['path']}" for entry in entries] for split, entries in shards.items()}
+
+
 def test_pandas_recipe(built):
     import pandas as pd
 
     out = built[0] / "out"
-    frame = pd.read_parquet(out / "train")
+    frame = pd.read_parquet(_files(out)["train"])
     expected = nemu.load(out, "train")
     assert sorted(frame["id"]) == sorted(expected["id"]) and len(frame) == _sizes(out)["train"]
     row = frame.set_index("id").loc[expected["id"].iloc[0]]
@@ -38,12 +50,10 @@ def test_pandas_recipe(built):
     assert len(row["label_vector"]) == 12 and np.stack(list(row["audio"])).shape[1] == _dims(out)["audio"]
 
 
-def test_pyarrow_recipe_reads_the_whole_folder_past_the_card(built):
+def test_pyarrow_recipe_reads_every_split_with_its_name(built):
     out = built[0] / "out"
-    assert (out / "README.md").is_file() and (out / "manifest.json").is_file()
-    with pytest.raises(pa.ArrowInvalid):  # why the recipe needs exclude_invalid_files: README.md is no Parquet
-        ds.dataset(out, format="parquet")
-    folder = ds.dataset(out, format="parquet", exclude_invalid_files=True,
+    files = _files(out)
+    folder = ds.dataset(sum(files.values(), []), format="parquet", partition_base_dir=str(out),
                         partitioning=ds.partitioning(pa.schema([("split", pa.string())])))
     table = folder.to_table()
     assert table.num_rows == sum(_sizes(out).values())
@@ -52,7 +62,7 @@ def test_pyarrow_recipe_reads_the_whole_folder_past_the_card(built):
     for name, dim in _dims(out).items():
         assert table.schema.field(name).type == pa.list_(pa.list_(pa.float32(), dim))
     assert table.schema.field("label_vector").type == pa.list_(pa.int8(), 12)
-    train = ds.dataset(out / "train", format="parquet").to_table()
+    train = ds.dataset(files["train"], format="parquet").to_table()
     assert train.num_rows == _sizes(out)["train"] and b"mmer.manifest" in train.schema.metadata
 
 
@@ -95,15 +105,15 @@ def test_dataset_card_yaml_is_what_datasets_expects(built):
     assert all(split.num_bytes > 0 for split in infos.splits.values())
     assert infos.features["label_ids"].feature.names == nemu.read_manifest(out)["labels"]
     configs = MetadataConfigs.from_dataset_card_data(header)["default"]
-    assert configs["data_files"] == [{"split": "train", "path": "train/train-*.parquet"},
-                                     {"split": "validation", "path": "valid/valid-*.parquet"},
-                                     {"split": "test", "path": "test/test-*.parquet"}]
+    manifest = nemu.read_manifest(out)  # exactly the manifest's shard files, never a glob
+    assert configs["data_files"] == [{"split": HF_SPLIT_NAMES[s], "path": [e["path"] for e in manifest["shards"][s]]}
+                                     for s in ("train", "valid", "test")]
 
 
 def test_polars_recipe(built):
     pl = pytest.importorskip("polars")
     out = built[0] / "out"
-    frame = pl.read_parquet(out / "train" / "*.parquet")
+    frame = pl.read_parquet(_files(out)["train"])
     assert frame.height == _sizes(out)["train"]
     assert frame.schema["label_vector"] == pl.Array(pl.Int8, 12)
     for name, dim in _dims(out).items():
@@ -117,10 +127,11 @@ def test_duckdb_recipes_keep_the_fixed_sizes(built):
     dims = _dims(out)
     con = duckdb.connect()
     # DuckDB's own Parquet reader drops the fixed sizes (FLOAT[][]): the reason for the two recipes
-    plain = con.sql(f"SELECT audio FROM read_parquet('{out / 'train' / '*.parquet'}')")
+    files = _files(out)["train"]
+    plain = con.sql(f"SELECT audio FROM read_parquet({files})")
     assert plain.types[0] == "FLOAT[][]"
     # recipe 1: a pyarrow dataset, queried by its Python name, keeps the Arrow types
-    train = ds.dataset(out / "train", format="parquet")  # noqa: F841 - DuckDB finds it by name
+    train = ds.dataset(files, format="parquet")  # noqa: F841 - DuckDB finds it by name
     kept = con.sql("SELECT id, label_vector, audio, len(audio) AS nodes FROM train ORDER BY id")
     assert kept.types[1] == "TINYINT[12]" and kept.types[2] == f"FLOAT[{dims['audio']}][]"
     rows = kept.fetchall()
@@ -129,7 +140,7 @@ def test_duckdb_recipes_keep_the_fixed_sizes(built):
     assert [r[3] for r in rows] == [len(frame.loc[r[0], "audio"]) for r in rows]
     # recipe 2: DuckDB's reader, then a cast to the manifest's sizes
     cast = con.sql(f"SELECT label_vector::TINYINT[12] AS label_vector, audio::FLOAT[{dims['audio']}][] AS audio "
-                   f"FROM read_parquet('{out / 'train' / '*.parquet'}')")
+                   f"FROM read_parquet({files})")
     assert cast.types == ["TINYINT[12]", f"FLOAT[{dims['audio']}][]"]
     con.close()
 
@@ -154,3 +165,77 @@ def test_card_yaml_survives_hostile_names():
     info = DatasetInfosDict.from_dataset_card_data(header)["default"]
     assert info.features["label_ids"].feature.names == labels
     assert {name: s.num_examples for name, s in info.splits.items()} == {"train": 3, "validation": 1, "test": 0}
+
+
+def _readme_loading_block() -> str:
+    """The first Python block of README.md's "## Loading" section, as written."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Loading\n", 1)[1].split("\n## ", 1)[0]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def _rows(value) -> dict[str, int] | int | None:
+    """Rows of a table-like result of a recipe (per split for a DatasetDict); None for anything else."""
+    import pandas as pd
+
+    if isinstance(value, pd.DataFrame):
+        return len(value)
+    if isinstance(value, pa.Table):
+        return value.num_rows
+    if isinstance(value, ds.Dataset):
+        return value.count_rows()
+    if isinstance(value, nemu.MMERDataset):
+        return len(value)
+    kind = f"{type(value).__module__}.{type(value).__name__}"
+    if kind.startswith("polars.") and kind.endswith("DataFrame"):
+        return value.height
+    if kind == "datasets.dataset_dict.DatasetDict":
+        return {split: len(part) for split, part in value.items()}
+    if kind == "datasets.arrow_dataset.Dataset":
+        return len(value)
+    if kind.startswith("duckdb") and "Relation" in kind:
+        return len(value.fetchall())
+    return None
+
+
+def test_a_stray_copy_doubles_no_split_in_any_readme_recipe(built, tmp_path, monkeypatch):
+    """A file manager's ``train-00000-of-00003 (copy).parquet`` in the train folder: the README's loading block,
+    run as written, gives every table its split's rows (or every split's), never the copy's too; so do nemu.load,
+    MMERDataset and datasets.load_dataset (through the card's data_files)."""
+    datasets = pytest.importorskip("datasets")
+    pytest.importorskip("polars")
+    pytest.importorskip("duckdb")
+    data = tmp_path / "data" / "nemu"
+    shutil.copytree(built[0] / "out", data, symlinks=True, ignore=shutil.ignore_patterns(".cache"))
+    first = data / nemu.read_manifest(data)["shards"]["train"][0]["path"]
+    stray = first.with_name(first.stem + " (copy).parquet")
+    shutil.copyfile(first, stray)
+    sizes = _sizes(data)
+    wanted = {sizes["train"], sum(sizes.values())}  # one split's rows, or every split's
+    doubled = sizes["train"] + nemu.read_manifest(data)["shards"]["train"][0]["rows"]
+    load_dataset = datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda *args, **kw: load_dataset(*args, **kw, cache_dir=str(tmp_path / "hf-cache")))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec(compile(_readme_loading_block(), "README.md (Loading)", "exec"), namespace)
+    assert any("(copy).parquet" in str(w.message) for w in caught)  # the toolkit's loaders name it
+    counted = {name: _rows(value) for name, value in namespace.items() if _rows(value) is not None}
+    assert len(counted) >= 8, counted  # nemu, MMERDataset, pandas, pyarrow (2), datasets, polars, DuckDB ...
+    for name, rows in counted.items():
+        if isinstance(rows, dict):
+            assert rows == {HF_SPLIT_NAMES[s]: n for s, n in sizes.items()}, (name, rows)
+        else:
+            assert rows in wanted, f"{name}: {rows} rows; the split has {sizes['train']} (with the copy: {doubled})"
+    # the repository's card (DATASET_CARD.md) matches the shards by a pattern that leaves the copy out
+    import yaml
+    from datasets.data_files import resolve_pattern
+
+    card = (Path(__file__).resolve().parents[1] / "DATASET_CARD.md").read_text(encoding="utf-8")
+    patterns = yaml.safe_load(card.split("---\n")[1])["configs"][0]["data_files"]
+    for item in patterns:
+        split = {v: k for k, v in HF_SPLIT_NAMES.items()}[item["split"]]
+        found = sorted(Path(p).name for p in resolve_pattern(item["path"], base_path=str(data)))
+        assert found == sorted(Path(e["path"]).name for e in nemu.read_manifest(data)["shards"][split]), found
