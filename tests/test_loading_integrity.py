@@ -140,6 +140,34 @@ def test_a_manifest_whose_dim_was_edited_is_refused_naming_modality_dim_and_widt
     assert code == 1 and "modality 'audio'" in err and f"dim is {dims['audio'] // 2}" in err, err
 
 
+def test_a_manifest_whose_labels_were_cut_is_refused(out):
+    _edit_manifest(out, lambda m: m["labels"].pop())
+    with pytest.raises(DatasetMismatch, match=r"label_vector is 12 wide but the manifest lists 11 labels"):
+        MMERDataset(out, "train")
+
+
+def test_nodes_of_another_width_in_a_plain_list_column_are_refused_not_reshaped(out):
+    """A shard rewritten by another tool as list<list<float>> (no fixed width in the schema): the width is
+    checked in the data when the nodes are decoded."""
+    import pyarrow as pa
+
+    manifest = read_manifest(out)
+    dim = next(m["dim"] for m in manifest["modalities"] if m["name"] == "audio")
+    for entries in manifest["shards"].values():
+        for entry in entries:
+            path = out / entry["path"]
+            table = pq.read_table(path)
+            nodes = [[vector[: dim // 2] for vector in song] for song in table["audio"].to_pylist()]
+            index = table.schema.get_field_index("audio")
+            table = table.set_column(index, "audio", pa.array(nodes, pa.list_(pa.list_(pa.float32()))))
+            pq.write_table(table, path)
+            entry.update(bytes=path.stat().st_size, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    (out / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(DatasetMismatch, match=rf"modality 'audio': the manifest's dim is {dim} but the shards' nodes "
+                                              rf"are {dim // 2} wide"):
+        MMERDataset(out, "train", modalities=["audio"])
+
+
 def test_a_manifest_without_checksums_loads_with_a_note(out, capsys):
     _edit_manifest(out, lambda m: [entry.pop("sha256") for entries in m["shards"].values() for entry in entries])
     for read in (lambda: load(out, "train"), lambda: MMERDataset(out, "train")):
