@@ -90,7 +90,7 @@ def test_card_and_table1_statistics(built):
     expected_seconds = np.mean([1.5 + 0.25 * (i % 3) for i in range(20)])
     assert stats["mean_duration_seconds"] == pytest.approx(expected_seconds, abs=0.01)
     card = (out / "README.md").read_text(encoding="utf-8")  # the card datasets.load_dataset reads
-    assert card.startswith("---\n") and "config_name: default" in card and "path: train/train-*.parquet" in card
+    assert card.startswith("---\n") and "config_name: default" in card and "- train/train-00000-of-00003.parquet" in card
     assert "num_examples: 16" in card and "| Train | 16 | 15125 |" in card
 
 
