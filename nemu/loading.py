@@ -67,7 +67,7 @@ def shard_paths(root: Path, manifest: dict, split: str | None, shown_root: Path 
         warnings.warn(IntegrityWarning(
             f"{shown_root}: the manifest records no sha256 for {len(unchecked)} shard(s) ({unchecked[0]}"
             f"{', ...' if len(unchecked) > 1 else ''}; a manifest written before checksums): checked by size, rows "
-            f"and schema only; rebuild the dataset to get checksums"), stacklevel=3)
+            f"and schema only; rebuild the dataset to get checksums"), stacklevel=4)
     return paths
 
 
