@@ -29,7 +29,7 @@ setup: $(BIN)/.installed
 demo: setup
 	@start=$$(date +%s); \
 	$(BIN)/python -m pipelines.make_sample --out data/raw --songs $(SONGS) --seed $(SEED) --overwrite && \
-	$(BIN)/python -m pipelines.build_nemu --raw data/raw --out data/nemu --seed $(SEED) --image-encoder efficientnet-lite0 && \
+	$(BIN)/python -m pipelines.build_nemu --raw data/raw --out data/nemu --seed $(SEED) && \
 	$(BIN)/python -m baselines.run_all --data data/nemu --profile quick --folds $(FOLDS) --table3-folds 2 --out results && \
 	echo "make demo: sample, build and benchmark took $$(( $$(date +%s) - start )) s"
 
