@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from baselines.classical import ECC_CHAINS
+from baselines.classical import ECC_CHAINS, ECC_QUICK_CHAINS
 from baselines.significance import (ALPHA, BOOTSTRAP_RESAMPLES, BOOTSTRAP_TEST, CORRECTED_T_TEST, CORRECTION,
                                     corrected_t_test, holm, paired_bootstrap, size_ratio)
 from mmer.metrics import DEFAULT_THRESHOLD
@@ -263,8 +263,9 @@ def chain_note(summaries: Mapping, present: Sequence[str], dataset: str, describ
     return (f"CC equals BR on {_describe(described)[1]}, and this is not a bug: the chain hands each earlier label "
             f"to the next classifier as one 0/1 column beside the {columns}standardised pooled feature columns, and "
             f"at the small C chosen on validation the L2 penalty keeps that column's weight near zero, so the "
-            f"chain's probabilities barely move and its decisions stay BR's. {ensemble}, Read "
-            f"et al.'s ensemble of {ECC_CHAINS} chains in random label orders on bootstrap samples with their "
+            f"chain's probabilities barely move and its decisions stay BR's. {ensemble}, Read et al.'s ensemble "
+            f"of chains ({ECC_CHAINS} in the paper profile, {ECC_QUICK_CHAINS} in quick) in random label orders on "
+            f"bootstrap samples with their "
             f"probabilities averaged, is the chained model that can differ.")
 
 
