@@ -262,8 +262,8 @@ def chain_note(summaries: Mapping, present: Sequence[str], dataset: str, describ
     ensemble = ("ECC" if "ECC" in present else "ECC (--models ECC)")
     return (f"CC equals BR on {_describe(described)[1]}, and this is not a bug: the chain hands each earlier label "
             f"to the next classifier as one 0/1 column beside the {columns}standardised pooled feature columns, and "
-            f"at the small C chosen on validation the L2 penalty keeps that column's weight near zero, so the "
-            f"chain's probabilities barely move and its decisions stay BR's. {ensemble}, Read et al.'s ensemble "
+            f"at the small C chosen on validation the L2 penalty spreads the classifier's weight over every column, "
+            f"leaving that one too little to move a decision: the chain decides as BR does. {ensemble}, Read et al.'s ensemble "
             f"of chains ({ECC_CHAINS} in the paper profile, {ECC_QUICK_CHAINS} in quick) in random label orders on "
             f"bootstrap samples with their "
             f"probabilities averaged, is the chained model that can differ.")
