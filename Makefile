@@ -14,8 +14,12 @@ FOLDS ?= 5
 # The pinned requirements first (reproducible), then the project itself in editable mode, so `import nemu` and the
 # console scripts (nemu-build, hhmpn-train, ...; pyproject.toml) work from any folder. --no-deps: the pins above
 # already hold every dependency; --no-build-isolation: build with the pinned setuptools, offline.
+# TORCH_INDEX=URL (e.g. https://download.pytorch.org/whl/cpu, PyTorch's CPU-only builds; that index must be
+# reachable): the pinned torch and torchvision are installed from URL first, so the pins below find them in place.
+TORCH_INDEX ?=
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	$(if $(TORCH_INDEX),$(BIN)/pip install --quiet --index-url $(TORCH_INDEX) $$(grep -E '^torch(vision)?==' requirements.txt))
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
