@@ -17,6 +17,7 @@ raw folder without one, ``{"kind": "raw-records"}`` (nemu.provenance); the shard
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -257,7 +258,9 @@ def _check_output_folder(path: Path, flag: str) -> None:
             what = "exists and is not a folder" if existing == path else f"{existing} is a file, not a folder"
             raise BuildError(f"{flag} {path}: {what}")
         if not os.access(existing, os.W_OK | os.X_OK):
-            raise BuildError(f"{flag} {path}: {existing} is not writable")
+            read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+            reason = os.strerror(errno.EROFS if read_only else errno.EACCES)
+            raise BuildError(f"{flag} {path}: " + (f"{existing}: " if existing != path else "") + reason)
         return
 
 

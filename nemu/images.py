@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_ENCODERS = ("resnet50", "efficientnet-lite0")
+IMAGE_ENCODERS = ("efficientnet-lite0", "resnet50")
 DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"  # works offline; the paper's resnet50 needs --image-weights FILE
 #: torchvision's ``ResNet50_Weights.IMAGENET1K_V2.url``: where the paper's encoder's weights come from
 RESNET50_WEIGHTS_URL = "https://download.pytorch.org/models/resnet50-11ad3fa6.pth"
