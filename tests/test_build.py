@@ -234,7 +234,8 @@ def test_resnet50_weights_from_path_and_one_line_error_without_any_download(tmp_
                        workers=1, progress=False))
     manifest = nemu.read_manifest(tmp_path / "out")
     assert {m["name"]: m["dim"] for m in manifest["modalities"]}["images"] == 2048
-    assert manifest["settings"]["image"]["encoder"] == "resnet50"
+    assert manifest["settings"]["image"]["encoder"] == "resnet50"  # the manifest and the card say which encoder
+    assert "one image (resnet50 pooled feature)" in (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
 
     # Without FILE: one line saying where the weights come from; no download is even tried (the machine is offline).
     downloads = []
