@@ -14,8 +14,12 @@ FOLDS ?= 5
 # The pinned requirements first (reproducible), then the project itself in editable mode, so `import nemu` and the
 # console scripts (nemu-build, hhmpn-train, ...; pyproject.toml) work from any folder. --no-deps: the pins above
 # already hold every dependency; --no-build-isolation: build with the pinned setuptools, offline.
+# TORCH_INDEX=URL (e.g. https://download.pytorch.org/whl/cpu, PyTorch's CPU-only builds; that index must be
+# reachable): the pinned torch and torchvision are installed from URL first, so the pins below find them in place.
+TORCH_INDEX ?=
 $(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	$(if $(TORCH_INDEX),$(BIN)/pip install --quiet --index-url $(TORCH_INDEX) $$(grep -E '^torch(vision)?==' requirements.txt))
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
@@ -29,7 +33,7 @@ setup: $(BIN)/.installed
 demo: setup
 	@start=$$(date +%s); \
 	$(BIN)/python -m pipelines.make_sample --out data/raw --songs $(SONGS) --seed $(SEED) --overwrite && \
-	$(BIN)/python -m pipelines.build_nemu --raw data/raw --out data/nemu --seed $(SEED) --image-encoder efficientnet-lite0 && \
+	$(BIN)/python -m pipelines.build_nemu --raw data/raw --out data/nemu --seed $(SEED) && \
 	$(BIN)/python -m baselines.run_all --data data/nemu --profile quick --folds $(FOLDS) --table3-folds 2 --out results && \
 	echo "make demo: sample, build and benchmark took $$(( $$(date +%s) - start )) s"
 

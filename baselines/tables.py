@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from baselines.classical import ECC_CHAINS, ECC_QUICK_CHAINS
 from baselines.significance import (ALPHA, BOOTSTRAP_RESAMPLES, BOOTSTRAP_TEST, CORRECTED_T_TEST, CORRECTION,
                                     corrected_t_test, holm, paired_bootstrap, size_ratio)
 from mmer.metrics import DEFAULT_THRESHOLD
@@ -247,6 +248,25 @@ def _ordered(names: list[str], groups: dict[str, str]) -> list[str]:
 def full_modalities(records: Sequence[dict], dataset: str) -> list[str]:
     subsets = [r["modalities"] for r in records if r["dataset"] == dataset and r.get("status") == "ok"]
     return max(subsets, key=len) if subsets else []
+
+
+def chain_note(summaries: Mapping, present: Sequence[str], dataset: str, described) -> str | None:
+    """The note explaining a CC row that reads exactly as BR's on ``dataset`` (every metric's mean ± std as
+    printed), which a reader would otherwise take for a bug; None when the rows differ or either is absent."""
+    cells = {name: [_format(m, summaries[(name, dataset, m)].mean, summaries[(name, dataset, m)].std)
+                    for m in METRICS if (name, dataset, m) in summaries] for name in ("CC", "BR") if name in present}
+    if len(cells) < 2 or len(cells["CC"]) != len(METRICS) or cells["CC"] != cells["BR"]:
+        return None
+    modalities = described.get("modalities") if isinstance(described, Mapping) else None
+    columns = (f"{sum(int(m['dim']) + 1 for m in modalities):,} " if modalities else "")  # mean + has_nodes
+    ensemble = ("ECC" if "ECC" in present else "ECC (--models ECC)")
+    return (f"CC equals BR on {_describe(described)[1]}, and this is not a bug: the chain hands each earlier label "
+            f"to the next classifier as one 0/1 column beside the {columns}standardised pooled feature columns, and "
+            f"at the small C chosen on validation the L2 penalty spreads the classifier's weight over every column, "
+            f"leaving that one too little to move a decision: the chain decides as BR does. {ensemble}, Read et al.'s ensemble "
+            f"of chains ({ECC_CHAINS} in the paper profile, {ECC_QUICK_CHAINS} in quick) in random label orders on "
+            f"bootstrap samples with their "
+            f"probabilities averaged, is the chained model that can differ.")
 
 
 def _describe(value) -> tuple[str, str, bool]:
@@ -481,6 +501,7 @@ def table2(records: Sequence[dict], datasets: Mapping[str, str | Mapping], with_
                  "accuracy.")
     notes += [f"– {name} on {described[d][1]}: {reason}" for (name, d), reason in sorted(not_applicable.items())
               if d in datasets]
+    notes += [note for d in datasets if (note := chain_note(summaries, present, d, datasets[d]))]
     if any(beside.values()):
         notes.append("In parentheses: the paper's published number (Zhang et al., AAAI 2021, Table 2) on the same "
                      "dataset.")

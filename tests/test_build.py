@@ -219,30 +219,88 @@ def test_word_vector_files_in_three_formats(tmp_path, built):
     np.testing.assert_allclose(results["glove.txt"], results["w2v.bin"], atol=1e-2)
 
 
-def test_resnet50_weights_from_path_and_clear_error_without(tmp_path, monkeypatch):
+def test_resnet50_weights_from_path_and_one_line_error_without_any_download(tmp_path, monkeypatch, capsys):
     import torch
-    from torchvision.models import resnet50
+    from torchvision.models import ResNet50_Weights, resnet50
 
-    from nemu.images import ImageWeightsUnavailable, resolve_image_settings
+    from nemu.images import RESNET50_WEIGHTS_URL
 
     raw = tmp_path / "raw"
     tiny_raw(raw, 10)
     weights = tmp_path / "resnet50.pth"
     torch.manual_seed(0)
     torch.save(resnet50(weights=None).state_dict(), weights)
-    build(BuildOptions(raw_dir=raw, out_dir=tmp_path / "out", image_weights=weights, workers=1, progress=False))
-    dims = {m["name"]: m["dim"] for m in nemu.read_manifest(tmp_path / "out")["modalities"]}
-    assert dims["images"] == 2048
+    build(BuildOptions(raw_dir=raw, out_dir=tmp_path / "out", image_encoder="resnet50", image_weights=weights,
+                       workers=1, progress=False))
+    manifest = nemu.read_manifest(tmp_path / "out")
+    assert {m["name"]: m["dim"] for m in manifest["modalities"]}["images"] == 2048
+    assert manifest["settings"]["image"]["encoder"] == "resnet50"  # the manifest and the card say which encoder
+    assert "one image (resnet50 pooled feature)" in (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
 
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+    # Without FILE: one line saying where the weights come from; no download is even tried (the machine is offline).
+    downloads = []
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: downloads.append(a))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: downloads.append(a))
+    assert RESNET50_WEIGHTS_URL == ResNet50_Weights.IMAGENET1K_V2.url
+    assert build_nemu.main(["--raw", str(raw), "--out", str(tmp_path / "out2"), "--image-encoder", "resnet50",
+                            "--no-progress"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "--image-weights FILE" in error and RESNET50_WEIGHTS_URL in error
+    assert "efficientnet-lite0" in error and downloads == [] and not (tmp_path / "out2").exists()
 
-    def offline(*args, **kwargs):
-        raise OSError("network unreachable")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(ImageWeightsUnavailable) as error:
-        resolve_image_settings("resnet50")
-    assert "--image-weights PATH" in str(error.value) and "--image-encoder efficientnet-lite0" in str(error.value)
+def test_default_image_encoder_is_the_offline_one():
+    """A fresh machine without network builds with the defaults: the encoder whose weights ship in a package."""
+    from nemu.images import resolve_image_settings
+
+    assert BuildOptions(raw_dir=Path("r"), out_dir=Path("o")).image_encoder == "efficientnet-lite0"
+    args = build_nemu.parser().parse_args(["--raw", "r", "--out", "o"])
+    assert args.image_encoder == "efficientnet-lite0" and args.image_weights is None
+    assert Path(resolve_image_settings(args.image_encoder).weights_path).is_file()
+
+
+def _no_model_may_load(monkeypatch):
+    """Loading an image encoder, starting a worker or extracting a record fails the test."""
+    import nemu.build as nemu_build
+    from nemu.images import ImageEncoder
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the build went past its input checks")
+
+    monkeypatch.setattr(ImageEncoder, "__init__", forbidden)
+    monkeypatch.setattr(nemu_build, "WorkerPool", forbidden)
+    monkeypatch.setattr(nemu_build, "extract_records", forbidden)
+    monkeypatch.setattr(nemu_build, "read_records", forbidden)
+
+
+@pytest.mark.parametrize("fault", ["missing raw", "raw is a file", "raw without records", "out is a file",
+                                   "out under a file", "cache under a file", "missing word vectors",
+                                   "word vectors are a folder", "missing image weights", "resnet50 without weights"])
+def test_inputs_are_checked_before_any_model_or_write(tmp_path, monkeypatch, capsys, fault):
+    """nemu-build checks every input it is given before loading a model or writing anything: each fault is one
+    line naming the flag and the path, exit 2, and nothing is created (main's build first tried to download
+    ResNet-50 weights, and created OUT, for a mistyped --raw)."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    tiny_raw(raw, 3)
+    (tmp_path / "file").write_text("x")
+    file = tmp_path / "file"
+    flag, path = {"missing raw": ("--raw", tmp_path / "rawx"), "raw is a file": ("--raw", file),
+                  "raw without records": ("--raw", tmp_path), "out is a file": ("--out", file),
+                  "out under a file": ("--out", file / "sub"), "cache under a file": ("--cache-dir", file / "c"),
+                  "missing word vectors": ("--word-vectors", tmp_path / "vectors.txt"),
+                  "word vectors are a folder": ("--word-vectors", raw),
+                  "missing image weights": ("--image-weights", tmp_path / "weights.pth"),
+                  "resnet50 without weights": ("--image-encoder", "resnet50")}[fault]
+    argv = {"--raw": str(raw), "--out": str(out)} | {flag: str(path)}
+    argv = [part for item in argv.items() for part in item]
+    named = f"{flag} {path}" if flag != "--image-encoder" else "--image-weights FILE"
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    _no_model_may_load(monkeypatch)
+    assert build_nemu.main(argv + ["--workers", "1", "--no-progress"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    assert named in error
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
 def test_cli_help_explains_every_flag():

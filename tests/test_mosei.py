@@ -375,7 +375,7 @@ def write_pkl(path: Path, rng=None, mutate=None, sizes=None, video=lambda split,
                 real = 1 + (i + len(m)) % lengths[m]
                 array[i, lengths[m] - real:] = rng.normal(size=(real, d)) + 1.0  # left padding, per modality
             part[m] = array
-        part["labels"] = np.arange(n, dtype=np.float32).reshape(n, 1, 1) / 10
+        part["labels"] = (np.arange(n, dtype=np.float32) % 31).reshape(n, 1, 1) / 10  # sentiment in [0, 3]
         part["id"] = np.array([[video(split, i), f"{1.5 * i}", f"{1.5 * i + 1.25}"] for i in range(n)],
                               dtype=object)
         data[split] = part
@@ -526,6 +526,41 @@ def test_sdk_nan_or_inf_names_segment(tmp_path, value, kind):
     with pytest.raises(MoseiError, match=rf"COVAREP\.csd: video 'vidC' segment vidC\[1\] has {kind}.*expected finite"):
         build_mosei(options(src, tmp_path / "out", folds_file=folds))
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("column, value, named", [(1, -2.0, "happy intensity -2"), (2, 7.5, "sad intensity 7.5"),
+                                                   (6, 3.01, "fear intensity 3.01"), (0, 3.5, "sentiment 3.5"),
+                                                   (0, -4.0, "sentiment -4")])
+def test_sdk_label_outside_its_range_names_file_segment_and_value(tmp_path, capsys, column, value, named):
+    """Emotion intensities lie in [0, 3] and sentiment in [-3, 3]: an intensity of -2 was read as "absent" and
+    7.5 kept, silently, on main."""
+    def out_of_range(seqs):
+        seqs["labels"]["vidD"][0][1, column] = value  # the second segment of vidD
+
+    src, folds, _ = sdk_source(tmp_path, mutate=out_of_range)
+    expected = "[-3, 3]" if column == 0 else "[0, 3]"
+    with pytest.raises(MoseiError) as error:
+        build_mosei(options(src, tmp_path / "out", folds_file=folds, folds="official"))
+    assert str(error.value) == (f"{src / 'CMU_MOSEI_Labels.csd'}: video 'vidD' segment vidD[1] has {named}; "
+                                f"expected a finite value in {expected}")
+    assert not (tmp_path / "out").exists() or not (tmp_path / "out" / "manifest.json").exists()
+    assert cli.main(["--raw", str(src), "--out", str(tmp_path / "out"), "--folds-file", str(folds),
+                     "--no-progress"]) == 2
+    message = capsys.readouterr().err.strip()
+    assert len(message.splitlines()) == 1 and named in message and "CMU_MOSEI_Labels.csd" in message
+
+
+@pytest.mark.parametrize("value, named", [(5.0, "sentiment 5"), (-3.5, "sentiment -3.5"), (np.nan, "sentiment nan")])
+def test_pkl_sentiment_outside_its_range_names_file_and_sample(tmp_path, pt_built, value, named):
+    """The pkl's sentiment was kept at any value on main, and a NaN one silently became null."""
+    def poison(data):
+        data["valid"]["labels"][2, 0, 0] = value
+
+    write_pkl(tmp_path / "mosei_senti_data_noalign.pkl", mutate=poison)
+    with pytest.raises(MoseiError, match=rf"mosei_senti_data_noalign\.pkl: valid sample 2 \(vvalid1\[3\.0,4\.25\]\) "
+                                         rf"has {named}; expected a finite value in \[-3, 3\]"):
+        build_mosei(options(tmp_path / "mosei_senti_data_noalign.pkl", tmp_path / "out",
+                            labels_pt=pt_built[0] / "train_valid_test.pt", folds="official"))
 
 
 def test_neg_inf_is_an_error_unless_replaced(tmp_path):

