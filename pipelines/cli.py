@@ -23,10 +23,15 @@ message naming the new flag.
 from __future__ import annotations
 
 import argparse
+import functools
+import math
+import multiprocessing
 import re
 import shutil
+import signal
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 from nemu.splits import N_FOLDS, SPLIT_ALIASES, SPLIT_CHOICES, split_key
@@ -137,6 +142,32 @@ class CommandParser(argparse.ArgumentParser):
         """``flag`` (dest ``dest``) must be given, by its own name or a deprecated alias."""
         self._required_after_aliases.append((dest, flag))
 
+    def _formatting_required(self):
+        """The flags that :meth:`require` names, marked required while usage and help are formatted (argparse
+        itself must not refuse them at parse time: a deprecated alias may stand for them)."""
+        flags = {flag for _, flag in self._required_after_aliases}
+        return [a for a in self._actions if set(a.option_strings) & flags and not a.required]
+
+    def format_usage(self) -> str:
+        marked = self._formatting_required()
+        for action in marked:
+            action.required = True
+        try:
+            return super().format_usage()
+        finally:
+            for action in marked:
+                action.required = False
+
+    def format_help(self) -> str:
+        marked = self._formatting_required()
+        for action in marked:
+            action.required = True
+        try:
+            return super().format_help()
+        finally:
+            for action in marked:
+                action.required = False
+
     def parse_known_args(self, args=None, namespace=None):
         namespace, extras = super().parse_known_args(args, namespace)
         for alias in self._aliases:  # deprecated aliases hand their value to the flag they stand for
@@ -182,14 +213,40 @@ def fold_index(text: str) -> int:
     return value
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def number(kind: type, *, low: float | None = None, high: float | None = None, low_open: bool = False,
+           high_open: bool = False, what: str | None = None):
+    """argparse type: a finite ``kind`` (int or float) within ``low``..``high`` (either end open or closed, either
+    absent); ``inf``, ``nan`` and values out of range are one-line usage errors naming the range."""
+    if what is None:
+        left = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
+        right = "" if high is None else f"{high:g}" + (")" if high_open else "]")
+        what = f"a finite {'integer' if kind is int else 'number'}" + (
+            f" in {left or '(-inf'}, {right or 'inf)'}" if low is not None or high is not None else "")
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if low is not None and (value <= low if low_open else value < low) or \
+                high is not None and (value >= high if high_open else value > high):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in "invalid ... value" messages
+    return parse
+
+
+#: The checked numeric types of every command's numeric flags (no flag takes a bare int or float).
+positive_int = number(int, low=1, what="a positive integer")
+nonnegative_int = number(int, low=0, what="a non-negative integer")
+positive_float = number(float, low=0, low_open=True, what="a finite positive number")
+nonnegative_float = number(float, low=0, what="a finite non-negative number")
+finite_float = number(float, what="a finite number")
+unit_interval = number(float, low=0, high=1, what="a number in [0, 1]")
+dropout_rate = number(float, low=0, high=1, high_open=True, what="a rate in [0, 1)")
 
 
 def comma_list(item=str):
@@ -335,12 +392,12 @@ def add_fold(parser: CommandParser, *, help_default: str) -> None:
 
 
 def add_seed(parser: CommandParser, *, what: str = "", default: int = 0) -> None:
-    parser.add_argument("--seed", type=int, default=default, metavar="S",
+    parser.add_argument("--seed", type=nonnegative_int, default=default, metavar="S",
                         help=HELP["seed"] + (f" ({what})" if what else ""))
 
 
 def add_seeds(parser: CommandParser, *, default: list[int]) -> None:
-    parser.add_argument("--seeds", type=comma_list(int), nargs="+", action=CommaListAction, default=default,
+    parser.add_argument("--seeds", type=comma_list(nonnegative_int), nargs="+", action=CommaListAction, default=default,
                         metavar="S,S", help=HELP["seeds"])
 
 
@@ -372,3 +429,142 @@ def dataset_list(text: str) -> list[tuple[str, Path]]:
 
 
 dataset_list.__name__ = "comma-separated dataset list"
+
+
+# ----------------------------------------------------------------------------------------------
+# Names, messages and interrupts
+
+
+def available_cores() -> int:
+    """The CPU cores this process may use (the default of every --workers)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def prog_of(module: str) -> str:
+    """What a user types to run ``module``'s command: its console script, else ``python -m module``; every
+    message of the command starts with it, whichever way it was started."""
+    return SCRIPTS.get(module) or f"python -m {module}"
+
+
+def error(prog: str, message: object) -> int:
+    """Print ``PROG: error: MESSAGE`` (its first line) on stderr; returns exit status 2."""
+    text = str(message).strip()
+    print(f"{prog}: error: {text.splitlines()[0] if text else type(message).__name__}", file=sys.stderr)
+    return 2
+
+
+#: The one spelling family of the ablations on every command line (hhmpn-train --ablation, --models
+#: hhmpn-no-f2f, run folders hhmpn-no-f2f); the configuration keeps hhmpn.model's names (no_f2f).
+ABLATION_NAMES = {"no-f2f": "no_f2f", "no-f2l": "no_f2l", "no-l2l": "no_l2l", "no-m2l": "no_m2l"}
+
+
+def ablation_key(text: str) -> str:
+    """An ablation as written (``no-f2f``, or the old ``no_f2f``, ``w-o-f2f``, ``w/o F2F``, ``hhmpn-no-f2f``) as its
+    one spelling (``no-f2f``); ValueError for anything else."""
+    key = re.sub(r"\bw/o\b|\bwithout\b|\bw-o\b|\bw_o\b", "no", text.strip().lower())
+    key = re.sub(r"[^a-z0-9]+", "-", key).strip("-")
+    key = key[len("hhmpn-"):] if key.startswith("hhmpn-") else key
+    if key not in ABLATION_NAMES:
+        raise ValueError(f"unknown ablation {text!r} (choose from {', '.join(ABLATION_NAMES)})")
+    return key
+
+
+class AblationAction(argparse.Action):
+    """``--ablation NAME``: stores the configuration's name (``no_f2f``) of ``no-f2f``; an old spelling is taken
+    with a deprecation message naming the new one."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            key = ablation_key(values)
+        except ValueError as exc:
+            parser.error(f"argument {option_string}: {exc}")
+        if values != key:
+            warn_deprecated(parser.prog, f"{option_string} {values}", f"{option_string} {key}")
+        setattr(namespace, self.dest, ABLATION_NAMES[key])
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, docker stop) raised as an interrupt: it unwinds exactly like Ctrl-C (staged files,
+    temporary files, worker processes are cleaned by the same ``finally`` and ``except BaseException`` code)."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _stop_children_then(raise_):
+    """A signal handler that first terminates this process' multiprocessing children (pool workers, which
+    ignore SIGINT and leave on SIGTERM, cleaning their temporary files) and then raises ``raise_`` here."""
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the clean-up
+        for child in multiprocessing.active_children():
+            try:
+                child.terminate()
+            except (OSError, AttributeError, ValueError):
+                pass
+        raise raise_()
+
+    return handler
+
+
+def interrupted_message(prog: str, resumes: bool) -> str:
+    return f"{prog}: interrupted" + ("; run the same command again to resume" if resumes else "")
+
+
+def run_command(main, argv: list[str] | None, *, prog: str, resumes: bool = False,
+                stop_children: bool = False) -> int:
+    """Run a command's ``main(argv)`` under the toolkit's one interrupt handling: Ctrl-C (SIGINT) and SIGTERM end
+    the command with one line on stderr, ``PROG: interrupted`` (plus "; run the same command again to resume"
+    where the command resumes), exit status 130 (SIGINT) or 143 (SIGTERM), and no traceback. SIGTERM is raised as
+    :class:`Terminated`, a KeyboardInterrupt, so the command cleans up as it does for Ctrl-C.
+    ``stop_children``: the command's multiprocessing workers (which ignore SIGINT) are terminated first."""
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers[signal.SIGTERM] = signal.signal(
+            signal.SIGTERM, _stop_children_then(Terminated) if stop_children else _raise_terminated)
+        if stop_children:
+            handlers[signal.SIGINT] = signal.signal(signal.SIGINT, _stop_children_then(KeyboardInterrupt))
+    status = None
+    try:
+        try:
+            return main(argv)
+        except KeyboardInterrupt as exc:  # Terminated included
+            status = 143 if isinstance(exc, Terminated) else 130
+    except KeyboardInterrupt as exc:  # a second interrupt during the first one's clean-up
+        status = 143 if isinstance(exc, Terminated) else 130
+    finally:
+        for signum, previous in handlers.items():
+            try:
+                signal.signal(signum, previous)
+            except (TypeError, ValueError):
+                pass
+        if status is not None:
+            try:
+                sys.stdout.flush()
+            except (OSError, ValueError):
+                pass
+            print(interrupted_message(prog, resumes), file=sys.stderr, flush=True)
+    return status
+
+
+def command(module: str, *, resumes: bool = False, stop_children: bool = False):
+    """Decorator of a command's ``main(argv=None) -> int``: the same ``main`` (console script entry point and
+    ``python -m`` path alike) run by :func:`run_command` with the command's name."""
+
+    def decorate(main):
+        @functools.wraps(main)
+        def entry(argv: list[str] | None = None) -> int:
+            return run_command(main, argv, prog=prog_of(module), resumes=resumes, stop_children=stop_children)
+
+        entry.resumes = resumes
+        return entry
+
+    return decorate
