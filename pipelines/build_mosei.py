@@ -55,6 +55,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli.command("pipelines.build_mosei")
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     options = MoseiOptions(
@@ -65,8 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = build_mosei(options)
     except (MoseiError, FileNotFoundError, ValueError, OSError) as exc:
-        print(f"build_mosei: error: {exc}", file=sys.stderr)
-        return 2
+        return cli.error(cli.prog_of("pipelines.build_mosei"), exc)
     print(summary)
     return 0
 

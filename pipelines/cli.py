@@ -495,7 +495,11 @@ class Terminated(KeyboardInterrupt):
     signum = signal.SIGTERM
 
 
+_signals_received: list[int] = []  # the interrupts seen by this process, in order (interrupted() reads them)
+
+
 def _raise_terminated(signum, frame):
+    _signals_received.append(signum)
     raise Terminated()
 
 
@@ -510,6 +514,7 @@ def _stop_children_then(raise_):
                 child.terminate()
             except (OSError, AttributeError, ValueError):
                 pass
+        _signals_received.append(signum)
         raise raise_()
 
     return handler
@@ -517,6 +522,13 @@ def _stop_children_then(raise_):
 
 def interrupted_message(prog: str, resumes: bool) -> str:
     return f"{prog}: interrupted" + ("; run the same command again to resume" if resumes else "")
+
+
+def interrupted(prog: str, *, resumes: bool) -> int:
+    """For a command that caught the interrupt itself (to save its work) and returns: the one line, and the exit
+    status, 143 after SIGTERM, else 130."""
+    print(interrupted_message(prog, resumes), file=sys.stderr, flush=True)
+    return 143 if _signals_received and _signals_received[-1] == signal.SIGTERM else 130
 
 
 def run_command(main, argv: list[str] | None, *, prog: str, resumes: bool = False,
