@@ -22,9 +22,11 @@ from mmer.tuning import BENCHMARK_FOLDS as PROFILE_FOLDS
 from mmer.tuning import BENCHMARK_SEEDS, DEFAULT_THRESHOLD_RULE, THRESHOLD_RULES
 from nemu.normalization import DEFAULT_INPUT_NORMALIZATION, INPUT_NORMALIZATIONS
 from nemu.splits import N_FOLDS
+from nemu.progress import show_progress
 from pipelines import cli
 
 PROG = cli.prog_of("pipelines.benchmark")
+cli.ignore_interrupts_in_workers()  # imported as __mp_main__ by each spawned cell worker: Ctrl-C is ours to handle
 # torch, the model modules and the harness (baselines.run_all, baselines.cells) are imported only when work starts,
 # so --help and --list answer at once (mmer.registry.catalogue)
 
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_all.run(datasets, model_names, list(range(n_folds)), args.seeds, args.profile, args.out,
                               table3=not args.no_table3, table3_folds=list(range(n_table3)),
                               table3_seeds=args.table3_seeds or args.seeds[:1], device=args.device,
-                              progress=not args.no_progress, jobs=args.workers, threads=args.threads,
+                              progress=show_progress(not args.no_progress), jobs=args.workers, threads=args.threads,
                               input_normalization=args.input_normalization, figure_song=args.figure_song,
                               engine=args.engine, ray_address=args.ray_address, threshold=args.threshold,
                               empty_union=args.empty_union)

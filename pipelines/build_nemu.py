@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from nemu.progress import show_progress
 from pipelines import cli
 from nemu.audio import AudioSettings
 from nemu.build import ENGINES, BuildError, BuildOptions, RecordLimits, build
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         limits=RecordLimits(max_images=args.max_images, max_image_pixels=args.max_image_pixels,
                             max_lyric_lines=args.max_lyric_lines, max_comment_nodes=args.max_comment_nodes),
         max_comment_chars=args.max_comment_chars, strict=args.strict, rows_per_shard=args.shard_rows,
-        row_group_rows=args.row_group_rows, cache_dir=args.cache_dir, progress=not args.no_progress,
+        row_group_rows=args.row_group_rows, cache_dir=args.cache_dir, progress=show_progress(not args.no_progress),
         engine=args.engine, ray_address=args.ray_address, ray_gpu=args.ray_gpu)
     # SIGTERM (kill, timeout, docker stop) unwinds like Ctrl-C (pipelines.cli.run_command), so the staged build
     # and the workers are removed; the published dataset is never at risk either way (nemu.publish).

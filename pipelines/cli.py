@@ -520,6 +520,13 @@ def _stop_children_then(raise_):
     return handler
 
 
+def ignore_interrupts_in_workers() -> None:
+    """In a multiprocessing child (a spawned worker importing its parent's main module), ignore SIGINT from the
+    start: Ctrl-C reaches the whole process group, and the parent stops its workers itself (run_command)."""
+    if multiprocessing.parent_process() is not None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def interrupted_message(prog: str, resumes: bool) -> str:
     return f"{prog}: interrupted" + ("; run the same command again to resume" if resumes else "")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from nemu.progress import show_progress
 from pipelines import cli
 from nemu.labels import CHINESE_NAMES
 
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         posters=args.posters, audio=not args.no_audio, bitrate=args.bitrate,
         max_audio_bytes=int(args.max_audio_mb * 2**20), rate=args.rate, timeout=args.timeout,
         download_deadline=args.download_deadline, retries=args.retries,
-        backoff=args.backoff, base_url=args.base_url, user_agent=args.user_agent, progress=not args.no_progress)
+        backoff=args.backoff, base_url=args.base_url, user_agent=args.user_agent, progress=show_progress(not args.no_progress))
     try:
         summary = crawl(options)
     except CrawlError as exc:

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from nemu.progress import show_progress
 from pipelines import cli
 
 PROG = cli.prog_of("pipelines.make_sample")
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         summary = make_sample(args.out, songs=args.songs, seed=args.seed, overwrite=args.overwrite,
-                              progress=not args.quiet)
+                              progress=show_progress(not args.quiet))
     except (FileExistsError, NotADirectoryError) as exc:
         return cli.error(PROG, str(exc).replace("pass overwrite=True (--overwrite)", "add --overwrite"))
     print(json.dumps(summary, ensure_ascii=False, indent=2))

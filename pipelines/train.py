@@ -23,6 +23,7 @@ from pathlib import Path
 
 from hhmpn.config import PROFILES, VARIANTS, HHMPNConfig, profile
 from nemu.normalization import DEFAULT_INPUT_NORMALIZATION, INPUT_NORMALIZATIONS
+from nemu.progress import show_progress
 from pipelines import cli
 
 PROG = cli.prog_of("pipelines.train")
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     modalities = args.modalities  # a list (pipelines.cli.comma_list) or None: all of them
     try:
         metrics = train(args.data, args.out, config, modalities=modalities, fold=args.fold,
-                        seed=args.seed, device=args.device, progress=not args.no_progress,
+                        seed=args.seed, device=args.device, progress=show_progress(not args.no_progress),
                         input_normalization=args.input_normalization)
     except (OSError, ValueError) as exc:
         return cli.error(PROG, exc)

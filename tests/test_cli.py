@@ -83,7 +83,7 @@ SHARED = {
     "--out": ("DIR", Path, "output folder: "),
     "--output": ("FILE", Path, "output file: "),
     "--fold": ("K", cli.fold_index, HELP["fold"]),
-    "--seed": ("S", int, HELP["seed"]),
+    "--seed": ("S", cli.nonnegative_int, HELP["seed"]),
     "--split": ("SPLIT", cli.split_name, HELP["split"]),
     "--no-progress": (None, None, HELP["progress"]),
 }
