@@ -3,14 +3,10 @@ raises, so one broken cell cannot lose the rest of the grid."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import traceback
 from pathlib import Path
-
-if multiprocessing.parent_process() is not None:  # a pool worker, unpickling its initializer: Ctrl-C reaches the
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # whole process group, and is the parent's to handle (before torch)
 
 import torch
 from threadpoolctl import threadpool_limits

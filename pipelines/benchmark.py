@@ -26,7 +26,6 @@ from nemu.progress import show_progress
 from pipelines import cli
 
 PROG = cli.prog_of("pipelines.benchmark")
-cli.ignore_interrupts_in_workers()  # imported as __mp_main__ by each spawned cell worker: Ctrl-C is ours to handle
 # torch, the model modules and the harness (baselines.run_all, baselines.cells) are imported only when work starts,
 # so --help and --list answer at once (mmer.registry.catalogue)
 

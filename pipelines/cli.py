@@ -495,36 +495,71 @@ class Terminated(KeyboardInterrupt):
     signum = signal.SIGTERM
 
 
-_signals_received: list[int] = []  # the interrupts seen by this process, in order (interrupted() reads them)
+_signals_received: list[int] = []  # the interrupts seen by the running command, in order (interrupted() reads them)
 
 
-def _raise_terminated(signum, frame):
-    _signals_received.append(signum)
-    raise Terminated()
+def _stop_fork_server() -> None:
+    """Terminate multiprocessing's fork server, if this process started one: it holds no work (it is the warm
+    template workers are forked from, nemu.workers), ignores SIGINT like every child (_ChildrenIgnoreInterrupts),
+    and a start waiting for its warm-up would otherwise hold up the interrupted command's clean-up."""
+    forkserver = sys.modules.get("multiprocessing.forkserver")
+    pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+    if pid:
+        try:
+            import os
+
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
 
 
-def _stop_children_then(raise_):
-    """A signal handler that first terminates this process' multiprocessing children (pool workers, which
-    ignore SIGINT and leave on SIGTERM, cleaning their temporary files) and then raises ``raise_`` here."""
+def _interrupt_handler(raise_, stop_children: bool):
+    """The commands' SIGINT/SIGTERM handler: stops the fork server, and with ``stop_children`` this process'
+    multiprocessing children (pool workers, which ignore SIGINT and leave on SIGTERM, cleaning their temporary
+    files), then raises ``raise_`` here, so the command unwinds as for Ctrl-C."""
 
     def handler(signum, frame):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the clean-up
-        for child in multiprocessing.active_children():
-            try:
-                child.terminate()
-            except (OSError, AttributeError, ValueError):
-                pass
         _signals_received.append(signum)
+        if len(_signals_received) > 1:  # a second one during the first one's clean-up: stop now
+            raise raise_()
+        _stop_fork_server()
+        if stop_children:
+            for child in multiprocessing.active_children():
+                try:
+                    child.terminate()
+                except (OSError, AttributeError, ValueError):
+                    pass
         raise raise_()
 
     return handler
 
 
-def ignore_interrupts_in_workers() -> None:
-    """In a multiprocessing child (a spawned worker importing its parent's main module), ignore SIGINT from the
-    start: Ctrl-C reaches the whole process group, and the parent stops its workers itself (run_command)."""
-    if multiprocessing.parent_process() is not None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+class _ChildrenIgnoreInterrupts:
+    """While a command runs, every process multiprocessing starts by exec (spawn workers, the fork server and so
+    every fork of it) starts with SIGINT blocked: the calling thread blocks SIGINT while it starts the child, and a
+    signal mask survives fork and exec, so a Ctrl-C (sent to the whole process group) during a worker's start-up
+    prints no traceback from it. The command's own process handles the interrupt (a SIGINT that arrives meanwhile
+    is delivered to another of its threads, or once the mask is restored: never lost) and stops its workers."""
+
+    def __enter__(self):
+        from multiprocessing import util
+
+        self.util, self.original = util, util.spawnv_passfds
+        original = self.original
+
+        def spawnv_passfds(*args, **kwargs):
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                return original(*args, **kwargs)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+        util.spawnv_passfds = spawnv_passfds
+        return self
+
+    def __exit__(self, *exc):
+        self.util.spawnv_passfds = self.original
+        return False
 
 
 def interrupted_message(prog: str, resumes: bool) -> str:
@@ -546,15 +581,17 @@ def run_command(main, argv: list[str] | None, *, prog: str, resumes: bool = Fals
     :class:`Terminated`, a KeyboardInterrupt, so the command cleans up as it does for Ctrl-C.
     ``stop_children``: the command's multiprocessing workers (which ignore SIGINT) are terminated first."""
     handlers = {}
+    _signals_received.clear()
     if threading.current_thread() is threading.main_thread():
-        handlers[signal.SIGTERM] = signal.signal(
-            signal.SIGTERM, _stop_children_then(Terminated) if stop_children else _raise_terminated)
-        if stop_children:
-            handlers[signal.SIGINT] = signal.signal(signal.SIGINT, _stop_children_then(KeyboardInterrupt))
+        handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, _interrupt_handler(Terminated, stop_children))
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored
+            handlers[signal.SIGINT] = signal.signal(signal.SIGINT, _interrupt_handler(KeyboardInterrupt,
+                                                                                      stop_children))
     status = None
     try:
         try:
-            return main(argv)
+            with _ChildrenIgnoreInterrupts():
+                return main(argv)
         except KeyboardInterrupt as exc:  # Terminated included
             status = 143 if isinstance(exc, Terminated) else 130
     except KeyboardInterrupt as exc:  # a second interrupt during the first one's clean-up
