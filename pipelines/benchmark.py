@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         for spec in catalogue():
             print(f"{spec['name']:16s} {spec['group']:15s} {spec['kind']:9s} {spec['citation']}")
         return 0
+    problem = cli.out_folder_problem("--out", args.out)  # before anything is imported or computed
+    if problem:
+        return cli.error(PROG, problem)
     from mmer.registry import UnknownModelError, models, resolve_names
 
     registry = models()
@@ -122,8 +125,6 @@ def main(argv: list[str] | None = None) -> int:
                                 f"--models {re.sub(r'(?i)w[-_]o', 'no', given)} (the one spelling of the ablations)")
     n_folds = args.folds if args.folds is not None else PROFILE_FOLDS[args.profile]
     n_table3 = args.table3_folds if args.table3_folds is not None else n_folds
-    if args.out.exists() and not args.out.is_dir():
-        return cli.error(PROG, f"--out {args.out} exists and is not a folder")
     from baselines import run_all
     from baselines.cells import limit_threads
     from nemu.ray_engine import RayUnavailable

@@ -59,6 +59,9 @@ def parser() -> argparse.ArgumentParser:
 @cli.command("pipelines.build_mosei")
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    problem = cli.out_folder_problem("--out", args.out)
+    if problem:
+        return cli.error(cli.prog_of("pipelines.build_mosei"), problem)
     options = MoseiOptions(
         src=args.raw, out_dir=args.out, form=args.form, labels_pt=args.labels_pt, folds_file=args.folds_file, folds=args.folds,
         seed=args.seed, trust_pickle=args.trust_pickle, neg_inf_to_zero=args.neg_inf_to_zero,

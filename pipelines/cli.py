@@ -458,6 +458,18 @@ def error(prog: str, message: object) -> int:
     return 2
 
 
+def out_folder_problem(flag: str, path: Path) -> str | None:
+    """Why ``path`` cannot be an output folder (it, or the nearest of its parents that exists, is not a folder),
+    else None: checked before any work, so the command refuses in one line and changes nothing."""
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                return (f"{flag} {path} exists and is not a folder" if existing == path else
+                        f"{flag} {path}: {existing} exists and is not a folder")
+            return None
+    return None
+
+
 #: The one spelling family of the ablations on every command line (hhmpn-train --ablation, --models
 #: hhmpn-no-f2f, run folders hhmpn-no-f2f); the configuration keeps hhmpn.model's names (no_f2f).
 ABLATION_NAMES = {"no-f2f": "no_f2f", "no-f2l": "no_f2l", "no-l2l": "no_l2l", "no-m2l": "no_m2l"}

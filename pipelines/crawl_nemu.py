@@ -96,6 +96,9 @@ class _TqdmHandler(logging.Handler):
 @cli.command("pipelines.crawl_nemu", resumes=True)
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    problem = cli.out_folder_problem("--out", args.out)
+    if problem:
+        return cli.error(PROG, problem)
     handler = _TqdmHandler()
     handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
     logger = logging.getLogger("nemu.crawl")
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         backoff=args.backoff, base_url=args.base_url, user_agent=args.user_agent, progress=show_progress(not args.no_progress))
     try:
         summary = crawl(options)
-    except CrawlError as exc:
+    except (CrawlError, OSError) as exc:
         return cli.error(PROG, exc)
     finally:
         logger.removeHandler(handler)

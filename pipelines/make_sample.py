@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit status (0 ok, 2 bad arguments or refused folder)."""
     parser = build_parser()
     args = parser.parse_args(argv)  # --seed and --songs are checked by their types (pipelines.cli)
-    if args.out.exists() and not args.out.is_dir():
-        return cli.error(PROG, f"--out {args.out} exists and is not a folder")
+    problem = cli.out_folder_problem("--out", args.out)
+    if problem:
+        return cli.error(PROG, problem)
     if args.out.is_dir() and any(args.out.iterdir()) and not args.overwrite:
         return cli.error(PROG, f"{args.out} already exists and is not empty; add --overwrite to replace its "
                                f"records.jsonl, provenance.json, audio/ and images/ (other files are kept)")

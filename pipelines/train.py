@@ -125,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
     except ValueError as exc:
         p.error(str(exc))
-    if args.out.exists() and not args.out.is_dir():
-        p.error(f"--out {args.out} exists and is not a folder")
+    problem = cli.out_folder_problem("--out", args.out)
+    if problem:
+        return cli.error(PROG, problem)
     if not args.data.is_dir():
         return cli.error(PROG, f"--data {args.data} does not exist" if not args.data.exists()
                          else f"--data {args.data} is not a folder")
