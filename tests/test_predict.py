@@ -194,7 +194,7 @@ def test_train_refuses_an_unusable_output_in_one_line(built, tmp_path, capsys):
     code = train.main(["--data", str(built[0] / "out"), "--out", str(blocker), "--profile", "quick", "--epochs", "1",
                        "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("hhmpn.train: error: "), err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("hhmpn-train: error: "), err
 
 
 def test_a_model_with_extra_columns_round_trips_on_mosei(tmp_path):
