@@ -11,13 +11,22 @@ The same thing has the same flag, type and help wording in every command:
 ``--fold K``       a cross-validation rotation, checked against 0..9
 ``--split SPLIT``  train, validation (also: valid) or test
 ``--seed S``       one seed; ``--seeds`` several
+``--workers N``    parallel processes (build, predict, benchmark; the benchmark's old ``--jobs`` is an alias)
+``--ablation A``   ``no-f2f``, ``no-f2l``, ``no-l2l``, ``no-m2l`` (as ``--models hhmpn-no-f2f`` and run folders)
+numbers            checked by their types before any work (:func:`number`: ``positive_int``, ``positive_float``,
+                   ``unit_interval``, ...): no inf, nan, or value out of range reaches a command
 lists              comma-separated everywhere: ``--models A,B``, ``--modalities lyrics,audio``, ``--seeds 0,1,2``
 =================  ==============================================================================================
 
 ``prog`` is the console script a user types (``COMMANDS``, the same names as pyproject.toml's
 ``[project.scripts]``); ``python -m MODULE`` runs the same command. Every flag's default is stated once in its
 help. Old spellings keep working for one release through :class:`DeprecatedAlias`, which prints a deprecation
-message naming the new flag.
+message naming the new flag. Every message starts with ``prog`` (:func:`error`), however the command was started.
+
+Every command's ``main`` is decorated with :func:`command`: Ctrl-C and SIGTERM end it with one line
+(``PROG: interrupted``, plus "; run the same command again to resume" where it resumes) and exit status 130 or 143,
+never a traceback (:func:`run_command`). Only argparse and light modules are imported before the arguments are
+parsed, so ``--help`` answers at once (tests/test_cli.py).
 """
 
 from __future__ import annotations
