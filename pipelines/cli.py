@@ -565,7 +565,10 @@ class _ChildrenIgnoreInterrupts:
     def __enter__(self):
         from multiprocessing import util
 
-        self.util, self.original = util, util.spawnv_passfds
+        self.util, self.original = util, getattr(util, "spawnv_passfds", None)
+        if self.original is None or not hasattr(signal, "pthread_sigmask"):  # not POSIX: nothing to do
+            self.util = None
+            return self
         original = self.original
 
         def spawnv_passfds(*args, **kwargs):
@@ -579,7 +582,8 @@ class _ChildrenIgnoreInterrupts:
         return self
 
     def __exit__(self, *exc):
-        self.util.spawnv_passfds = self.original
+        if self.util is not None:
+            self.util.spawnv_passfds = self.original
         return False
 
 
