@@ -4,6 +4,7 @@ raises, so one broken cell cannot lose the rest of the grid."""
 from __future__ import annotations
 
 import os
+import signal
 import traceback
 from pathlib import Path
 
@@ -39,11 +40,28 @@ def limit_threads(threads: int) -> None:
     threadpool_limits(threads)
 
 
+class _CellStopped(BaseException):
+    """SIGTERM in a worker while it runs a cell: unwinds the cell (its temporary files removed), then the worker
+    leaves (run_one)."""
+
+
+_in_cell = False
+
+
+def _stop_worker(signum, frame):
+    if _in_cell:
+        raise _CellStopped()
+    os._exit(128 + signum)  # idle or starting: nothing of a cell to clean up
+
+
 def worker_start(threads: int) -> None:
-    """Each worker: its own thread limit, and it dies with run_all (a killed run leaves no orphans computing)."""
+    """Each worker: its own thread limit, and it dies with run_all (a killed run leaves no orphans computing).
+    Ctrl-C reaches the whole process group: workers ignore SIGINT (the benchmark stops them with SIGTERM,
+    pipelines.cli.run_command), and on SIGTERM they unwind their cell and leave without a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop_worker)
     try:
         import ctypes
-        import signal
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -54,9 +72,15 @@ def worker_start(threads: int) -> None:
 def run_one(cell: Cell, root: Path, profile: str, device: str | None, out: Path, input_normalization: str,
             overrides: dict | None = None):
     """One cell, in a worker: ("ok", record) or ("error", one-line message); never raises (pickling-safe)."""
+    global _in_cell
+    _in_cell = True
     try:
         spec = models()[cell.model]
         return "ok", run_cell(cell, spec, root, profile, device=device, out_dir=out, overrides=overrides,
                               input_normalization=input_normalization)
+    except _CellStopped:  # SIGTERM in a worker: the cell has unwound; leave without a word
+        os._exit(143)
     except Exception as exc:  # one broken cell must not lose the rest of the grid
         return "error", "".join(traceback.format_exception_only(exc)).strip()
+    finally:
+        _in_cell = False

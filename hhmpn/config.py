@@ -18,10 +18,37 @@ Layering: callers build the profile, then override single fields from the comman
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from mmer.metrics import DEFAULT_THRESHOLD
 from mmer.tuning import MAX_EPOCHS, neural_budget
+
+#: Registry name -> ablation (hhmpn.model.ABLATIONS; None: the full model), the paper's Table 2 rows; kept here,
+#: free of torch, so the command line knows them without loading the model.
+VARIANTS = {"HHMPN": None, "HHMPN w/o F2F": "no_f2f", "HHMPN w/o F2L": "no_f2l", "HHMPN w/o L2L": "no_l2l",
+            "HHMPN w/o M2L": "no_m2l"}
+
+
+def _integer(low: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low, f"an integer >= {low}"
+
+
+def _real(test, what: str):
+    return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and test(v),
+            what)
+
+
+#: field -> (check, what the value must be): a configuration that breaks one cannot train (NaN weights, no epoch,
+#: empty batches), so it is refused when it is made, before any run folder is touched.
+FIELD_CHECKS = {
+    "d": _integer(1), "rounds": _integer(1), "batch_size": _integer(1), "epochs": _integer(1),
+    "dropout": _real(lambda v: 0 <= v < 1, "a finite rate in [0, 1)"),
+    "lam": _real(lambda v: v >= 0, "a finite number >= 0"),
+    "lr": _real(lambda v: v > 0, "a finite number > 0"),
+    "clip": _real(lambda v: v > 0, "a finite number > 0"),
+    "threshold": _real(lambda v: 0 < v < 1, "a finite number in (0, 1)"),
+}
 
 
 @dataclass(frozen=True)
@@ -39,6 +66,17 @@ class HHMPNConfig:
     lr: float = 1e-4
     clip: float = 10.0
     threshold: float = DEFAULT_THRESHOLD
+
+    def __post_init__(self):
+        for name, (check, what) in FIELD_CHECKS.items():
+            value = getattr(self, name)
+            if not check(value):
+                raise ValueError(f"HHMPN {name} must be {what}, got {value!r}")
+        if self.f2f_layers is not None and not _integer(0)[0](self.f2f_layers):
+            raise ValueError(f"HHMPN f2f_layers must be None or an integer >= 0, got {self.f2f_layers!r}")
+        if self.ablation is not None and self.ablation not in VARIANTS.values():
+            raise ValueError(f"unknown HHMPN ablation {self.ablation!r}; choose from "
+                             f"{', '.join(a for a in VARIANTS.values() if a)} or None")
 
     def model_kwargs(self) -> dict:
         """Keyword arguments of :class:`hhmpn.model.HHMPN` besides modality_dims and num_labels."""

@@ -6,13 +6,12 @@ The model lives in ``hhmpn.model``, its configurations in ``hhmpn.config`` (one 
 
 from __future__ import annotations
 
-from hhmpn.config import profile
+from hhmpn.config import VARIANTS, profile
 from hhmpn.model import HHMPN
 from mmer.registry import DataInfo, model_kwargs, register
 
 CITATION = "Zhang et al., AAAI 2021"
-VARIANTS = {"HHMPN": None, "HHMPN w/o F2F": "no_f2f", "HHMPN w/o F2L": "no_f2l", "HHMPN w/o L2L": "no_l2l",
-            "HHMPN w/o M2L": "no_m2l"}
+__all__ = ["CITATION", "VARIANTS"]  # VARIANTS lives in hhmpn.config (no torch); re-exported here
 
 
 def _config(name: str, ablation: str | None) -> dict:

@@ -18,10 +18,15 @@ Two kinds of model share the harness:
 from __future__ import annotations
 
 import difflib
+import hashlib
+import importlib.util
+import json
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import numpy as np
 
@@ -117,10 +122,67 @@ def models() -> dict[str, ModelSpec]:
     return {name: _REGISTRY[name] for name in order}
 
 
+CATALOGUE_FORMAT = 1
+
+
+def _catalogue_sources() -> tuple[str, list[tuple[str, str]]]:
+    """The digest the catalogue cache is keyed by: the entry points, and the bytes of every Python file of the
+    packages holding the model modules (and of this module), so any change to a model's code rebuilds it."""
+    points = sorted((point.name, point.value) for point in entry_points(group=ENTRY_POINT_GROUP))
+    digest = hashlib.sha256(json.dumps([CATALOGUE_FORMAT, points]).encode())
+    folders = set()
+    for _, value in points:
+        top = value.split(":")[0].split(".")[0]
+        spec = importlib.util.find_spec(top)
+        if spec is not None and spec.submodule_search_locations:
+            folders.update(spec.submodule_search_locations)
+        elif spec is not None and spec.origin:
+            folders.add(spec.origin)
+    files = [__file__]
+    for folder in sorted(folders):
+        files += sorted(str(f) for f in Path(folder).rglob("*.py")) if Path(folder).is_dir() else [folder]
+    for name in files:
+        digest.update(name.encode() + b"\0")
+        digest.update(Path(name).read_bytes())
+    return digest.hexdigest(), points
+
+
+def catalogue_cache_dir() -> Path:
+    """Where :func:`catalogue` keeps its cache: $NEMU_CACHE_DIR, else $XDG_CACHE_HOME/nemu-hhmpn, else
+    ~/.cache/nemu-hhmpn."""
+    if os.environ.get("NEMU_CACHE_DIR"):
+        return Path(os.environ["NEMU_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nemu-hhmpn"
+
+
+def catalogue() -> list[dict]:
+    """Every registered model's name, group, kind and citation, in :func:`models`' order, without importing the
+    model modules when nothing changed: the list is cached (``catalogue_cache_dir()``), keyed by a digest of the
+    model modules' sources (:func:`_catalogue_sources`), and rebuilt by importing them when any source changes."""
+    digest, _ = _catalogue_sources()
+    path = catalogue_cache_dir() / f"catalogue-{digest[:32]}.json"
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if cached.get("digest") == digest and isinstance(cached.get("models"), list):
+            return cached["models"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    entries = [{"name": spec.name, "group": spec.group, "kind": spec.kind, "citation": spec.citation}
+               for spec in models().values()]
+    try:
+        from nemu.atomic import atomic_write_text
+
+        atomic_write_text(path, json.dumps({"digest": digest, "models": entries}, ensure_ascii=False) + "\n")
+    except OSError:  # a read-only home: the list is still right, only not cached
+        pass
+    return entries
+
+
 def name_key(name: str) -> str:
     """What ``--models`` compares: lower case, "w/o" and "without" read as "no", punctuation and spaces dropped
-    (``ML-GCN`` = ``mlgcn``; ``HHMPN w/o F2F`` = ``hhmpn-no-f2f`` = ``HHMPN_no_F2F``)."""
-    text = re.sub(r"w/o|without", " no ", name.lower())
+    (``ML-GCN`` = ``mlgcn``; ``HHMPN w/o F2F`` = ``hhmpn-no-f2f`` = ``HHMPN_no_F2F``, and the old run-folder
+    spelling ``hhmpn-w-o-f2f``)."""
+    text = re.sub(r"w/o|without|\bw[-_]o\b", " no ", name.lower())
     return re.sub(r"[^0-9a-z]+", "", text)
 
 

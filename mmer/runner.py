@@ -120,9 +120,9 @@ class Cell:
 
 
 def model_slug(name: str) -> str:
-    """A model name as a folder name: lower case, runs of other characters as one '-' (``HHMPN w/o F2F`` ->
-    ``hhmpn-w-o-f2f``, ``ML-GCN`` -> ``ml-gcn``)."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "model"
+    """A model name as a folder name: lower case, "w/o" as "no" (the one spelling of the ablations), runs of other
+    characters as one '-' (``HHMPN w/o F2F`` -> ``hhmpn-no-f2f``, ``ML-GCN`` -> ``ml-gcn``)."""
+    return re.sub(r"[^a-z0-9]+", "-", re.sub(r"w/o|\bwithout\b", "no", name.lower())).strip("-") or "model"
 
 
 def run_folder(out_dir: Path, cell: Cell) -> Path:

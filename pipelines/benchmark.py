@@ -13,19 +13,21 @@ settings.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
-from baselines.cells import default_jobs, limit_threads
-from baselines import run_all
-from baselines.run_all import PROFILE_FOLDS
 from mmer.metrics import EMPTY_UNION_CHOICES, EMPTY_UNION_SCORE
-from mmer.registry import UnknownModelError, models, resolve_names
-from mmer.tuning import DEFAULT_THRESHOLD_RULE, THRESHOLD_RULES
+from mmer.tuning import BENCHMARK_FOLDS as PROFILE_FOLDS
+from mmer.tuning import BENCHMARK_SEEDS, DEFAULT_THRESHOLD_RULE, THRESHOLD_RULES
 from nemu.normalization import DEFAULT_INPUT_NORMALIZATION, INPUT_NORMALIZATIONS
-from nemu.ray_engine import RayUnavailable
 from nemu.splits import N_FOLDS
+from nemu.progress import show_progress
 from pipelines import cli
+
+PROG = cli.prog_of("pipelines.benchmark")
+# torch, the model modules and the harness (baselines.run_all, baselines.cells) are imported only when work starts,
+# so --help and --list answer at once (mmer.registry.catalogue)
 
 
 def _dataset_arg(text: str) -> tuple[str, Path]:
@@ -45,14 +47,16 @@ def parser() -> argparse.ArgumentParser:
                    help="deprecated spelling of --data: space-separated NAME=PATH")
     cli.add_models(p, help_default="every registered model; names are matched ignoring case and "
                                 "punctuation (mlgcn = ML-GCN, hhmpn-no-f2f = 'HHMPN w/o F2F')")
-    p.add_argument("--folds", type=int, help=f"number of CV rotations, 0..N-1 (default: "
+    p.add_argument("--folds", type=cli.number(int, low=1, high=N_FOLDS, what=f"an integer in 1..{N_FOLDS}"),
+                   metavar="N", help=f"number of CV rotations, 0..N-1 (default: "
                                              f"{PROFILE_FOLDS['quick']} quick, {PROFILE_FOLDS['paper']} paper)")
-    p.add_argument("--table3-folds", type=int,
+    p.add_argument("--table3-folds", type=cli.number(int, low=1, high=N_FOLDS, what=f"an integer in 1..{N_FOLDS}"),
+                   metavar="N",
                    help="CV rotations for HHMPN's modality subsets of Table 3 (default: the same as --folds)")
-    cli.add_seeds(p, default=list(run_all.DEFAULT_SEEDS))
+    cli.add_seeds(p, default=list(BENCHMARK_SEEDS))
     seeds = p._option_string_actions["--seeds"]  # the shared help, plus this command's default and its use
     seeds.help += ": each Table 2 cell is the mean of its seeds within a rotation; every seed's record is stored"
-    p.add_argument("--table3-seeds", type=cli.comma_list(int), metavar="S,S",
+    p.add_argument("--table3-seeds", type=cli.comma_list(cli.nonnegative_int), metavar="S,S",
                    help="seeds for HHMPN's modality subsets of Table 3 (default: the first of --seeds only, so "
                         "that make demo fits in 15 minutes on 2 cores; Table 2 averages every seed of --seeds)")
     p.add_argument("--profile", choices=tuple(PROFILE_FOLDS), default="quick",
@@ -74,60 +78,69 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--figure-song", metavar="ID",
                    help="song of Figure 3 (default: the test song of the first HHMPN run with the most comment "
                         "sentences, up to 16, among those with two or more labels; ties: smallest id)")
-    p.add_argument("--device", help="torch device for neural models (default: cuda if available, else cpu)")
-    p.add_argument("--jobs", type=int, default=default_jobs(),
+    p.add_argument("--device", metavar="DEVICE", help="torch device for neural models (default: cuda if available, else cpu)")
+    p.add_argument("--workers", type=cli.positive_int, default=cli.available_cores(), metavar="N",
                    help="cells run at once, each in its own process (default: the CPU cores available, "
                         "%(default)s here)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--jobs", type=cli.positive_int, metavar="N", dest="deprecated_jobs", action=cli.DeprecatedAlias,
+                   new="--workers", target="workers", help="deprecated spelling of --workers")
+    p.add_argument("--threads", type=cli.positive_int, default=1, metavar="N",
                    help="torch CPU threads per cell (default 1: the small models run faster without thread "
-                        "hand-offs, and --jobs uses the cores)")
+                        "hand-offs, and --workers uses the cores)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
-                   help="local: cells in --jobs processes here; ray: cells as Ray tasks (--threads CPUs each, "
+                   help="local: cells in --workers processes here; ray: cells as Ray tasks (--threads CPUs each, "
                         "a GPU for neural cells where the cluster has them) on --ray-address, RAY_ADDRESS or a "
-                        "local Ray instance of --jobs x --threads CPUs (needs the ray extra; see README, 'Running "
+                        "local Ray instance of --workers x --threads CPUs (needs the ray extra; see README, 'Running "
                         "on a cluster'); the results store is written here either way (default: local)")
     p.add_argument("--ray-address", metavar="ADDR",
                    help="with --engine ray: the Ray cluster to join (HOST:PORT of 'ray start --head', or auto); "
                         "datasets and --out must be on a file system every node sees at the same path")
     p.add_argument("--list", action="store_true", help="list the registered models and exit")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    cli.add_progress(p)
     return p
 
 
+@cli.command("pipelines.benchmark", resumes=True, stop_children=True)
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    registry = models()
     if args.list:
-        for spec in registry.values():
-            print(f"{spec.name:16s} {spec.group:15s} {spec.kind:9s} {spec.citation}")
+        from mmer.registry import catalogue
+
+        for spec in catalogue():
+            print(f"{spec['name']:16s} {spec['group']:15s} {spec['kind']:9s} {spec['citation']}")
         return 0
+    problem = cli.out_folder_problem("--out", args.out)  # before anything is imported or computed
+    if problem:
+        return cli.error(PROG, problem)
+    from mmer.registry import UnknownModelError, models, resolve_names
+
+    registry = models()
     try:
         model_names = resolve_names(",".join(args.models)) if args.models else list(registry)
     except UnknownModelError as exc:
-        print(f"run_all: error: {exc}", file=sys.stderr)
-        return 2
+        return cli.error(PROG, exc)
+    for given in args.models or ():
+        if re.search(r"\bw[-_]o\b", given.lower()):  # the old run-folder spelling hhmpn-w-o-f2f
+            cli.warn_deprecated(PROG, f"--models {given}",
+                                f"--models {re.sub(r'(?i)w[-_]o', 'no', given)} (the one spelling of the ablations)")
     n_folds = args.folds if args.folds is not None else PROFILE_FOLDS[args.profile]
     n_table3 = args.table3_folds if args.table3_folds is not None else n_folds
-    for flag, value in (("--folds", n_folds), ("--table3-folds", n_table3)):
-        if not 1 <= value <= N_FOLDS:
-            print(f"run_all: error: {flag} must be within 1..{N_FOLDS}, got {value}", file=sys.stderr)
-            return 2
-    if args.jobs < 1 or args.threads < 1:
-        print("run_all: error: --jobs and --threads must be at least 1", file=sys.stderr)
-        return 2
+    from baselines import run_all
+    from baselines.cells import limit_threads
+    from nemu.ray_engine import RayUnavailable
+
     limit_threads(args.threads)
     datasets = dict(args.datasets) if args.datasets else {"nemu": run_all.ensure_sample()}
     try:
         summary = run_all.run(datasets, model_names, list(range(n_folds)), args.seeds, args.profile, args.out,
-                      table3=not args.no_table3, table3_folds=list(range(n_table3)),
-                      table3_seeds=args.table3_seeds or args.seeds[:1], device=args.device,
-                      progress=not args.no_progress, jobs=args.jobs, threads=args.threads,
-                      input_normalization=args.input_normalization, figure_song=args.figure_song,
-                      engine=args.engine, ray_address=args.ray_address, threshold=args.threshold,
-                      empty_union=args.empty_union)
+                              table3=not args.no_table3, table3_folds=list(range(n_table3)),
+                              table3_seeds=args.table3_seeds or args.seeds[:1], device=args.device,
+                              progress=show_progress(not args.no_progress), jobs=args.workers, threads=args.threads,
+                              input_normalization=args.input_normalization, figure_song=args.figure_song,
+                              engine=args.engine, ray_address=args.ray_address, threshold=args.threshold,
+                              empty_union=args.empty_union)
     except (FileNotFoundError, ValueError, RayUnavailable) as exc:
-        print(f"run_all: error: {exc}", file=sys.stderr)
-        return 2
+        return cli.error(PROG, exc)
     print(f"{summary['cells']} cells: {summary['ran']} run, {summary['skipped']} already done, "
           f"{summary['failed']} failed")
     for path in summary["tables"] + summary["figures"]:
@@ -136,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if table2 in summary["tables"]:
         print("\n" + table2.read_text(encoding="utf-8"))
     if args.figure_song and not summary["figures"]:
-        print(f"run_all: note: no figure written for --figure-song {args.figure_song}: no finished HHMPN run on "
+        print(f"{PROG}: note: no figure written for --figure-song {args.figure_song}: no finished HHMPN run on "
               f"all modalities of a dataset with comments", file=sys.stderr)
     return 1 if summary["failed"] else 0
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from nemu.progress import show_progress
 from pipelines import cli
 from nemu.mosei import FOLD_RULES, FORMS, MoseiError, MoseiOptions, build_mosei
 
@@ -55,18 +56,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli.command("pipelines.build_mosei")
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    problem = cli.out_folder_problem("--out", args.out)
+    if problem:
+        return cli.error(cli.prog_of("pipelines.build_mosei"), problem)
     options = MoseiOptions(
         src=args.raw, out_dir=args.out, form=args.form, labels_pt=args.labels_pt, folds_file=args.folds_file, folds=args.folds,
         seed=args.seed, trust_pickle=args.trust_pickle, neg_inf_to_zero=args.neg_inf_to_zero,
         drop_incomplete=args.drop_incomplete, rows_per_shard=args.shard_rows, row_group_rows=args.row_group_rows,
-        progress=not args.no_progress)
+        progress=show_progress(not args.no_progress))
     try:
         summary = build_mosei(options)
     except (MoseiError, FileNotFoundError, ValueError, OSError) as exc:
-        print(f"build_mosei: error: {exc}", file=sys.stderr)
-        return 2
+        return cli.error(cli.prog_of("pipelines.build_mosei"), exc)
     print(summary)
     return 0
 

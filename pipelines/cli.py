@@ -11,22 +11,36 @@ The same thing has the same flag, type and help wording in every command:
 ``--fold K``       a cross-validation rotation, checked against 0..9
 ``--split SPLIT``  train, validation (also: valid) or test
 ``--seed S``       one seed; ``--seeds`` several
+``--workers N``    parallel processes (build, predict, benchmark; the benchmark's old ``--jobs`` is an alias)
+``--ablation A``   ``no-f2f``, ``no-f2l``, ``no-l2l``, ``no-m2l`` (as ``--models hhmpn-no-f2f`` and run folders)
+numbers            checked by their types before any work (:func:`number`: ``positive_int``, ``positive_float``,
+                   ``unit_interval``, ...): no inf, nan, or value out of range reaches a command
 lists              comma-separated everywhere: ``--models A,B``, ``--modalities lyrics,audio``, ``--seeds 0,1,2``
 =================  ==============================================================================================
 
 ``prog`` is the console script a user types (``COMMANDS``, the same names as pyproject.toml's
 ``[project.scripts]``); ``python -m MODULE`` runs the same command. Every flag's default is stated once in its
 help. Old spellings keep working for one release through :class:`DeprecatedAlias`, which prints a deprecation
-message naming the new flag.
+message naming the new flag. Every message starts with ``prog`` (:func:`error`), however the command was started.
+
+Every command's ``main`` is decorated with :func:`command`: Ctrl-C and SIGTERM end it with one line
+(``PROG: interrupted``, plus "; run the same command again to resume" where it resumes) and exit status 130 or 143,
+never a traceback (:func:`run_command`). Only argparse and light modules are imported before the arguments are
+parsed, so ``--help`` answers at once (tests/test_cli.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import math
+import multiprocessing
 import re
 import shutil
+import signal
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 from nemu.splits import N_FOLDS, SPLIT_ALIASES, SPLIT_CHOICES, split_key
@@ -138,6 +152,32 @@ class CommandParser(argparse.ArgumentParser):
         """``flag`` (dest ``dest``) must be given, by its own name or a deprecated alias."""
         self._required_after_aliases.append((dest, flag))
 
+    def _formatting_required(self):
+        """The flags that :meth:`require` names, marked required while usage and help are formatted (argparse
+        itself must not refuse them at parse time: a deprecated alias may stand for them)."""
+        flags = {flag for _, flag in self._required_after_aliases}
+        return [a for a in self._actions if set(a.option_strings) & flags and not a.required]
+
+    def format_usage(self) -> str:
+        marked = self._formatting_required()
+        for action in marked:
+            action.required = True
+        try:
+            return super().format_usage()
+        finally:
+            for action in marked:
+                action.required = False
+
+    def format_help(self) -> str:
+        marked = self._formatting_required()
+        for action in marked:
+            action.required = True
+        try:
+            return super().format_help()
+        finally:
+            for action in marked:
+                action.required = False
+
     def parse_known_args(self, args=None, namespace=None):
         namespace, extras = super().parse_known_args(args, namespace)
         for alias in self._aliases:  # deprecated aliases hand their value to the flag they stand for
@@ -183,14 +223,40 @@ def fold_index(text: str) -> int:
     return value
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def number(kind: type, *, low: float | None = None, high: float | None = None, low_open: bool = False,
+           high_open: bool = False, what: str | None = None):
+    """argparse type: a finite ``kind`` (int or float) within ``low``..``high`` (either end open or closed, either
+    absent); ``inf``, ``nan`` and values out of range are one-line usage errors naming the range."""
+    if what is None:
+        left = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
+        right = "" if high is None else f"{high:g}" + (")" if high_open else "]")
+        what = f"a finite {'integer' if kind is int else 'number'}" + (
+            f" in {left or '(-inf'}, {right or 'inf)'}" if low is not None or high is not None else "")
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if low is not None and (value <= low if low_open else value < low) or \
+                high is not None and (value >= high if high_open else value > high):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in "invalid ... value" messages
+    return parse
+
+
+#: The checked numeric types of every command's numeric flags (no flag takes a bare int or float).
+positive_int = number(int, low=1, what="a positive integer")
+nonnegative_int = number(int, low=0, what="a non-negative integer")
+positive_float = number(float, low=0, low_open=True, what="a finite positive number")
+nonnegative_float = number(float, low=0, what="a finite non-negative number")
+finite_float = number(float, what="a finite number")
+unit_interval = number(float, low=0, high=1, what="a number in [0, 1]")
+dropout_rate = number(float, low=0, high=1, high_open=True, what="a rate in [0, 1)")
 
 
 def comma_list(item=str):
@@ -336,12 +402,12 @@ def add_fold(parser: CommandParser, *, help_default: str) -> None:
 
 
 def add_seed(parser: CommandParser, *, what: str = "", default: int = 0) -> None:
-    parser.add_argument("--seed", type=int, default=default, metavar="S",
+    parser.add_argument("--seed", type=nonnegative_int, default=default, metavar="S",
                         help=HELP["seed"] + (f" ({what})" if what else ""))
 
 
 def add_seeds(parser: CommandParser, *, default: list[int]) -> None:
-    parser.add_argument("--seeds", type=comma_list(int), nargs="+", action=CommaListAction, default=default,
+    parser.add_argument("--seeds", type=comma_list(nonnegative_int), nargs="+", action=CommaListAction, default=default,
                         metavar="S,S", help=HELP["seeds"])
 
 
@@ -373,3 +439,214 @@ def dataset_list(text: str) -> list[tuple[str, Path]]:
 
 
 dataset_list.__name__ = "comma-separated dataset list"
+
+
+# ----------------------------------------------------------------------------------------------
+# Names, messages and interrupts
+
+
+def available_cores() -> int:
+    """The CPU cores this process may use (the default of every --workers)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def prog_of(module: str) -> str:
+    """What a user types to run ``module``'s command: its console script, else ``python -m module``; every
+    message of the command starts with it, whichever way it was started."""
+    return SCRIPTS.get(module) or f"python -m {module}"
+
+
+def error(prog: str, message: object) -> int:
+    """Print ``PROG: error: MESSAGE`` (its first line) on stderr; returns exit status 2."""
+    text = str(message).strip()
+    print(f"{prog}: error: {text.splitlines()[0] if text else type(message).__name__}", file=sys.stderr)
+    return 2
+
+
+def out_folder_problem(flag: str, path: Path) -> str | None:
+    """Why ``path`` cannot be an output folder (it, or the nearest of its parents that exists, is not a folder),
+    else None: checked before any work, so the command refuses in one line and changes nothing."""
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                return (f"{flag} {path} exists and is not a folder" if existing == path else
+                        f"{flag} {path}: {existing} exists and is not a folder")
+            return None
+    return None
+
+
+#: The one spelling family of the ablations on every command line (hhmpn-train --ablation, --models
+#: hhmpn-no-f2f, run folders hhmpn-no-f2f); the configuration keeps hhmpn.model's names (no_f2f).
+ABLATION_NAMES = {"no-f2f": "no_f2f", "no-f2l": "no_f2l", "no-l2l": "no_l2l", "no-m2l": "no_m2l"}
+
+
+def ablation_key(text: str) -> str:
+    """An ablation as written (``no-f2f``, or the old ``no_f2f``, ``w-o-f2f``, ``w/o F2F``, ``hhmpn-no-f2f``) as its
+    one spelling (``no-f2f``); ValueError for anything else."""
+    key = re.sub(r"\bw/o\b|\bwithout\b|\bw-o\b|\bw_o\b", "no", text.strip().lower())
+    key = re.sub(r"[^a-z0-9]+", "-", key).strip("-")
+    key = key[len("hhmpn-"):] if key.startswith("hhmpn-") else key
+    if key not in ABLATION_NAMES:
+        raise ValueError(f"unknown ablation {text!r} (choose from {', '.join(ABLATION_NAMES)})")
+    return key
+
+
+class AblationAction(argparse.Action):
+    """``--ablation NAME``: stores the configuration's name (``no_f2f``) of ``no-f2f``; an old spelling is taken
+    with a deprecation message naming the new one."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            key = ablation_key(values)
+        except ValueError as exc:
+            parser.error(f"argument {option_string}: {exc}")
+        if values != key:
+            warn_deprecated(parser.prog, f"{option_string} {values}", f"{option_string} {key}")
+        setattr(namespace, self.dest, ABLATION_NAMES[key])
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, docker stop) raised as an interrupt: it unwinds exactly like Ctrl-C (staged files,
+    temporary files, worker processes are cleaned by the same ``finally`` and ``except BaseException`` code)."""
+
+    signum = signal.SIGTERM
+
+
+_signals_received: list[int] = []  # the interrupts seen by the running command, in order (interrupted() reads them)
+
+
+def _stop_fork_server() -> None:
+    """Terminate multiprocessing's fork server, if this process started one: it holds no work (it is the warm
+    template workers are forked from, nemu.workers), ignores SIGINT like every child (_ChildrenIgnoreInterrupts),
+    and a start waiting for its warm-up would otherwise hold up the interrupted command's clean-up."""
+    forkserver = sys.modules.get("multiprocessing.forkserver")
+    pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+    if pid:
+        try:
+            import os
+
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+
+
+def _interrupt_handler(raise_, stop_children: bool):
+    """The commands' SIGINT/SIGTERM handler: stops the fork server, and with ``stop_children`` this process'
+    multiprocessing children (pool workers, which ignore SIGINT and leave on SIGTERM, cleaning their temporary
+    files), then raises ``raise_`` here, so the command unwinds as for Ctrl-C."""
+
+    def handler(signum, frame):
+        _signals_received.append(signum)
+        if len(_signals_received) > 1:  # a second one during the first one's clean-up: stop now
+            raise raise_()
+        _stop_fork_server()
+        if stop_children:
+            for child in multiprocessing.active_children():
+                try:
+                    child.terminate()
+                except (OSError, AttributeError, ValueError):
+                    pass
+        raise raise_()
+
+    return handler
+
+
+class _ChildrenIgnoreInterrupts:
+    """While a command runs, every process multiprocessing starts by exec (spawn workers, the fork server and so
+    every fork of it) starts with SIGINT blocked: the calling thread blocks SIGINT while it starts the child, and a
+    signal mask survives fork and exec, so a Ctrl-C (sent to the whole process group) during a worker's start-up
+    prints no traceback from it. The command's own process handles the interrupt (a SIGINT that arrives meanwhile
+    is delivered to another of its threads, or once the mask is restored: never lost) and stops its workers."""
+
+    def __enter__(self):
+        from multiprocessing import util
+
+        self.util, self.original = util, getattr(util, "spawnv_passfds", None)
+        if self.original is None or not hasattr(signal, "pthread_sigmask"):  # not POSIX: nothing to do
+            self.util = None
+            return self
+        original = self.original
+
+        def spawnv_passfds(*args, **kwargs):
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                return original(*args, **kwargs)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+        util.spawnv_passfds = spawnv_passfds
+        return self
+
+    def __exit__(self, *exc):
+        if self.util is not None:
+            self.util.spawnv_passfds = self.original
+        return False
+
+
+def interrupted_message(prog: str, resumes: bool) -> str:
+    return f"{prog}: interrupted" + ("; run the same command again to resume" if resumes else "")
+
+
+def interrupted(prog: str, *, resumes: bool) -> int:
+    """For a command that caught the interrupt itself (to save its work) and returns: the one line, and the exit
+    status, 143 after SIGTERM, else 130."""
+    print(interrupted_message(prog, resumes), file=sys.stderr, flush=True)
+    return 143 if _signals_received and _signals_received[-1] == signal.SIGTERM else 130
+
+
+def run_command(main, argv: list[str] | None, *, prog: str, resumes: bool = False,
+                stop_children: bool = False) -> int:
+    """Run a command's ``main(argv)`` under the toolkit's one interrupt handling: Ctrl-C (SIGINT) and SIGTERM end
+    the command with one line on stderr, ``PROG: interrupted`` (plus "; run the same command again to resume"
+    where the command resumes), exit status 130 (SIGINT) or 143 (SIGTERM), and no traceback. SIGTERM is raised as
+    :class:`Terminated`, a KeyboardInterrupt, so the command cleans up as it does for Ctrl-C.
+    ``stop_children``: the command's multiprocessing workers (which ignore SIGINT) are terminated first."""
+    handlers = {}
+    _signals_received.clear()
+    if threading.current_thread() is threading.main_thread():
+        handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, _interrupt_handler(Terminated, stop_children))
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored
+            handlers[signal.SIGINT] = signal.signal(signal.SIGINT, _interrupt_handler(KeyboardInterrupt,
+                                                                                      stop_children))
+    status = None
+    try:
+        try:
+            with _ChildrenIgnoreInterrupts():
+                return main(argv)
+        except KeyboardInterrupt as exc:  # Terminated included
+            status = 143 if isinstance(exc, Terminated) else 130
+    except KeyboardInterrupt as exc:  # a second interrupt during the first one's clean-up
+        status = 143 if isinstance(exc, Terminated) else 130
+    finally:
+        for signum, previous in handlers.items():
+            try:
+                signal.signal(signum, previous)
+            except (TypeError, ValueError):
+                pass
+        if status is not None:
+            try:
+                sys.stdout.flush()
+            except (OSError, ValueError):
+                pass
+            print(interrupted_message(prog, resumes), file=sys.stderr, flush=True)
+    return status
+
+
+def command(module: str, *, resumes: bool = False, stop_children: bool = False):
+    """Decorator of a command's ``main(argv=None) -> int``: the same ``main`` (console script entry point and
+    ``python -m`` path alike) run by :func:`run_command` with the command's name."""
+
+    def decorate(main):
+        @functools.wraps(main)
+        def entry(argv: list[str] | None = None) -> int:
+            return run_command(main, argv, prog=prog_of(module), resumes=resumes, stop_children=stop_children)
+
+        entry.resumes = resumes
+        return entry
+
+    return decorate

@@ -13,8 +13,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from nemu.progress import show_progress
 from pipelines import cli
 from nemu.labels import CHINESE_NAMES
+
+PROG = cli.prog_of("pipelines.crawl_nemu")
 
 try:  # requests and urllib3 are the crawl extra: pip install "nemu-hhmpn[crawl]"
     from nemu.crawl import DEFAULT_BASE_URL, DEFAULT_USER_AGENT, LOG_FILE, STATE_FILE, CrawlError, CrawlOptions, \
@@ -42,44 +45,44 @@ def parser() -> argparse.ArgumentParser:
                     f"crawl without fetching anything twice; problems are logged per song in RAW/{LOG_FILE}. "
                     "For research only: respect NetEase Cloud Music's terms of service and copyright.")
     cli.add_out(p, "the raw folder to create or continue (records.jsonl, audio/, images/)", positional_alias=True)
-    p.add_argument("--tags", type=_tags, default=",".join(CHINESE_NAMES),
+    p.add_argument("--tags", type=_tags, metavar="TAG,TAG", default=",".join(CHINESE_NAMES),
                    help="comma-separated emotion tags whose playlists are crawled: NetEase names (伤感,治愈,...) or "
                         "the English label names (Sad,Healing,...); only the 12 NEMu emotion tags")
-    p.add_argument("--max-songs", type=int, default=defaults.max_songs,
+    p.add_argument("--max-songs", type=cli.positive_int, metavar="N", default=defaults.max_songs,
                    help="songs in RAW at most (records already there count), taken round-robin over the tags")
-    p.add_argument("--playlists-per-tag", type=int, default=defaults.playlists_per_tag,
+    p.add_argument("--playlists-per-tag", type=cli.positive_int, metavar="N", default=defaults.playlists_per_tag,
                    help="playlists listed per tag (NetEase 'hot' order); more playlists give more votes per song")
-    p.add_argument("--tracks-per-playlist", type=int, default=defaults.tracks_per_playlist,
+    p.add_argument("--tracks-per-playlist", type=cli.positive_int, metavar="N", default=defaults.tracks_per_playlist,
                    help="songs read from the head of each playlist")
-    p.add_argument("--min-votes", type=int, default=defaults.min_votes,
+    p.add_argument("--min-votes", type=cli.positive_int, metavar="N", default=defaults.min_votes,
                    help="an emotion tag becomes a song's label when at least this many crawled playlists holding "
                         "the song carry it (all votes are kept in the record's tag_votes)")
-    p.add_argument("--comments", type=int, default=defaults.comments,
+    p.add_argument("--comments", type=cli.nonnegative_int, metavar="N", default=defaults.comments,
                    help="top comments kept per song (hot comments first; text only, no user names or ids); 0: none")
-    p.add_argument("--posters", type=int, default=defaults.posters,
+    p.add_argument("--posters", type=cli.nonnegative_int, metavar="N", default=defaults.posters,
                    help="artist pictures kept per song besides the album cover; 0: cover only")
-    p.add_argument("--rate", type=float, default=defaults.rate,
+    p.add_argument("--rate", type=cli.positive_float, metavar="RATE", default=defaults.rate,
                    help="global limit in requests per second, every attempt counted (retries and media included)")
-    p.add_argument("--timeout", type=float, default=defaults.timeout,
+    p.add_argument("--timeout", type=cli.positive_float, metavar="SECONDS", default=defaults.timeout,
                    help="seconds to wait for a connection and for each read, on every request")
-    p.add_argument("--download-deadline", type=float, default=defaults.download_deadline, metavar="SECONDS",
+    p.add_argument("--download-deadline", type=cli.positive_float, default=defaults.download_deadline, metavar="SECONDS",
                    help="seconds in all for one API answer or media download, however slowly the server sends it "
                         "(--timeout bounds each read only); a download past it is that song's failure")
-    p.add_argument("--retries", type=int, default=defaults.retries,
+    p.add_argument("--retries", type=cli.nonnegative_int, metavar="N", default=defaults.retries,
                    help="retries per request on 429/500/502/503/504, connection errors and timeouts")
-    p.add_argument("--backoff", type=float, default=defaults.backoff,
+    p.add_argument("--backoff", type=cli.nonnegative_float, metavar="SECONDS", default=defaults.backoff,
                    help="exponential backoff factor (urllib3): no wait before the first retry, BACKOFF * 2**(n-1) "
                         "seconds before the n-th consecutive one; a Retry-After header is honoured instead; both "
                         "capped at 60 s")
-    p.add_argument("--base-url", default=DEFAULT_BASE_URL,
+    p.add_argument("--base-url", metavar="URL", default=DEFAULT_BASE_URL,
                    help="NeteaseCloudMusicApi-compatible endpoint serving /top/playlist, /playlist/track/all, "
                         "/lyric, /comment/music, /song/url and /artists")
-    p.add_argument("--user-agent", default=DEFAULT_USER_AGENT,
+    p.add_argument("--user-agent", metavar="TEXT", default=DEFAULT_USER_AGENT,
                    help="User-Agent header; keep it honest (add a contact address for your project)")
     p.add_argument("--no-audio", action="store_true",
                    help="do not ask for or download audio (records get audio: null)")
-    p.add_argument("--bitrate", type=int, default=defaults.bitrate, help="bitrate asked of /song/url (br)")
-    p.add_argument("--max-audio-mb", type=float, default=defaults.max_audio_bytes / 2**20,
+    p.add_argument("--bitrate", type=cli.positive_int, metavar="BPS", default=defaults.bitrate, help="bitrate asked of /song/url (br)")
+    p.add_argument("--max-audio-mb", type=cli.positive_float, metavar="MB", default=defaults.max_audio_bytes / 2**20,
                    help="audio downloads larger than this are refused (the song is kept without audio)")
     cli.add_progress(p)
     return p
@@ -90,10 +93,14 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(self.format(record), file=sys.stderr)
 
 
+@cli.command("pipelines.crawl_nemu", resumes=True)
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    problem = cli.out_folder_problem("--out", args.out)
+    if problem:
+        return cli.error(PROG, problem)
     handler = _TqdmHandler()
-    handler.setFormatter(logging.Formatter("crawl_nemu: %(message)s"))
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
     logger = logging.getLogger("nemu.crawl")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -103,16 +110,17 @@ def main(argv: list[str] | None = None) -> int:
         posters=args.posters, audio=not args.no_audio, bitrate=args.bitrate,
         max_audio_bytes=int(args.max_audio_mb * 2**20), rate=args.rate, timeout=args.timeout,
         download_deadline=args.download_deadline, retries=args.retries,
-        backoff=args.backoff, base_url=args.base_url, user_agent=args.user_agent, progress=not args.no_progress)
+        backoff=args.backoff, base_url=args.base_url, user_agent=args.user_agent, progress=show_progress(not args.no_progress))
     try:
         summary = crawl(options)
-    except CrawlError as exc:
-        print(f"crawl_nemu: error: {exc}", file=sys.stderr)
-        return 2
+    except (CrawlError, OSError) as exc:
+        return cli.error(PROG, exc)
     finally:
         logger.removeHandler(handler)
     print(summary)
-    return 130 if summary.interrupted else 3 if summary.stopped else 0
+    if summary.interrupted:  # the crawl caught Ctrl-C (or SIGTERM) itself, to journal what it had
+        return cli.interrupted(PROG, resumes=True)
+    return 3 if summary.stopped else 0
 
 
 if __name__ == "__main__":

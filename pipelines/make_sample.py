@@ -10,7 +10,10 @@ import argparse
 import json
 import sys
 
+from nemu.progress import show_progress
 from pipelines import cli
+
+PROG = cli.prog_of("pipelines.make_sample")
 
 DESCRIPTION = """\
 Generate a small, deterministic NEMu raw folder from real material shipped with the project and its
@@ -39,21 +42,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli.command("pipelines.make_sample")
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit status (0 ok, 2 bad arguments or refused folder)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.seed < 0:
-        parser.error("--seed must be >= 0")
+    args = parser.parse_args(argv)  # --seed and --songs are checked by their types (pipelines.cli)
+    problem = cli.out_folder_problem("--out", args.out)
+    if problem:
+        return cli.error(PROG, problem)
+    if args.out.is_dir() and any(args.out.iterdir()) and not args.overwrite:
+        return cli.error(PROG, f"{args.out} already exists and is not empty; add --overwrite to replace its "
+                               f"records.jsonl, provenance.json, audio/ and images/ (other files are kept)")
 
     from nemu.sample import make_sample  # after argument parsing, so --help stays instant
 
     try:
         summary = make_sample(args.out, songs=args.songs, seed=args.seed, overwrite=args.overwrite,
-                              progress=not args.quiet)
+                              progress=show_progress(not args.quiet))
     except (FileExistsError, NotADirectoryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli.error(PROG, str(exc).replace("pass overwrite=True (--overwrite)", "add --overwrite"))
     print(json.dumps(summary, ensure_ascii=False, indent=2))
     return 0
 

@@ -33,9 +33,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-from mmer.inference import Predictor
-from mmer.predict import predict_run, write_predictions
-from nemu.build import BuildError
 from pipelines import cli
 from pipelines.cli import HELP, positive_int
 
@@ -62,10 +59,10 @@ def add_new_song_arguments(parser) -> None:
                        help="one song's comments: a UTF-8 text file, one comment per line")
     group.add_argument("--id", dest="song_id", metavar="ID",
                        help="one song's id in the output; default: its first file's name without the suffix")
-    group.add_argument("--word-vectors", type=Path, metavar="PATH",
+    group.add_argument("--word-vectors", type=Path, metavar="FILE",
                        help="the word-vector file the dataset was built from with --word-vectors (needed then; "
                             "matched by sha256); default: DATA/word_vectors.bin, the vectors the build trained")
-    group.add_argument("--image-weights", type=Path, metavar="PATH",
+    group.add_argument("--image-weights", type=Path, metavar="FILE",
                        help="the image encoder's weights file (matched by sha256 with the dataset's), where the "
                             "build's own search (torchvision's cache, the efficientnet-lite0 package) does not find "
                             "them; default: that search")
@@ -77,7 +74,7 @@ def wants_new_songs(args) -> bool:
     return any(getattr(args, flag, None) for flag in NEW_SONG_FLAGS)
 
 
-def predict_new_songs(args, run_dir: Path, prog: str = "hhmpn.predict") -> int:
+def predict_new_songs(args, run_dir: Path, prog: str = "hhmpn-predict") -> int:
     """The new-song modes of the command line: predict, write JSON lines, report skipped records on stderr.
 
     Raises ValueError/OSError (one line) for anything that stops the whole prediction; main turns them into
@@ -87,6 +84,10 @@ def predict_new_songs(args, run_dir: Path, prog: str = "hhmpn.predict") -> int:
         raise ValueError("give --raw RAW or one song's --lyrics/--audio/--image/--comments files, not both")
     if getattr(args, "fold", None) is not None:
         raise ValueError("--fold selects a split of --data; new songs from raw files have none")
+    from mmer.inference import Predictor  # torch: only when work starts (--help stays instant)
+    from mmer.predict import write_predictions
+    from nemu.build import BuildError
+
     predictor = Predictor.load(run_dir, data=args.data, word_vectors=args.word_vectors,
                                image_weights=args.image_weights, device=args.device, workers=args.workers,
                                batch_size=args.batch_size)
@@ -133,12 +134,13 @@ def parser() -> argparse.ArgumentParser:
                                  "run_all's cell for fold K did")
     cli.add_output(p, "JSON lines, one per sample (default: RUN/predictions-SPLIT.jsonl; new songs: standard "
                       "output)")
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--batch-size", type=int, default=64, help="inference batch size")
+    p.add_argument("--device", metavar="DEVICE", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N", help="inference batch size")
     add_new_song_arguments(p)
     return p
 
 
+@cli.command("pipelines.predict")  # Ctrl-C/SIGTERM: one line, exit 130/143 (pipelines.cli)
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.device is not None:
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             torch.device(args.device)
         except RuntimeError as exc:
-            print(f"hhmpn.predict: error: --device {args.device!r}: {str(exc).splitlines()[0]}", file=sys.stderr)
+            print(f"hhmpn-predict: error: --device {args.device!r}: {str(exc).splitlines()[0]}", file=sys.stderr)
             return 2
     try:
         if wants_new_songs(args):  # --raw RAW or one song's files
@@ -155,11 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.data is None:
             raise ValueError("--data DATA is required (or --raw RAW, or one song's --lyrics/--audio/--image/"
                              "--comments files)")
+        from mmer.predict import predict_run
+
         path = predict_run(args.run, args.data, args.split, args.output, args.device, args.batch_size,
                            args.fold)
     except (OSError, ValueError) as exc:  # RunFolderError is a ValueError; every message is one line
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"hhmpn.predict: error: {message}", file=sys.stderr)
+        print(f"hhmpn-predict: error: {message}", file=sys.stderr)
         return 2
     print(f"wrote {path}")
     return 0

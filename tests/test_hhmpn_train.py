@@ -37,7 +37,7 @@ def test_hhmpn_learns_the_samples_planted_signal(sample_dataset, tmp_path):
 
 def test_modalities_ablation_and_fold_flags(sample_dataset, tmp_path):
     code = train.main(["--data", str(sample_dataset), "--out", str(tmp_path / "r"), "--profile", "quick",
-                       "--epochs", "1", "--modalities", "audio,images", "--ablation", "no_l2l", "--fold", "3",
+                       "--epochs", "1", "--modalities", "audio,images", "--ablation", "no-l2l", "--fold", "3",
                        "--no-progress", "--d", "16"])
     assert code == 0
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())

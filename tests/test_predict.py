@@ -95,7 +95,7 @@ def test_hhmpn_train_writes_the_same_run_folder(built, tmp_path):
     root = built[0] / "out"
     run_dir = tmp_path / "run"
     assert train.main(["--data", str(root), "--out", str(run_dir), "--profile", "quick", "--epochs", "1", "--d", "16",
-                       "--fold", "2", "--ablation", "no_f2l", "--no-progress"]) == 0
+                       "--fold", "2", "--ablation", "no-f2l", "--no-progress"]) == 0
     run = json.loads((run_dir / "run.json").read_text())
     assert run["model"] == "HHMPN w/o F2L" and run["input_normalization"] == "standardize" and run["fold"] == 2
     assert predict.main(["--run", str(run_dir), "--data", str(root), "--fold", "2"]) == 0
@@ -169,7 +169,7 @@ def test_predict_refuses_an_unusable_run_folder_in_one_line(cell_runs, case, tmp
     err = capsys.readouterr().err
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert err.startswith("hhmpn.predict: error: ") and expected in err, err
+    assert err.startswith("hhmpn-predict: error: ") and expected in err, err
     assert not (tmp_path / "p.jsonl").exists()
 
 
@@ -180,7 +180,7 @@ def test_predict_refuses_missing_folders_and_other_data(cell_runs, tmp_path, cap
                  ["--run", records["HHMPN"]["run_dir"], "--data", str(root), "--device", "bogus"]):
         assert predict.main(argv) == 2
         err = capsys.readouterr().err
-        assert len(err.strip().splitlines()) == 1 and err.startswith("hhmpn.predict: error: "), err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("hhmpn-predict: error: "), err
     run = load_run(records["HHMPN"]["run_dir"])
     other = type("Other", (), {"root": "elsewhere", "label_names": run.label_names,
                                "modality_dims": run.modality_dims | {"audio": 75}})()
@@ -194,7 +194,7 @@ def test_train_refuses_an_unusable_output_in_one_line(built, tmp_path, capsys):
     code = train.main(["--data", str(built[0] / "out"), "--out", str(blocker), "--profile", "quick", "--epochs", "1",
                        "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("hhmpn.train: error: "), err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("hhmpn-train: error: "), err
 
 
 def test_a_model_with_extra_columns_round_trips_on_mosei(tmp_path):

@@ -213,4 +213,4 @@ def test_setting_is_recorded_in_records_and_run_folders(built, tmp_path):
     saved = NodeStatistics.load(run_dir / NORMALIZATION_FILE)
     assert saved.same_as(split_datasets(root, fold=0)["train"].normalization)
     subset = Cell("HHMPN w/o F2F", "nemu", 1, 2, ("lyrics", "audio"))
-    assert run_folder(tmp_path, subset) == tmp_path / "runs" / "nemu" / "hhmpn-w-o-f2f" / "fold1-seed2-lyrics+audio"
+    assert run_folder(tmp_path, subset) == tmp_path / "runs" / "nemu" / "hhmpn-no-f2f" / "fold1-seed2-lyrics+audio"
