@@ -28,7 +28,7 @@ setup: $(BIN)/.installed
 
 # FOLDS CV rotations (Table 2 and Table 3: mean ± std); Table 2 cells average seeds 0,1,2 (run_all's default, for
 # the corrected t-test and the bootstrap), Table 3's subsets run seed 0 only (--table3-seeds) to stay within
-# 15 minutes on 2 cores; the cells run on every core (--jobs).
+# 15 minutes on 2 cores; the cells run on every core (--workers).
 # The wall time of the three steps is printed at the end.
 demo: setup
 	@start=$$(date +%s); \

@@ -3,10 +3,10 @@ Table 3) on the embedded sample, from an empty results folder.
 
 Target (issue 11): the whole ``make demo`` (sample, build and this grid over 5 CV rotations) in about 15
 minutes on 2 cores. Prints the CPU time per model summed over its cells (HHMPN's Table 3 subsets on their own
-line), the wall time of the grid with ``--jobs`` worker processes, and the ratio to the target; the load
+line), the wall time of the grid with ``--workers`` worker processes, and the ratio to the target; the load
 average at the start and the end says how much else the machine was doing.
 
-    python -m bench.bench_run_all [--data data/nemu] [--folds 5] [--jobs N]
+    python -m bench.bench_run_all [--data data/nemu] [--folds 5] [--workers N]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
                  more="the embedded sample is built there first when missing")
     parser.add_argument("--folds", type=int, default=PROFILE_FOLDS["quick"],
                         help="CV rotations (default: %(default)s, as run_all's quick profile)")
-    parser.add_argument("--jobs", type=int, default=default_jobs(),
+    parser.add_argument("--workers", "--jobs", dest="jobs", type=int, default=default_jobs(),
                         help="worker processes (default: the CPU cores available, %(default)s)")
     args = parser.parse_args(argv)
 
