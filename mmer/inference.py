@@ -137,7 +137,8 @@ class Predictor:
                                                       f"modalities ({', '.join(f'0 {m}' for m in modalities)})")
                                           for song in empty)
             featurized.quarantined.sort(key=lambda q: q.line)
-        songs = NewSongs(featurized, self.run.statistics, modalities, len(self.label_names))
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused just below, naming the file
+            songs = NewSongs(featurized, self.run.statistics, modalities, len(self.label_names))
         check_finite_features({m: np.concatenate([n[m] for n in songs._nodes]) for m in modalities} if len(songs)
                               else {}, "the new songs", self.run.run_dir)
         if len(songs):

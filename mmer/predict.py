@@ -86,7 +86,8 @@ class LoadedRun:
         extra = self.run.get("extra_columns") or []
         dataset = MMERDataset(data, split, list(self.modality_dims), folds=folds, extra_columns=extra)
         self.check_dataset(dataset)
-        dataset.apply_normalization(self.statistics)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused just below, naming the file
+            dataset.apply_normalization(self.statistics)
         check_finite_features(dataset.node_values(), data, self.run_dir)
         return dataset
 

@@ -98,8 +98,9 @@ def test_hhmpn_train_writes_the_same_run_folder(built, tmp_path):
                        "--fold", "2", "--ablation", "no_f2l", "--no-progress"]) == 0
     run = json.loads((run_dir / "run.json").read_text())
     assert run["model"] == "HHMPN w/o F2L" and run["input_normalization"] == "standardize" and run["fold"] == 2
-    assert predict.main(["--run", str(run_dir), "--data", str(root), "--fold", "2"]) == 0
-    rows = predictions(run_dir / "predictions-test.jsonl")
+    assert predict.main(["--run", str(run_dir), "--data", str(root), "--fold", "2",
+                         "--output", str(tmp_path / "p.jsonl")]) == 0
+    rows = predictions(tmp_path / "p.jsonl")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     labels = np.array([[name in r["labels"] for name in run["labels"]] for r in rows.values()], dtype=float)
     predicted = np.array([[name in r["predicted"] for name in run["labels"]] for r in rows.values()], dtype=float)
@@ -169,7 +170,7 @@ def test_predict_refuses_an_unusable_run_folder_in_one_line(cell_runs, case, tmp
     err = capsys.readouterr().err
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert err.startswith("hhmpn.predict: error: ") and expected in err, err
+    assert err.startswith("hhmpn-predict: error: ") and expected in err, err
     assert not (tmp_path / "p.jsonl").exists()
 
 
@@ -180,7 +181,7 @@ def test_predict_refuses_missing_folders_and_other_data(cell_runs, tmp_path, cap
                  ["--run", records["HHMPN"]["run_dir"], "--data", str(root), "--device", "bogus"]):
         assert predict.main(argv) == 2
         err = capsys.readouterr().err
-        assert len(err.strip().splitlines()) == 1 and err.startswith("hhmpn.predict: error: "), err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("hhmpn-predict: error: "), err
     run = load_run(records["HHMPN"]["run_dir"])
     other = type("Other", (), {"root": "elsewhere", "label_names": run.label_names,
                                "modality_dims": run.modality_dims | {"audio": 75}})()

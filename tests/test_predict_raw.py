@@ -210,7 +210,7 @@ def refusal(argv: list[str], capsys) -> str:
     code = predict.main(argv)
     err = capsys.readouterr().err
     assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and err.startswith("hhmpn.predict: error: "), err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("hhmpn-predict: error: "), err
     return err
 
 
