@@ -168,12 +168,13 @@ def test_no_nan_is_ever_written(project, capsys, tmp_path):
     assert code == 2 and not output.exists() and "not finite" in err, err
 
 
-def test_songs_with_no_node_in_the_runs_modalities_are_skipped_and_named(project, capsys):
+def test_songs_with_no_node_in_the_runs_modalities_are_skipped_and_named(project, capsys, tmp_path):
     data = project / "data"
     fold = next(k for k in range(10) if NO_MEDIA[0] in fold_ids(data, k))
     train_run(project, "runs/audio", "--fold", str(fold), "--modalities", "audio,images")
-    code, rows, err = predict_to_file(["--run", str(project / "runs" / "audio"), "--data", str(data)], capsys,
-                                      project / "runs" / "audio.jsonl")
+    code, rows, err = predict_to_file(["--run", str(project / "runs" / "audio"), "--data", str(data), "--fold",
+                                       str(fold)], capsys,
+                                      tmp_path / "p.jsonl")
     assert code == 0, err
     assert [r["id"] for r in rows] == [i for i in fold_ids(data, fold) if i not in NO_MEDIA]
     assert f"skipped id {NO_MEDIA[0]!r}: no node in any of the run's modalities" in err, err
