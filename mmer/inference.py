@@ -14,12 +14,15 @@ From Python (load a run once, predict many)::
 The command line is ``python -m hhmpn.predict --run RUN --raw RAW`` or ``... --lyrics FILE --audio FILE
 --image FILE [--comments FILE]`` (see ``hhmpn.predict``).
 
-What a prediction is made from: the run's dataset (``run.json``'s ``data``, or ``data=`` when it has moved)
-must be the very build the run was trained on (its manifest's fingerprint is the run's
+What a prediction is made from: the run's dataset (found relative to the run folder, then at
+``run.json``'s ``data``, ``mmer.runs.find_dataset``; or ``data=`` when it has moved elsewhere) must be the
+very build the run was trained on (``mmer.runs.check_build``: its manifest's fingerprint is the run's
 ``dataset_fingerprint``), with the run's labels and modality dims; the songs are featurised with that
 dataset's settings by :class:`nemu.featurize.Featurizer` (the build's own extraction code, the dataset's word
 vectors and image weights, each matched by sha256); the run's saved input-normalisation statistics are
-applied; then the model. Anything that would make the features differ is refused with one line naming
+applied (and must give finite features); then the model. A song with no node in any of the run's modalities
+(possible for a run on some modalities) is quarantined with that reason, as the build does, not given the
+model's constant output. Anything that would make the features differ is refused with one line naming
 what differs and how to fix it (``FeatureMismatch`` or ``RunFolderError``, both ValueErrors).
 """
 
@@ -31,10 +34,10 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from mmer.predict import LoadedRun, load_run
-from mmer.runs import RunFolderError
-from nemu.featurize import Featurized, Featurizer, FeatureMismatch
-from nemu.shards import dataset_fingerprint, read_manifest
+from mmer.predict import LoadedRun, check_finite_features, load_run
+from mmer.runs import RunFolderError, read_build
+from nemu.featurize import Featurized, Featurizer, FeatureMismatch  # noqa: F401  (FeatureMismatch: documented)
+from nemu.records import Quarantined
 
 
 class NewSongs:
@@ -97,33 +100,9 @@ class Predictor:
         if run.run.get("extra_columns"):
             raise RunFolderError(f"{run.run_dir}: model {run.run['model']} reads the per-sample column(s) "
                                  f"{', '.join(run.run['extra_columns'])}, which raw records do not have")
-        if data is None:
-            if not run.run.get("data"):
-                raise RunFolderError(f"{run.run_dir}/run.json names no dataset; pass --data with the dataset "
-                                     f"the run was trained on")
-            data = Path(run.run["data"])
-        data = Path(data)
-        if not (data / "manifest.json").is_file():
-            raise FeatureMismatch(
-                f"{data}: the dataset {run.run_dir} was trained on is not there (no manifest.json); its manifest "
-                f"holds the feature settings: pass --data with that dataset where it is now")
-        manifest = read_manifest(data)
-        labels = list(manifest.get("labels", []))
-        if labels != run.label_names:
-            raise FeatureMismatch(f"{data}: labels {labels} differ from the run's {run.label_names} "
-                                  f"({run.run_dir}): pass the dataset the run was trained on")
-        dims = {m["name"]: m["dim"] for m in manifest["modalities"]}
-        wrong = {m: d for m, d in run.modality_dims.items() if dims.get(m) != d}
-        if wrong:
-            m = next(iter(wrong))
-            raise FeatureMismatch(f"{data}: modality {m!r} has dim {dims.get(m)}, the run {run.run_dir} was "
-                                  f"trained on dim {wrong[m]}: pass the dataset the run was trained on")
-        expected, found = run.run.get("dataset_fingerprint"), dataset_fingerprint(manifest)
-        if expected and expected != found:
-            raise FeatureMismatch(
-                f"{data}: fingerprint {found[:12]}.. is not the build {run.run_dir} was trained on "
-                f"({expected[:12]}..): a rebuild may have other features (settings, word vectors, seed); pass "
-                f"--data with the build the run was trained on, or retrain the run on {data}")
+        # the one build check of --data and --raw (mmer.runs.check_build): labels, dims, fingerprint
+        data = run.find_dataset() if data is None else Path(data)
+        read_build(data, run.run, run.run_dir)
         featurizer = Featurizer(data, word_vectors=word_vectors, image_weights=image_weights, workers=workers,
                                 progress=progress)
         return cls(run, featurizer, batch_size)
@@ -148,7 +127,20 @@ class Predictor:
     def predict_featurized(self, featurized: Featurized) -> Predictions:
         """Normalise with the run's statistics, predict, and format as ``hhmpn.predict`` does."""
         modalities = list(self.run.modality_dims)
-        songs = NewSongs(featurized, self.run.statistics, modalities, len(self.label_names))
+        empty = [song for song in featurized.songs if all(len(song.nodes[m]) == 0 for m in modalities)]
+        if empty:  # the build's rule, for the run's modalities: no node in any modality is quarantined
+            gone = {id(song) for song in empty}
+            featurized = Featurized([song for song in featurized.songs if id(song) not in gone],
+                                    list(featurized.quarantined), featurized.input_count,
+                                    featurized.text_nodes_without_word_vectors)
+            featurized.quarantined.extend(Quarantined(song.id, song.line, "record", "no node in any of the run's "
+                                                      f"modalities ({', '.join(f'0 {m}' for m in modalities)})")
+                                          for song in empty)
+            featurized.quarantined.sort(key=lambda q: q.line)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused just below, naming the file
+            songs = NewSongs(featurized, self.run.statistics, modalities, len(self.label_names))
+        check_finite_features({m: np.concatenate([n[m] for n in songs._nodes]) for m in modalities} if len(songs)
+                              else {}, "the new songs", self.run.run_dir)
         if len(songs):
             ids, probabilities = self.run.predict_dataset(songs, self.batch_size)
         else:

@@ -1,6 +1,6 @@
 """Per-sample probabilities and label sets from a run folder of any neural model (HHMPN or a baseline).
 
-    hhmpn-predict --run RUN --data OUT --split test [--output FILE]
+    hhmpn-predict --run RUN [--data OUT] [--split test] [--fold K] [--output FILE]
     hhmpn-predict --run RUN --raw RAW [--output FILE]                    # new songs, no tags needed
     hhmpn-predict --run RUN --lyrics FILE --audio FILE --image FILE... [--comments FILE]   # one song
 
@@ -11,8 +11,19 @@ must have the run's labels and modality dimensions. A run folder that cannot be 
 unreadable run.json, a checkpoint that is not a weights-only state_dict or does not fit the model, other
 labels or dims than the data) is refused with a one-line error and exit code 2.
 
-Writes JSON lines (default ``RUN/predictions-{split}.jsonl``): ``id``, ``probabilities`` {label: p},
-``predicted`` (labels with p >= threshold), and ``labels`` (the true set, when the data has it).
+Without --fold it predicts the run's OWN rotation (run.json's fold) and, without --split, its test split: the
+songs the run never trained or selected on; it says on stderr which rotation, split and threshold it uses, and
+warns when the songs asked for are the run's training or validation songs. --data must be the run's build
+(fingerprint, as for --raw); without it the run's own dataset is found (relative to RUN first, so a run folder
+moved together with its dataset works from any folder). Songs with no node in any of the run's modalities are
+named on stderr and skipped.
+
+The threshold: a song's ``predicted`` labels are those with p >= the run's own threshold, run.json's
+config.threshold (0.5 unless the benchmark's validation threshold rule chose another), stated on stderr.
+
+Writes JSON lines to standard output, or to --output FILE; never inside the run folder unless --output names a
+file there: ``id``, ``probabilities`` {label: p}, ``predicted`` (labels with p >= threshold), and ``labels``
+(the true set, when the data has it). A non-finite probability is refused, never written.
 
 New songs (``--raw`` or one song's files) are featurised with exactly the settings of the dataset the run was
 trained on, read from its manifest, by the build's own code, then normalised with the run's statistics
@@ -20,15 +31,14 @@ trained on, read from its manifest, by the build's own code, then normalised wit
 
 From Python (load once, predict many)::
 
-    from mmer.predict import load_run
+    from mmer.predict import load_run, predict_split
     run = load_run("RUN")
-    ids, probabilities = run.predict_dataset(run.dataset("OUT", "test"))
+    records = predict_split(run, "OUT").records         # the run's own rotation, test split
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import textwrap
 from pathlib import Path
@@ -37,6 +47,7 @@ from pipelines import cli
 from pipelines.cli import HELP, positive_int
 
 NEW_SONG_FLAGS = ("raw", "lyrics", "audio", "image", "comments")
+PROG = "hhmpn-predict"
 
 
 def add_new_song_arguments(parser) -> None:
@@ -74,7 +85,7 @@ def wants_new_songs(args) -> bool:
     return any(getattr(args, flag, None) for flag in NEW_SONG_FLAGS)
 
 
-def predict_new_songs(args, run_dir: Path, prog: str = "hhmpn-predict") -> int:
+def predict_new_songs(args, run_dir: Path, prog: str = PROG) -> int:
     """The new-song modes of the command line: predict, write JSON lines, report skipped records on stderr.
 
     Raises ValueError/OSError (one line) for anything that stops the whole prediction; main turns them into
@@ -85,7 +96,6 @@ def predict_new_songs(args, run_dir: Path, prog: str = "hhmpn-predict") -> int:
     if getattr(args, "fold", None) is not None:
         raise ValueError("--fold selects a split of --data; new songs from raw files have none")
     from mmer.inference import Predictor  # torch: only when work starts (--help stays instant)
-    from mmer.predict import write_predictions
     from nemu.build import BuildError
 
     predictor = Predictor.load(run_dir, data=args.data, word_vectors=args.word_vectors,
@@ -108,13 +118,8 @@ def predict_new_songs(args, run_dir: Path, prog: str = "hhmpn-predict") -> int:
     if not result.records:
         raise ValueError(f"no song of {args.raw} could be predicted ({len(result.quarantined)} record(s) skipped, "
                          f"reasons above)" if args.raw else "the song could not be predicted (reason above)")
-    if args.output:
-        write_predictions(args.output, result.records)
-        where = f"wrote {args.output}"
-    else:
-        for record in result.records:
-            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
-        where = "written to standard output"
+    print(f"{prog}: threshold {result.threshold:g} (run.json's config.threshold)", file=sys.stderr)
+    where = emit(args.output, result.records)
     if result.text_nodes_without_word_vectors:
         print(f"{prog}: note: {result.text_nodes_without_word_vectors} text node(s) hold no word the dataset's "
               f"vectors know; their features are zeros, as in the build", file=sys.stderr)
@@ -123,19 +128,53 @@ def predict_new_songs(args, run_dir: Path, prog: str = "hhmpn-predict") -> int:
     return 0
 
 
+def emit(output: Path | None, records: list[dict]) -> str:
+    """Write the records to ``output`` (atomically) or standard output; says where, for the closing line."""
+    from mmer.predict import prediction_lines, write_predictions
+    if output:
+        write_predictions(output, records)
+        return f"wrote {output}"
+    sys.stdout.write(prediction_lines(records))
+    return "written to standard output"
+
+
+def predict_dataset_split(args) -> int:
+    """--data (or the run's own dataset): one split of the run's rotation, or of --fold's."""
+    from mmer.predict import describe_rotation, predict_split  # torch: only when work starts
+    result = predict_split(args.run, args.data, args.split, args.fold, batch_size=args.batch_size,
+                           device=args.device)
+    own = "the run's own" if args.fold is None else "asked with --fold"
+    print(f"{PROG}: {describe_rotation(result.fold)} ({own}), split {result.split}, threshold "
+          f"{result.threshold:g} (run.json's config.threshold), data {result.data}", file=sys.stderr)
+    if result.trained_on:
+        print(f"{PROG}: warning: these are songs of the run's {' and '.join(result.trained_on)} split (it was "
+              f"trained on {describe_rotation(result.run_fold)}): the scores do not measure unseen songs; "
+              f"omit --fold/--split for the run's own test split", file=sys.stderr)
+    for song in result.skipped:
+        print(f"{PROG}: skipped id {song!r}: no node in any of the run's modalities", file=sys.stderr)
+    if not result.records:
+        raise ValueError(f"no song of {result.split} could be predicted ({len(result.skipped)} skipped)")
+    where = emit(args.output, result.records)
+    print(f"{PROG}: predicted {len(result.records)} song(s), skipped {len(result.skipped)}; {where}", file=sys.stderr)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = cli.command_parser("pipelines.predict", __doc__)
     cli.add_run(p, aliases=("--checkpoint",))  # or a run_all cell's: RESULTS/runs/DATASET/MODEL/CELL
     cli.add_data(p, required=False,
-                 more="its --split is predicted (required then); with --raw or a song's files: the dataset the run "
-                      "was trained on, where it is now (default: RUN/run.json's)")
+                 more="the run's own build (fingerprint), whose --split is predicted; with --raw or a song's files: "
+                      "the dataset the run was trained on, where it is now (default: the run's own dataset, found "
+                      "relative to RUN first, then at run.json's absolute path)")
     cli.add_split(p)
-    cli.add_fold(p, help_default="the published split folders; with it, --split is taken from rotation K, as "
-                                 "run_all's cell for fold K did")
-    cli.add_output(p, "JSON lines, one per sample (default: RUN/predictions-SPLIT.jsonl; new songs: standard "
-                      "output)")
-    p.add_argument("--device", metavar="DEVICE", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N", help="inference batch size")
+    cli.add_fold(p, help_default="the run's own rotation (run.json's fold), so --split test is the songs it never "
+                                 "saw; another K predicts rotation K's --split (a warning when these are the run's "
+                                 "training or validation songs)")
+    cli.add_output(p, "JSON lines, one per song, with labels predicted at the run's threshold (run.json's "
+                      "config.threshold, said on stderr); standard output when omitted; nothing is written in RUN "
+                      "unless FILE is there")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--batch-size", type=int, default=64, help="inference batch size")
     add_new_song_arguments(p)
     return p
 
@@ -149,24 +188,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             torch.device(args.device)
         except RuntimeError as exc:
-            print(f"hhmpn-predict: error: --device {args.device!r}: {str(exc).splitlines()[0]}", file=sys.stderr)
+            print(f"{PROG}: error: --device {args.device!r}: {str(exc).splitlines()[0]}", file=sys.stderr)
             return 2
     try:
         if wants_new_songs(args):  # --raw RAW or one song's files
             return predict_new_songs(args, args.run)
-        if args.data is None:
-            raise ValueError("--data DATA is required (or --raw RAW, or one song's --lyrics/--audio/--image/"
-                             "--comments files)")
-        from mmer.predict import predict_run
-
-        path = predict_run(args.run, args.data, args.split, args.output, args.device, args.batch_size,
-                           args.fold)
+        return predict_dataset_split(args)
     except (OSError, ValueError) as exc:  # RunFolderError is a ValueError; every message is one line
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"hhmpn-predict: error: {message}", file=sys.stderr)
+        print(f"{PROG}: error: {message}", file=sys.stderr)
         return 2
-    print(f"wrote {path}")
-    return 0
 
 
 if __name__ == "__main__":

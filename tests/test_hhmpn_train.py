@@ -27,8 +27,9 @@ def test_hhmpn_learns_the_samples_planted_signal(sample_dataset, tmp_path):
     best = max(h["valid"]["micro_f1"] for h in metrics["history"])
     assert metrics["valid"]["micro_f1"] == best  # the checkpoint is the best-validation epoch
 
-    assert predict.main(["--run", str(run), "--data", str(sample_dataset), "--split", "test"]) == 0
-    rows = [json.loads(line) for line in (run / "predictions-test.jsonl").read_text().splitlines()]
+    assert predict.main(["--run", str(run), "--data", str(sample_dataset), "--split", "test",
+                         "--output", str(tmp_path / "p.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     test = nemu.load(sample_dataset, "test")
     assert [r["id"] for r in rows] == list(test["id"])
     assert all(set(r["predicted"]) == {k for k, p in r["probabilities"].items() if p >= 0.5} for r in rows)

@@ -98,8 +98,9 @@ def test_hhmpn_train_writes_the_same_run_folder(built, tmp_path):
                        "--fold", "2", "--ablation", "no-f2l", "--no-progress"]) == 0
     run = json.loads((run_dir / "run.json").read_text())
     assert run["model"] == "HHMPN w/o F2L" and run["input_normalization"] == "standardize" and run["fold"] == 2
-    assert predict.main(["--run", str(run_dir), "--data", str(root), "--fold", "2"]) == 0
-    rows = predictions(run_dir / "predictions-test.jsonl")
+    assert predict.main(["--run", str(run_dir), "--data", str(root), "--fold", "2",
+                         "--output", str(tmp_path / "p.jsonl")]) == 0
+    rows = predictions(tmp_path / "p.jsonl")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     labels = np.array([[name in r["labels"] for name in run["labels"]] for r in rows.values()], dtype=float)
     predicted = np.array([[name in r["predicted"] for name in run["labels"]] for r in rows.values()], dtype=float)
