@@ -286,7 +286,8 @@ def train_run(data: Path, out: Path, model: str, config: Mapping, *, modalities:
                "num_parameters": result.num_parameters, "train_seconds": round(result.train_seconds, 2),
                "sizes": {split: len(ds) for split, ds in datasets.items()}, "run": read_run(out),
                "history": result.history}
-    atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    check_finite(metrics, f"{out / METRICS_FILE}")
+    atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     return metrics
 
 
