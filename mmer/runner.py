@@ -41,7 +41,7 @@ from mmer.code import model_code
 from mmer.early_fusion import early_fused
 from mmer.engine import TrainResult, make_loaders, predict, seed_everything, train_and_test
 from mmer.metrics import (DEFAULT_THRESHOLD, EMPTY_UNION_CHOICES, EMPTY_UNION_SCORE, binarize, choose_threshold,
-                          evaluate, micro_f1)
+                          check_finite, evaluate, micro_f1)
 from mmer.predict import prediction_records, write_predictions
 from mmer.registry import TRAINING_KEYS, DataInfo, ModelSpec, models, resolve
 from mmer.runs import CHECKPOINT_FILE, RUN_FILE, read_run, start_run, write_run
