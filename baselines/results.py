@@ -40,6 +40,11 @@ class StoreError(ValueError):
     """A results file that cannot be read: the message names the file and the line."""
 
 
+class OutLocked(ValueError):
+    """Another run holds the --out folder's lock: the message names the holder."""
+
+
+
 def _refuse_constant(name: str):
     raise ValueError(f"non-finite number {name}")
 

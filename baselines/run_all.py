@@ -221,7 +221,7 @@ def run_pool(todo: list[Cell], call, *, jobs: int, threads: int, finish) -> None
     At most ``jobs`` cells are handed out at a time, so a cell is submitted only when a worker is free and the
     cells in flight are the only ones a dead worker can touch. When a worker process dies (killed, out of
     memory) the pool is rebuilt for the cells not yet handed out, and each cell that was in flight is retried
-    once alone, in a pool of its own: a cell whose own process dies again is recorded as failed; the others,
+    once alone, in a process of its own (all of them at once): a cell whose process dies again is recorded as failed; the others,
     killed only with the pool, finish normally. Cells that never started are never failed by another's death."""
     queue = list(todo)
     queue.reverse()  # pop() from the end keeps the grid's order
@@ -250,24 +250,36 @@ def run_pool(todo: list[Cell], call, *, jobs: int, threads: int, finish) -> None
                     finish(cell, future.result())
             if broken:
                 pool.shutdown(wait=True, cancel_futures=True)
-                for cell in sorted(suspects, key=lambda c: c.key):
-                    finish(cell, _alone(cell, call, threads))
+                for cell, outcome in _alone(sorted(suspects, key=lambda c: c.key), call, threads):
+                    finish(cell, outcome)
                 if queue:
                     pool = _pool(min(jobs, len(queue)), threads)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _alone(cell: Cell, call, threads: int) -> tuple[str, object]:
-    """``cell`` retried in a worker process of its own, after a worker died while it was in flight."""
-    function, *args = call(cell)
-    with _pool(1, threads) as pool:
-        try:
-            return pool.submit(function, *args).result()
-        except BrokenProcessPool:
-            return ("error", "its worker process died (killed, or out of memory), also when retried alone")
-        except Exception as exc:
-            return ("error", f"{type(exc).__name__}: {exc}")
+def _alone(cells: list[Cell], call, threads: int) -> list[tuple[Cell, tuple[str, object]]]:
+    """Each of ``cells`` retried in a worker process of its own (all at once), after a worker died while they
+    were in flight: a death now is the cell's own."""
+    pools, outcomes = [], []
+    try:
+        futures = []
+        for cell in cells:
+            function, *args = call(cell)
+            pools.append(_pool(1, threads))
+            futures.append(pools[-1].submit(function, *args))
+        for cell, future in zip(cells, futures):
+            try:
+                outcomes.append((cell, future.result()))
+            except BrokenProcessPool:
+                outcomes.append((cell, ("error", "its worker process died (killed, or out of memory), also when "
+                                                 "retried alone")))
+            except Exception as exc:
+                outcomes.append((cell, ("error", f"{type(exc).__name__}: {exc}")))
+    finally:
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return outcomes
 
 
 if __name__ == "__main__":  # ``python -m baselines.run_all``, the documented spelling of nemu-benchmark
