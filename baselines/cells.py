@@ -69,9 +69,29 @@ def worker_start(threads: int) -> None:
     limit_threads(threads)
 
 
+KILL_CELL_ENV = "NEMU_TEST_KILL_CELL"
+
+
+def cell_test_hook(cell: Cell) -> None:
+    """Test hook, inert when unset (tests/test_store_faults.py): NEMU_TEST_KILL_CELL=KEY makes the worker given
+    the cell whose ``key`` is KEY SIGKILL itself, as the OOM killer would; KEY@FLAG does it only while the file
+    FLAG does not exist (creating it), i.e. once. Several entries are separated by ";"."""
+    for wanted in filter(None, os.environ.get(KILL_CELL_ENV, "").split(";")):
+        key, _, flag = wanted.partition("@")
+        if key != cell.key:
+            continue
+        if flag:
+            try:
+                os.close(os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def run_one(cell: Cell, root: Path, profile: str, device: str | None, out: Path, input_normalization: str,
             overrides: dict | None = None):
     """One cell, in a worker: ("ok", record) or ("error", one-line message); never raises (pickling-safe)."""
+    cell_test_hook(cell)
     global _in_cell
     _in_cell = True
     try:

@@ -31,9 +31,9 @@ def run_cells(todo: list, datasets: dict[str, Path], *, profile: str, device: st
     """Run ``todo`` as Ray tasks, calling ``finish(cell, outcome)`` in the driver as each one ends.
 
     Without ``address`` (and RAY_ADDRESS) a local Ray instance of ``jobs`` x ``threads`` CPUs is started."""
-    ray = import_ray()
     registry = models()
     with RaySession(address, jobs * threads) as session:
+        ray = import_ray()
         task = ray.remote(max_retries=1)(_cell_task)
         pending = {}
         for cell in todo:

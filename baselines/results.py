@@ -1,8 +1,12 @@
 """The results store: one JSON line per finished model x dataset x fold x seed (x modality subset) cell.
 
 Each record is appended and flushed to disk the moment its cell finishes, so a killed run loses at
-most the cell in progress; started again, the harness skips every cell already stored. A line torn
-by a kill (the last one, unparsable) is ignored and that cell is redone.
+most the cell in progress; started again, the harness skips every cell already stored. The file is read
+as bytes: a last line torn by a kill (unterminated and unparsable, even torn inside a multi-byte UTF-8
+character) is ignored with a one-line notice naming the file, that cell is redone and the next append
+overwrites the torn tail; any other line that is not a JSON object (undecodable bytes, invalid JSON, a
+non-finite number) is an error naming the file and the line. No record holding a non-finite number is
+ever appended (:class:`NonFiniteResult`). One run at a time per folder: :class:`OutLock`.
 
 A cell's identity is its place in the grid (``Cell.key``: model, dataset, fold, seed, modalities) *and*
 what it was computed from: the dataset's fingerprint (``nemu.shards.dataset_fingerprint`` of its
@@ -17,15 +21,101 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import sys
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from mmer.code import changed_files
+from mmer.metrics import NonFiniteResult, check_finite
 from mmer.runner import POSITION_SETTINGS, Cell
 
 RESULTS_FILE = "results.jsonl"
 FAILURES_FILE = "failures.jsonl"
+LOCK_FILE = ".lock"
+
+
+class StoreError(ValueError):
+    """A results file that cannot be read: the message names the file and the line."""
+
+
+class OutLocked(ValueError):
+    """Another run holds the --out folder's lock: the message names the holder."""
+
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"non-finite number {name}")
+
+
+def read_records(path: Path) -> tuple[list[dict], str | None]:
+    """Every record of a JSON-lines store, read as bytes, and a notice when its torn last line was ignored.
+
+    Raises :class:`StoreError` naming the file and line for any other line that is not a JSON object."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return [], None
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline; else an unterminated (torn) last line
+    records, notice = [], None
+    for number, line in enumerate(lines + ([tail] if tail else []), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"), parse_constant=_refuse_constant)
+            if not isinstance(record, dict):
+                raise ValueError(f"a JSON {type(record).__name__}, not an object")
+        except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            if tail and number == len(lines) + 1:
+                notice = (f"{path}: ignoring its torn last line {number} (a run killed while writing it); "
+                          f"that cell is redone")
+                continue
+            reason = ("not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc).splitlines()[0])
+            raise StoreError(f"{path}: line {number} is not a valid record ({reason}); remove or repair that "
+                             f"line and run again") from None
+        records.append(record)
+    return records, notice
+
+
+class OutLock:
+    """One run per results folder: ``with OutLock(out):`` holds an exclusive ``flock`` on ``OUT/.lock``
+    (which names the holder: pid, host, command) or raises :class:`OutLocked` naming the holder at once.
+    The OS releases the lock when the holder exits, however it ends (a kill included)."""
+
+    def __init__(self, out_dir: Path):
+        self.path = Path(out_dir) / LOCK_FILE
+        self._handle = None
+
+    def __enter__(self) -> OutLock:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise OutLocked(f"{self.path.parent} is in use by another run ({holder}); wait for it to finish or "
+                            f"pass another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}: {' '.join(sys.argv)}\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing releases the flock
+            self._handle = None
 
 
 def _short(fingerprint: str | None) -> str:
@@ -94,21 +184,15 @@ class ResultsStore:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.profile = profile
         self.path = self.out_dir / RESULTS_FILE
+        self._noticed: set[str] = set()
 
     def records(self) -> list[dict]:
-        """Every intact record of this store's profile."""
-        if not self.path.is_file():
-            return []
-        records = []
-        with self.path.open(encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line torn by a kill: its cell is simply redone
-                if isinstance(record, dict) and record.get("profile") == self.profile:
-                    records.append(record)
-        return records
+        """Every intact record of this store's profile (a torn last line is ignored, with a notice once)."""
+        records, notice = read_records(self.path)
+        if notice and notice not in self._noticed:
+            self._noticed.add(notice)
+            print(f"note: {notice}", file=sys.stderr)
+        return [r for r in records if r.get("profile") == self.profile]
 
     def done(self) -> set[str]:
         """Identities (``Cell.identity``) of the stored cells; records without one (older stores) match none."""
@@ -121,19 +205,46 @@ class ResultsStore:
         return list(latest.values())
 
     def _append(self, path: Path, record: dict) -> None:
-        line = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
-        with path.open("a", encoding="utf-8") as handle:
-            if handle.tell() and not self._ends_with_newline(path):
-                handle.write("\n")  # after a torn line, start a fresh one
+        check_finite(record, f"the record of {record.get('key', 'a cell')}")
+        line = (json.dumps(record, ensure_ascii=False, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
+        with path.open("ab") as handle:
+            self._drop_torn_tail(handle)
             handle.write(line)
             handle.flush()
             os.fsync(handle.fileno())
 
     @staticmethod
-    def _ends_with_newline(path: Path) -> bool:
-        with path.open("rb") as handle:
-            handle.seek(-1, os.SEEK_END)
-            return handle.read(1) == b"\n"
+    def _drop_torn_tail(handle) -> None:
+        """Cut an unterminated, unparsable last line (torn by a kill; its cell is redone), so the store stays
+        whole lines."""
+        size = handle.seek(0, os.SEEK_END)
+        if not size:
+            return
+        with open(handle.name, "rb") as reader:
+            start = max(0, size - 1)
+            while True:
+                reader.seek(start)
+                chunk = reader.read(size - start)
+                cut = chunk.rfind(b"\n")
+                if cut >= 0:
+                    keep = start + cut + 1
+                    break
+                if start == 0:
+                    keep = 0
+                    break
+                start = max(0, start - 65536)
+            reader.seek(keep)
+            tail = reader.read()
+        if keep == size:
+            return
+        try:
+            whole = isinstance(json.loads(tail.decode("utf-8"), parse_constant=_refuse_constant), dict)
+        except ValueError:
+            whole = False
+        if whole:
+            handle.write(b"\n")  # a whole record whose newline was lost: keep it
+        else:
+            handle.truncate(keep)
 
     def add(self, record: dict, cell: Cell | None = None) -> None:
         """Append ``record``; with ``cell``, stamp it with the cell's identity, fingerprint, settings and code digests."""

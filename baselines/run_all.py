@@ -13,7 +13,9 @@ only the cells of this grid, this build and these settings. The command line is 
 from __future__ import annotations
 
 import itertools
+import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from tqdm.auto import tqdm
 from baselines.cells import limit_threads, run_one, worker_start
 from baselines.figures import write_figures
 from baselines.ray_cells import run_cells
-from baselines.results import ResultsStore, stale_reasons
+from baselines.results import NonFiniteResult, OutLock, ResultsStore, stale_reasons
 from baselines.tables import write_tables
 from mmer.code import model_code
 from mmer.registry import models, resolve
@@ -30,6 +32,7 @@ from mmer.metrics import EMPTY_UNION_SCORE
 from mmer.runner import Cell, resolved_settings, run_settings, settings_digest
 from mmer.tuning import DEFAULT_THRESHOLD_RULE
 from nemu.build import BuildOptions, build
+from nemu.loading import MMERDataset, shard_paths
 from nemu.normalization import DEFAULT_INPUT_NORMALIZATION
 from nemu.sample import make_sample
 from nemu.shards import dataset_fingerprint, read_manifest
@@ -54,6 +57,43 @@ def ensure_sample(data: Path = DEFAULT_DATA, raw: Path = DEFAULT_RAW, songs: int
         make_sample(raw, songs=songs, seed=seed, overwrite=True)
     print(build(BuildOptions(raw_dir=raw, out_dir=data, seed=seed, image_encoder="efficientnet-lite0")))
     return data
+
+
+class OutFolderError(ValueError):
+    """An --out that cannot be a results folder (a file, under a file, not writable)."""
+
+
+class DatasetUnusable(ValueError):
+    """A dataset of the grid that cannot be loaded; refused once, before any cell runs."""
+
+
+def check_out(out: Path) -> Path:
+    """``out`` as a results folder, created if need be; :class:`OutFolderError` (one line) when it cannot be one."""
+    out = Path(out)
+    for folder in [out, *out.parents]:
+        if folder.exists() and not folder.is_dir():
+            where = "is a file" if folder == out else f"is under {folder}, which is a file"
+            raise OutFolderError(f"--out {out} {where}, not a folder; pass a folder for the results")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutFolderError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OutFolderError(f"--out {out}: the folder is not writable")
+    return out
+
+
+def check_datasets(datasets: dict[str, Path]) -> None:
+    """Every dataset of the grid loads: manifest, every split's shards (the loader's checks), the decoded
+    table. Raises :class:`DatasetUnusable` naming the first that does not, so the grid is refused once."""
+    for name, root in datasets.items():
+        try:
+            manifest = read_manifest(root)
+            shard_paths(Path(root), manifest, None)
+            MMERDataset(root, None)
+        except Exception as exc:  # whatever stops it loading stops every one of its cells
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DatasetUnusable(f"dataset {name} ({root}) cannot be loaded, so no cell was run: {reason}") from None
 
 
 def grid(datasets: dict[str, Path], model_names: list[str], folds: list[int], seeds: list[int],
@@ -103,8 +143,20 @@ def run(datasets: dict[str, Path], model_names: list[str], folds: list[int], see
     ("0.5" or "validation", ``mmer.tuning.THRESHOLD_RULES``) and ``empty_union`` (Acc of an empty gold + empty
     prediction row: 0 or 1) are the run-level settings of every cell; they travel to the cells with the overrides,
     so they enter each cell's settings digest and record."""
+    out = check_out(out)
+    with OutLock(out):
+        return _run(datasets, model_names, folds, seeds, profile, out, table3=table3, table3_folds=table3_folds,
+                    table3_seeds=table3_seeds, device=device, progress=progress, jobs=jobs, threads=threads,
+                    input_normalization=input_normalization, figure_song=figure_song, engine=engine,
+                    ray_address=ray_address, overrides=overrides, threshold=threshold, empty_union=empty_union)
+
+
+def _run(datasets, model_names, folds, seeds, profile, out, *, table3, table3_folds, table3_seeds, device,
+         progress, jobs, threads, input_normalization, figure_song, engine, ray_address, overrides, threshold,
+         empty_union) -> dict:
     overrides = dict(overrides or {}) | run_settings(threshold, empty_union)
     model_names = [resolve(name) for name in model_names]
+    check_datasets(datasets)
     store = ResultsStore(out, profile)
     cells = grid(datasets, model_names, folds, seeds, table3, table3_folds=table3_folds, table3_seeds=table3_seeds,
                  profile=profile,
@@ -126,8 +178,11 @@ def run(datasets: dict[str, Path], model_names: list[str], folds: list[int], see
         nonlocal failures
         status, value = outcome
         if status == "ok":
-            store.add(value, cell)
-        else:
+            try:
+                store.add(value, cell)
+            except NonFiniteResult as exc:  # never stored as a result: recorded as the cell's failure
+                status, value = "error", str(exc)
+        if status != "ok":
             failures += 1
             store.add_failure(cell, value)
             tqdm.write(f"cell {cell.key} failed: {value} (recorded in {out / 'failures.jsonl'})")
@@ -142,18 +197,8 @@ def run(datasets: dict[str, Path], model_names: list[str], folds: list[int], see
         for cell in todo:
             finish(cell, run_one(cell, datasets[cell.dataset], profile, device, out, input_normalization, overrides))
     else:
-        with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=get_context("spawn"),
-                                 initializer=worker_start, initargs=(threads,)) as pool:
-            pending = {pool.submit(run_one, c, datasets[c.dataset], profile, device, out, input_normalization,
-                                   overrides): c for c in todo}
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    try:
-                        outcome = future.result()
-                    except Exception as exc:  # the worker process itself died (killed, out of memory)
-                        outcome = ("error", f"worker process died: {type(exc).__name__}: {exc}")
-                    finish(pending.pop(future), outcome)
+        run_pool(todo, lambda c: (run_one, c, datasets[c.dataset], profile, device, out, input_normalization,
+                                  overrides), jobs=jobs, threads=threads, finish=finish)
     bar.close()
     records = store.current(cells)
     manifests = {name: read_manifest(root) for name, root in datasets.items()}
@@ -162,6 +207,79 @@ def run(datasets: dict[str, Path], model_names: list[str], folds: list[int], see
                if TABLE3_MODEL in model_names else [])
     return {"cells": len(cells), "ran": len(todo), "skipped": len(cells) - len(todo), "failed": failures,
             "tables": tables, "figures": figures, "notices": notices}
+
+
+def _pool(workers: int, threads: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=worker_start,
+                               initargs=(threads,))
+
+
+def run_pool(todo: list[Cell], call, *, jobs: int, threads: int, finish) -> None:
+    """Run ``todo`` in ``jobs`` worker processes, ``finish(cell, outcome)`` as each ends; ``call(cell)`` gives
+    the function and arguments.
+
+    At most ``jobs`` cells are handed out at a time, so a cell is submitted only when a worker is free and the
+    cells in flight are the only ones a dead worker can touch. When a worker process dies (killed, out of
+    memory) the pool is rebuilt for the cells not yet handed out, and each cell that was in flight is retried
+    once alone, in a process of its own (all of them at once): a cell whose process dies again is recorded as failed; the others,
+    killed only with the pool, finish normally. Cells that never started are never failed by another's death."""
+    queue = list(todo)
+    queue.reverse()  # pop() from the end keeps the grid's order
+    pool = _pool(min(jobs, len(todo)), threads)
+    pending: dict = {}
+    try:
+        while queue or pending:
+            while queue and len(pending) < jobs:
+                cell = queue.pop()
+                function, *args = call(cell)
+                pending[pool.submit(function, *args)] = cell
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            broken = any(isinstance(f.exception(), BrokenProcessPool) for f in finished)
+            if broken:  # every future of the dead pool ends: wait for them all, then sort them
+                wait(pending)
+                finished = set(pending)
+            suspects = []
+            for future in finished:
+                cell = pending.pop(future)
+                error = future.exception()
+                if isinstance(error, BrokenProcessPool):
+                    suspects.append(cell)
+                elif error is not None:  # e.g. an argument that cannot be pickled
+                    finish(cell, ("error", f"{type(error).__name__}: {error}"))
+                else:
+                    finish(cell, future.result())
+            if broken:
+                pool.shutdown(wait=True, cancel_futures=True)
+                for cell, outcome in _alone(sorted(suspects, key=lambda c: c.key), call, threads):
+                    finish(cell, outcome)
+                if queue:
+                    pool = _pool(min(jobs, len(queue)), threads)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _alone(cells: list[Cell], call, threads: int) -> list[tuple[Cell, tuple[str, object]]]:
+    """Each of ``cells`` retried in a worker process of its own (all at once), after a worker died while they
+    were in flight: a death now is the cell's own."""
+    pools, outcomes = [], []
+    try:
+        futures = []
+        for cell in cells:
+            function, *args = call(cell)
+            pools.append(_pool(1, threads))
+            futures.append(pools[-1].submit(function, *args))
+        for cell, future in zip(cells, futures):
+            try:
+                outcomes.append((cell, future.result()))
+            except BrokenProcessPool:
+                outcomes.append((cell, ("error", "its worker process died (killed, or out of memory), also when "
+                                                 "retried alone")))
+            except Exception as exc:
+                outcomes.append((cell, ("error", f"{type(exc).__name__}: {exc}")))
+    finally:
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return outcomes
 
 
 if __name__ == "__main__":  # ``python -m baselines.run_all``, the documented spelling of nemu-benchmark

@@ -24,6 +24,7 @@ keeps the detached loss; losses and validation logits are brought to the CPU onc
 from __future__ import annotations
 
 import contextlib
+import math
 import io
 import os
 import random
@@ -278,6 +279,33 @@ def train_epoch(
     return 0.0 if mean is None else mean
 
 
+class TrainingDiverged(ValueError):
+    """Training produced a non-finite loss or weights; the message names the epoch and the quantity."""
+
+
+def _check_finite_epoch(model: nn.Module, epoch: int, train_loss: float, valid_loss: float | None) -> None:
+    """Raise :class:`TrainingDiverged` when the epoch's losses or the model's weights are not finite."""
+    for name, value in (("training loss", train_loss), ("validation loss", valid_loss)):
+        if value is not None and not math.isfinite(value):
+            raise TrainingDiverged(f"epoch {epoch}: {name} is {value} (training diverged); "
+                                   f"try a smaller learning rate or gradient clipping")
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise TrainingDiverged(f"epoch {epoch}: weights {name} are not finite (training diverged); "
+                                   f"try a smaller learning rate or gradient clipping")
+
+
+def _check_fit_settings(epochs: int, lr: float, clip: float | None, threshold: float) -> None:
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"the learning rate must be a finite number > 0, got {lr!r}")
+    if clip is not None and not (isinstance(clip, (int, float)) and math.isfinite(clip) and clip > 0):
+        raise ValueError(f"the gradient clip must be a finite number > 0 (or None for no clipping), got {clip!r}")
+    if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and 0 <= threshold <= 1):
+        raise ValueError(f"the threshold must be a finite number within [0, 1], got {threshold!r}")
+
+
 def fit(
     model: nn.Module,
     train_loader: Iterable,
@@ -311,9 +339,12 @@ def fit(
     only the selection metric after each epoch (``history[i]["valid"]`` then holds ``micro_f1`` and
     ``threshold``) and every metric once, for the selected epoch (``best_valid``); the default "all"
     computes every metric after every epoch. The selection is the same either way.
+
+    Settings are checked first (``epochs`` >= 1; ``lr``, ``clip`` finite and > 0; ``threshold`` in [0, 1]).
+    After every epoch the losses and the weights must be finite, else :class:`TrainingDiverged` (a ValueError)
+    names the epoch and the quantity and nothing is written.
     """
-    if epochs < 1:
-        raise ValueError("epochs must be >= 1")
+    _check_fit_settings(epochs, lr, clip, threshold)
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {sorted(PRECISIONS)}")
     if epoch_metrics not in EPOCH_METRICS:
@@ -343,6 +374,7 @@ def fit(
                                               forward=forward)
         if labels is None:
             raise ValueError("the validation loader must yield batches with 'labels'")
+        _check_finite_epoch(model, epoch, train_loss, valid_loss)
         predictions = binarize(probs, threshold)
         if epoch_metrics == "all":
             valid_metrics = evaluate(labels, predictions, label_names)

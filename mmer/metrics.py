@@ -62,8 +62,17 @@ SCALAR_KEYS = (
 
 
 def binarize(probabilities: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
-    """Turn probabilities into a 0/1 int matrix: ``p >= threshold`` is a predicted label."""
-    return (np.asarray(probabilities) >= threshold).astype(np.int64)
+    """Turn probabilities into a 0/1 int matrix: ``p >= threshold`` is a predicted label.
+
+    Non-finite probabilities or threshold are refused (:class:`NonFiniteResult`): NaN would silently read as
+    "no label"."""
+    probabilities = np.asarray(probabilities)
+    if not np.isfinite(threshold):
+        raise NonFiniteResult(f"the threshold is {threshold}, not a finite number")
+    if probabilities.dtype.kind in "fc" and not np.isfinite(probabilities).all():
+        raise NonFiniteResult(f"{int((~np.isfinite(probabilities)).sum())} predicted probabilities are not "
+                              f"finite (NaN or infinite); the model or its inputs are broken")
+    return (probabilities >= threshold).astype(np.int64)
 
 
 def _ratio(numerator, denominator, zero_division: float):
@@ -199,3 +208,46 @@ def evaluate_probabilities(
     result = evaluate(y_true, binarize(probabilities, threshold), label_names, **kwargs)
     result["threshold"] = float(threshold)
     return result
+
+
+class NonFiniteResult(ValueError):
+    """A result holding NaN or an infinity: the message names the quantity (e.g. ``metrics.micro_f1``)."""
+
+
+def non_finite(value, where: str = "") -> str | None:
+    """The dotted name of the first non-finite number in ``value`` (dicts, lists, numbers, arrays), else None."""
+    if isinstance(value, (float, np.floating)):
+        return None if np.isfinite(value) else where or "value"
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            return f"{where}[{int(np.flatnonzero(~np.isfinite(value.ravel()))[0])}]" if where else "value"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = non_finite(item, f"{where}.{key}" if where else str(key))
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = non_finite(item, f"{where}[{index}]")
+            if found:
+                return found
+    return None
+
+
+def _value_at(record, dotted: str):
+    value = record
+    try:
+        for part in dotted.replace("[", ".[").split("."):
+            if part:
+                value = value[int(part[1:-1])] if part.startswith("[") else value[part]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return "not finite"
+    return value
+
+
+def check_finite(record, what: str = "result") -> None:
+    """Raise :class:`NonFiniteResult` naming the first non-finite number of ``record`` (nothing is written)."""
+    found = non_finite(record)
+    if found:
+        raise NonFiniteResult(f"{what} has a non-finite {found} ({_value_at(record, found)}); not written")

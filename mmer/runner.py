@@ -41,7 +41,7 @@ from mmer.code import model_code
 from mmer.early_fusion import early_fused
 from mmer.engine import TrainResult, make_loaders, predict, seed_everything, train_and_test
 from mmer.metrics import (DEFAULT_THRESHOLD, EMPTY_UNION_CHOICES, EMPTY_UNION_SCORE, binarize, choose_threshold,
-                          evaluate, micro_f1)
+                          check_finite, evaluate, micro_f1)
 from mmer.predict import prediction_records, write_predictions
 from mmer.registry import TRAINING_KEYS, DataInfo, ModelSpec, models, resolve
 from mmer.runs import CHECKPOINT_FILE, RUN_FILE, read_run, start_run, write_run
@@ -286,7 +286,8 @@ def train_run(data: Path, out: Path, model: str, config: Mapping, *, modalities:
                "num_parameters": result.num_parameters, "train_seconds": round(result.train_seconds, 2),
                "sizes": {split: len(ds) for split, ds in datasets.items()}, "run": read_run(out),
                "history": result.history}
-    atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    check_finite(metrics, f"{out / METRICS_FILE}")
+    atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     return metrics
 
 

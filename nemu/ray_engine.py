@@ -55,11 +55,11 @@ class RaySession:
         self._started = False
 
     def __enter__(self) -> RaySession:
+        address = self.address or os.environ.get("RAY_ADDRESS") or None
+        if address is not None:  # before importing Ray: a wrong address is named in seconds, Ray or not
+            _check_reachable(address)
         ray = import_ray()
         if not ray.is_initialized():
-            address = self.address or os.environ.get("RAY_ADDRESS") or None
-            if address is not None:
-                _check_reachable(address)
             try:
                 if address is None:  # a local instance, started and stopped by this build
                     ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False,
@@ -85,19 +85,50 @@ class RaySession:
         return self.gpus > 0
 
 
-def _check_reachable(address: str, timeout: float = 10.0) -> None:
-    """Fail at once, naming ``address``, when nothing listens at a HOST:PORT address (ray.init itself would wait
-    for the cluster for minutes). Other forms ("auto", "ray://...", "local") are left to Ray."""
+#: The HTTP/2 client preface and an empty SETTINGS frame: Ray's GCS (and its client server, ray://) are gRPC
+#: servers, which answer with a SETTINGS frame of their own; an HTTP/1 server (the dashboard) answers otherwise.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+HANDSHAKE_SECONDS = 5.0
+
+
+def _check_reachable(address: str, timeout: float | None = None) -> None:
+    """Refuse in seconds, naming ``address``, a HOST:PORT (or ray://HOST:PORT) address where no Ray answers:
+    nothing listens, something answers that is not a gRPC server (an HTTP server such as Ray's dashboard, a
+    typo'd port), or nothing replies within ``timeout`` seconds -- where ``ray.init`` itself would wait in its
+    reconnect loop for minutes. The handshake is gRPC's HTTP/2 preface; "auto", "local" and TLS clusters
+    (RAY_USE_TLS) are left to Ray."""
     import socket
 
-    host, _, port = address.rpartition(":")
-    if "://" in address or not host or not port.isdigit():
+    timeout = HANDSHAKE_SECONDS if timeout is None else timeout
+    target = address[len("ray://"):] if address.startswith("ray://") else address
+    host, _, port = target.rpartition(":")
+    if "://" in target or not host or not port.isdigit() or os.environ.get("RAY_USE_TLS", "0") not in ("", "0"):
         return
+    fix = "start one with 'ray start --head' or check --ray-address / RAY_ADDRESS"
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        connection = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     except OSError as exc:
-        raise RayUnavailable(f"no Ray cluster answers at {address} ({exc.strerror or exc}); start one with "
-                             f"'ray start --head' or check --ray-address / RAY_ADDRESS") from None
+        raise RayUnavailable(f"no Ray cluster answers at {address} ({exc.strerror or exc}); {fix}") from None
+    reply = b""
+    try:
+        with connection:
+            connection.settimeout(timeout)
+            connection.sendall(_HTTP2_PREFACE)
+            while len(reply) < 9:
+                chunk = connection.recv(9 - len(reply))
+                if not chunk:
+                    break
+                reply += chunk
+    except socket.timeout:
+        raise RayUnavailable(f"{address} accepts connections but does not answer as Ray within {timeout:g} s; "
+                             f"{fix}") from None
+    except OSError:
+        pass  # reset by a server that does not speak HTTP/2: judged by the reply below
+    if len(reply) < 9 or reply[3] != 0x04:  # a gRPC server's first frame is SETTINGS (type 4)
+        seen = reply.split(b"\r\n", 1)[0].decode("latin-1")[:40] if reply else "closed the connection"
+        raise RayUnavailable(f"{address} is not a Ray cluster (it answered {seen!r}, not Ray's gRPC); Ray's "
+                             f"address is the head node's GCS port (6379 by default; the dashboard's 8265 is "
+                             f"not it); {fix}")
 
 
 # ----------------------------------------------------------------------------------------------
