@@ -12,6 +12,13 @@ only the cells of this grid, this build and these settings. The command line is 
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m baselines.run_all is nemu-benchmark: parse before the harness imports torch
+    import sys
+
+    from pipelines.benchmark import main
+
+    sys.exit(main())
+
 import itertools
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -280,11 +287,3 @@ def _alone(cells: list[Cell], call, threads: int) -> list[tuple[Cell, tuple[str,
         for pool in pools:
             pool.shutdown(wait=True, cancel_futures=True)
     return outcomes
-
-
-if __name__ == "__main__":  # ``python -m baselines.run_all``, the documented spelling of nemu-benchmark
-    import sys
-
-    from pipelines.benchmark import main
-
-    sys.exit(main())
