@@ -173,8 +173,8 @@ def parser() -> argparse.ArgumentParser:
     cli.add_output(p, "JSON lines, one per song, with labels predicted at the run's threshold (run.json's "
                       "config.threshold, said on stderr); standard output when omitted; nothing is written in RUN "
                       "unless FILE is there")
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--batch-size", type=int, default=64, help="inference batch size")
+    p.add_argument("--device", metavar="DEVICE", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N", help="inference batch size")
     add_new_song_arguments(p)
     return p
 

@@ -282,7 +282,8 @@ def runtime_errors(tmp_path: Path) -> dict[str, list[str]]:
             "nemu-crawl": ["--out", str(a_file)],
             "hhmpn-train": ["--data", missing, "--out", str(tmp_path / "o")],
             "hhmpn-predict": ["--run", missing, "--data", missing],
-            "nemu-benchmark": ["--out", str(a_file / "results")]}
+            "nemu-benchmark": ["--out", str(a_file / "results")],
+            "nemu-verify": ["--data", missing]}
 
 
 @pytest.mark.parametrize("script", list(COMMANDS))

@@ -160,7 +160,7 @@ def test_a_broken_provenance_file_stops_the_build_naming_the_file(tmp_path, caps
     assert message.startswith(f"{raw / PROVENANCE_FILE}: ") and why in message and "\n" not in message
     assert not (tmp_path / "out").exists()  # refused before the lock and the extraction
     assert build_nemu.main(["--raw", str(raw), "--out", str(tmp_path / "out2"), "--no-progress"]) == 2
-    assert capsys.readouterr().err.strip() == f"build_nemu: error: {message}"
+    assert capsys.readouterr().err.strip() == f"nemu-build: error: {message}"
 
 
 def test_the_card_says_transductive_exactly_when_the_build_trained_its_word_vectors(sample_builds):
