@@ -46,7 +46,8 @@ def atomic_open(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Bina
         raise _naming(exc, path) from exc
     try:
         os.fchmod(fd, _MODE)
-        with os.fdopen(fd, "wb") as handle:
+        os.close(fd)
+        with open(tmp, "wb") as handle:  # by name, not fd: handle.name is the temporary file's path
             yield handle
             handle.flush()
             if fsync:
@@ -73,8 +74,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
     On any failure (disk full, permission denied) the temporary file is removed and the OSError names ``path``."""
     with atomic_open(path) as handle:
-        handle.write(data)
+        _write_all(handle, data)
     return Path(path)
+
+
+def _write_all(handle: BinaryIO, data: bytes) -> None:
+    """The one write of a whole file's bytes (a seam: tests/test_build_integrity.py fills the disk here)."""
+    handle.write(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
