@@ -13,6 +13,7 @@ from threadpoolctl import threadpool_limits
 
 from mmer.registry import models
 from mmer.runner import Cell, run_cell
+from nemu.workers import kill_self_if_named
 
 
 def default_jobs() -> int:
@@ -76,16 +77,7 @@ def cell_test_hook(cell: Cell) -> None:
     """Test hook, inert when unset (tests/test_store_faults.py): NEMU_TEST_KILL_CELL=KEY makes the worker given
     the cell whose ``key`` is KEY SIGKILL itself, as the OOM killer would; KEY@FLAG does it only while the file
     FLAG does not exist (creating it), i.e. once. Several entries are separated by ";"."""
-    for wanted in filter(None, os.environ.get(KILL_CELL_ENV, "").split(";")):
-        key, _, flag = wanted.partition("@")
-        if key != cell.key:
-            continue
-        if flag:
-            try:
-                os.close(os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            except FileExistsError:
-                continue
-        os.kill(os.getpid(), signal.SIGKILL)
+    kill_self_if_named(KILL_CELL_ENV, cell.key, separator=";")
 
 
 def run_one(cell: Cell, root: Path, profile: str, device: str | None, out: Path, input_normalization: str,

@@ -76,15 +76,22 @@ def worker_test_hook(record_id: str, task: str) -> None:
     if log:
         with open(log, "a", encoding="utf-8") as handle:
             handle.write(f"{task} {record_id}\n")
-    for wanted in filter(None, os.environ.get(KILL_WORKER_ENV, "").split(",")):
+    kill_self_if_named(KILL_WORKER_ENV, record_id, separator=",")
+
+
+def kill_self_if_named(variable: str, name: str, separator: str) -> None:
+    """Test hook shared by build workers and benchmark cells: the environment ``variable`` lists entries NAME or
+    NAME@FLAG (``separator`` between them); the process given ``name`` SIGKILLs itself, as the OOM killer would
+    (with FLAG: only while the file FLAG does not exist, creating it, i.e. once). Inert when unset."""
+    for wanted in filter(None, os.environ.get(variable, "").split(separator)):
         target, _, flag = wanted.partition("@")
-        if record_id != target:
+        if name != target:
             continue
         if flag:
             try:
                 os.close(os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             except FileExistsError:
-                return
+                continue
         os.kill(os.getpid(), signal.SIGKILL)
 
 
