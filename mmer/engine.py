@@ -221,7 +221,11 @@ def evaluate_loader(
 
 
 def make_optimizer(model: nn.Module, lr: float, device: torch.device) -> torch.optim.Optimizer:
-    """Adam over the model's parameters (PyTorch's default betas).
+    """Adam over the model's parameters (PyTorch's default betas), unless the model brings its own.
+
+    A model whose paper trains it otherwise (e.g. TAILOR's BERT-style Adam with warm-up) defines
+    ``configure_optimizer(lr, total_steps) -> (optimizer, scheduler or None)``; :func:`fit` calls that instead
+    and steps the scheduler after every optimizer step. Everything else (clipping, selection) stays shared.
 
     The fused kernel on CUDA. On CPU the multi-tensor (``foreach``) implementation: the same bits as
     the per-tensor loop PyTorch uses by default there (tests/test_engine.py), and faster for HHMPN's
@@ -245,6 +249,7 @@ def train_epoch(
     scaler: "torch.amp.GradScaler | None" = None,
     progress: bool = False,
     desc: str = "train",
+    scheduler=None,
 ) -> float:
     """One pass over ``loader`` in train mode: forward, loss, backward, clipping, step. Returns the mean loss.
 
@@ -273,10 +278,20 @@ def train_epoch(
             scaler.update()
         else:
             optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         losses.append(loss.detach())
         sizes.append(len(batch["labels"]))
     mean = _mean(losses, sizes)
     return 0.0 if mean is None else mean
+
+
+def _steps(loader: Iterable) -> int:
+    """Optimizer steps per epoch: the loader's length (a loader without one counts as one step)."""
+    try:
+        return max(1, len(loader))
+    except TypeError:
+        return 1
 
 
 class TrainingDiverged(ValueError):
@@ -358,7 +373,11 @@ def fit(
     device = _device(device)
     seed_everything(seed)
     model.to(device)
-    optimizer = make_optimizer(model, lr, device)
+    scheduler = None
+    if hasattr(model, "configure_optimizer"):  # the model's own optimiser (and schedule), see make_optimizer
+        optimizer, scheduler = model.configure_optimizer(lr, epochs * _steps(train_loader))
+    else:
+        optimizer = make_optimizer(model, lr, device)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     forward = _forward_fn(model, compile)
     if device.type == "cuda":
@@ -374,7 +393,8 @@ def fit(
     for epoch in epoch_bar:
         epoch_start = time.perf_counter()
         train_loss = train_epoch(model, train_loader, optimizer, device, clip=clip, precision=precision,
-                                 forward=forward, scaler=scaler, progress=progress, desc=f"epoch {epoch}")
+                                 forward=forward, scaler=scaler, progress=progress, desc=f"epoch {epoch}",
+                                 scheduler=scheduler)
 
         _, probs, labels, valid_loss = _infer(model, valid_loader, device, with_loss=True, precision=precision,
                                               forward=forward)

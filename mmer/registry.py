@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-GROUPS = ("Classical", "Linguistic", "Non-linguistic", "Multi-modal", "Ours")
+#: Table 2's row groups; "After the paper" holds the MMER models published since HHMPN (TAILOR, CARAT).
+GROUPS = ("Classical", "Linguistic", "Non-linguistic", "Multi-modal", "Ours", "After the paper")
 #: Table 2's row order in the paper (Zhang et al., AAAI 2021); models not listed follow in registration order.
 PAPER_ORDER = ("BR", "CC", "LP", "LSAN", "Seq2Set", "KRF", "ML-GCN", "MLEE", "MulT", "CIA", "M3ER", "HHMPN",
                "HHMPN w/o F2F", "HHMPN w/o F2L", "HHMPN w/o L2L", "HHMPN w/o M2L")
