@@ -243,7 +243,7 @@ def trained_on(run_fold: int | None, fold: int | None, split: str) -> list[str]:
 
 
 def describe_rotation(fold: int | None) -> str:
-    return "the published split folders (rotation 0)" if fold is None else f"rotation {fold}"
+    return "the published split folders, rotation 0" if fold is None else f"rotation {fold}"
 
 
 @dataclass
