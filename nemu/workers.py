@@ -293,6 +293,21 @@ def _start_text_and_audio(settings: ExtractionSettings) -> _Worker:
                    text_and_audio=True)
 
 
+def _join_started(thread: threading.Thread, begin_seconds: float = 1.0) -> None:
+    """Join a start thread, also one whose ``Thread.start`` was interrupted (Ctrl-C lands in its wait for the new
+    thread): that thread may be running without threading knowing it has started, and ``join`` would refuse it.
+    A thread that does not begin within ``begin_seconds`` was never created."""
+    deadline = time.monotonic() + begin_seconds
+    while True:
+        try:
+            thread.join()
+            return
+        except RuntimeError:  # "cannot join thread before it is started"
+            if thread.ident is None and time.monotonic() > deadline:
+                return
+            time.sleep(0.005)
+
+
 class _Starts:
     """Workers being started in threads of the build: forking one from the fork server waits until the
     template is warm (seconds, at a build process's first build), and meanwhile the build goes on looking
@@ -334,7 +349,7 @@ class _Starts:
     def close(self) -> list[_Worker]:
         """Waits for the starts under way; returns the workers they started, for the caller to stop."""
         for thread in self._threads:
-            thread.join()
+            _join_started(thread)
         workers = [outcome for outcome in self._finished if isinstance(outcome, _Worker)]
         self._finished.clear()
         self.wake.close()

@@ -556,12 +556,28 @@ def _interrupt_handler(raise_, stop_children: bool):
     return handler
 
 
+_SPAWN_MAIN = "from multiprocessing.spawn import spawn_main; spawn_main("
+#: A spawned child's ``-c`` line with pipelines.spawn_guard's entry point (the stock one where it is not importable).
+_GUARDED_SPAWN_MAIN = ("try:\n from pipelines.spawn_guard import spawn_main\n"
+                       "except ImportError:\n from multiprocessing.spawn import spawn_main\nspawn_main(")
+
+
+def _guarded_spawn(arg):
+    """A spawned child's ``-c`` argument with the quiet entry point of ``pipelines.spawn_guard``; any other
+    argument as it is (the fork server's and the resource tracker's lines are not spawn_main's)."""
+    if isinstance(arg, str) and arg.startswith(_SPAWN_MAIN):
+        return _GUARDED_SPAWN_MAIN + arg[len(_SPAWN_MAIN):]
+    return arg
+
+
 class _ChildrenIgnoreInterrupts:
     """While a command runs, every process multiprocessing starts by exec (spawn workers, the fork server and so
     every fork of it) starts with SIGINT blocked: the calling thread blocks SIGINT while it starts the child, and a
     signal mask survives fork and exec, so a Ctrl-C (sent to the whole process group) during a worker's start-up
     prints no traceback from it. The command's own process handles the interrupt (a SIGINT that arrives meanwhile
-    is delivered to another of its threads, or once the mask is restored: never lost) and stops its workers."""
+    is delivered to another of its threads, or once the mask is restored: never lost) and stops its workers.
+    A spawned child runs ``pipelines.spawn_guard``'s entry point, which ends quietly when the interrupted command
+    closed the pipe before the child had read its process object (the stock one prints an EOFError traceback)."""
 
     def __enter__(self):
         from multiprocessing import util
@@ -572,10 +588,10 @@ class _ChildrenIgnoreInterrupts:
             return self
         original = self.original
 
-        def spawnv_passfds(*args, **kwargs):
+        def spawnv_passfds(path, args, passfds):
             previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
             try:
-                return original(*args, **kwargs)
+                return original(path, [_guarded_spawn(arg) for arg in args], passfds)
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 

@@ -113,3 +113,30 @@ def test_a_benchmark_interrupted_ends_with_one_line(built, tmp_path, signum):
     time.sleep(3)  # the workers inside their cells (importing torch, training)
     code, stderr = command.interrupt(signum)
     check_interrupted(code, stderr, signum, "nemu-benchmark", results)
+
+
+def test_a_spawned_child_whose_parent_left_mid_hand_over_ends_quietly():
+    """An interrupt in the middle of a worker's start (the parent's pipe closes before the child has read its
+    process object) used to print the stock spawn_main's EOFError traceback after the command's one line; the
+    entry point the commands give their spawned children (pipelines.spawn_guard) ends such a child quietly."""
+    from multiprocessing import spawn
+
+    from pipelines import cli
+
+    def child(guarded: bool) -> subprocess.CompletedProcess:
+        read, write = os.pipe()
+        os.close(write)  # the parent is gone before it wrote anything
+        try:
+            line = spawn.get_command_line(pipe_handle=read)
+            if guarded:
+                line = [cli._guarded_spawn(arg) for arg in line]
+            return subprocess.run(line, pass_fds=(read,), capture_output=True, timeout=60, cwd=ROOT,
+                                  env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        finally:
+            os.close(read)
+
+    assert b"EOFError" in child(guarded=False).stderr  # the defect, as the stock entry point shows it
+    quiet = child(guarded=True)
+    assert quiet.returncode == 1 and quiet.stderr == b"", quiet.stderr
+    forkserver_line = ["-c", "from multiprocessing.forkserver import main; main(1)"]
+    assert [cli._guarded_spawn(arg) for arg in forkserver_line] == forkserver_line  # only spawn_main's line

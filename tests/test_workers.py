@@ -255,3 +255,22 @@ def test_large_records_and_large_results_never_deadlock_the_pipes(tmp_path):
               "    s = build(options(Path(sys.argv[1]), Path(sys.argv[2]), workers=2))\n"
               "    print(json.dumps({'kept': s.kept}))\n")
     assert _probe(tmp_path, script, str(raw), str(tmp_path / "out"), timeout=300) == {"kept": 10}
+
+
+def test_closing_the_starts_survives_a_start_that_was_interrupted():
+    """Ctrl-C inside ``Thread.start`` (the build waits there for a start thread) left a thread that threading
+    counts as not started; closing the starts joined it and died with "cannot join thread before it is started"
+    and a second traceback. Such a thread is now waited for while it runs, and skipped when it never began."""
+    import threading
+    import time
+
+    from nemu.workers import _join_started
+
+    never_begun = threading.Thread(target=lambda: None)
+    started = time.monotonic()
+    _join_started(never_begun, begin_seconds=0.05)  # raised RuntimeError before
+    assert time.monotonic() - started < 1.0
+    running = threading.Thread(target=time.sleep, args=(0.2,))
+    running.start()
+    _join_started(running)
+    assert not running.is_alive()
