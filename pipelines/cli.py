@@ -431,10 +431,10 @@ def add_perturbations(parser: CommandParser) -> None:
     """``--drop-modality M`` and ``--corrupt KIND:ARG`` (both repeatable) and ``--perturb-seed S``: inputs broken
     at prediction time, after the run's normalisation (``mmer.perturb``; Table 5 asks the same of every run)."""
     group = parser.add_argument_group("inputs broken on purpose (robustness at prediction time, Table 5)")
-    group.add_argument("--drop-modality", action="append", metavar="M", default=None,
-                       help="remove modality M from every song's input (all its nodes absent, as a song without "
-                            "comments has none); repeat for several; a song left with no node is predicted from "
-                            "empty input, not skipped")
+    group.add_argument("--drop-modality", action="extend", type=comma_list(), metavar="M,M", default=None,
+                       help="remove these modalities from every song's input (all their nodes absent, as a song "
+                            "without comments has none); comma-separated, or the flag repeated; a song left with no "
+                            "node is predicted from empty input, not skipped")
     group.add_argument("--corrupt", action="append", type=perturbation, metavar="KIND:ARG", default=None,
                        help="shuffle:M (each song gets another predicted song's M nodes, a random cycle through the "
                             "songs), noise:LEVEL (Gaussian noise of std LEVEL added to every standardised feature: "

@@ -1,9 +1,9 @@
-"""Per-sample probabilities and label sets from a run folder of any neural model (HHMPN or a baseline).
+"""Per-sample probabilities and label sets from a run folder of any model (HHMPN, a neural baseline or an estimator).
 
     hhmpn-predict --run RUN [--data OUT] [--split test] [--fold K] [--output FILE]
     hhmpn-predict --run RUN --raw RAW [--output FILE]                    # new songs, no tags needed
     hhmpn-predict --run RUN --lyrics FILE --audio FILE --image FILE... [--comments FILE]   # one song
-    hhmpn-predict --run RUN --drop-modality lyrics [--drop-modality M2] [--corrupt noise:0.5] [--corrupt shuffle:audio]
+    hhmpn-predict --run RUN --drop-modality lyrics[,audio] [--corrupt noise:0.5] [--corrupt shuffle:comments]
 
 RUN is a run folder written by ``hhmpn.train`` or by a cell of ``baselines.run_all`` (neural or estimator)
 (``OUT/runs/<dataset>/<model>/fold<k>-seed<s>-<modalities>/``; see ``mmer.runs``). The model is rebuilt
@@ -27,7 +27,7 @@ file there: ``id``, ``probabilities`` {label: p}, ``predicted`` (labels with p >
 (the true set, when the data has it). A non-finite probability is refused, never written.
 
 Inputs broken on purpose (``mmer.perturb``; Table 5 asks the same of every run of the benchmark):
-``--drop-modality M`` removes M (all its nodes absent), ``--corrupt shuffle:M`` gives each song another predicted
+``--drop-modality M,M`` removes M (all its nodes absent), ``--corrupt shuffle:M`` gives each song another predicted
 song's M nodes, ``--corrupt noise:LEVEL[:M]`` adds Gaussian noise of std LEVEL to the standardised features;
 ``--perturb-seed`` fixes the draws. They apply after the run's normalisation and after the skip rule above: a
 song whose every modality is dropped gets the run's empty-input prediction. Stderr says what was broken.

@@ -184,7 +184,8 @@ def test_predict_drops_and_corrupts_on_a_run_folder(bench, tmp_path, capsys):
     run_dir = records[("HHMPN", 1)]["run_dir"]
     run = load_run(run_dir)
     empty = run.empty_input_probabilities()
-    flags = [arg for m in run.modality_dims for arg in ("--drop-modality", m)]
+    modalities = list(run.modality_dims)
+    flags = ["--drop-modality", ",".join(modalities[:2])] + [a for m in modalities[2:] for a in ("--drop-modality", m)]
     assert predict.main(["--run", run_dir, *flags, "--output", str(tmp_path / "drop.jsonl")]) == 0
     assert "inputs broken on purpose: drop:" in capsys.readouterr().err
     for line in (tmp_path / "drop.jsonl").read_text().splitlines():
@@ -207,4 +208,4 @@ def test_predict_drops_and_corrupts_on_a_run_folder(bench, tmp_path, capsys):
     with pytest.raises(SystemExit):
         predict.main(["--help"])
     usage = capsys.readouterr().out
-    assert "--drop-modality M" in usage and "--corrupt KIND:ARG" in usage and "--perturb-seed S" in usage
+    assert "--drop-modality M,M" in usage and "--corrupt KIND:ARG" in usage and "--perturb-seed S" in usage
