@@ -190,7 +190,8 @@ def table5(evaluations: Sequence[dict], dataset: str, title: str | None = None,
     notes = [protocol_note(evaluations, shown),
              "Each cell: test miF1 (%) of the Table 2 run folders, not retrained, with the drop from the clean score "
              "in parentheses (perturbed − clean, averaged as the scores: seeds within a rotation, then rotations). "
-             f"−X: modality X removed (all its nodes absent); X↔: each test song's X replaced by another test song's "
+             f"−X: modality X removed (all its nodes absent); X↔: each test song's X replaced by another test "
+             f"song's "
              f"(one random cycle through the test songs); σ=s: Gaussian noise of std s added to every standardised "
              f"feature (features have unit variance on the training split). {letters}. Random draws: each cell's "
              f"training seed.",
@@ -209,7 +210,8 @@ def table5(evaluations: Sequence[dict], dataset: str, title: str | None = None,
     if gone:
         notes.append(f"Without a run folder (cells stored before estimators kept one, or run without --out): "
                      f"{', '.join(gone)}; rerun those cells to include them.")
-    caption = f"Robustness at prediction time (beyond the paper): miF1 with inputs removed, shuffled or noisy, on {shown}."
+    caption = (f"Robustness at prediction time (beyond the paper): miF1 with inputs removed, shuffled or noisy, on "
+               f"{shown}.")
     table = RenderedTable(TABLE_NAME, header, rows, notes, caption=caption, csv_header=csv_header,
                           csv_rows=csv_rows, text_columns=1)
     table.drops = drops  # for the figure

@@ -360,8 +360,8 @@ def run_cell(cell: Cell, spec: ModelSpec, root: Path, profile: str, *, device: s
     """Train and test ``spec`` on ``cell``; returns the record for the results store.
 
     ``overrides`` replaces entries of the profile's configuration (e.g. ``{"epochs": 1}`` for smoke runs).
-    With ``out_dir``, every cell (neural or estimator) writes its run folder ``run_folder(out_dir, cell)`` (path in the record's
-    ``run_dir``).
+    With ``out_dir``, every cell (neural or estimator) writes its run folder ``run_folder(out_dir, cell)`` (path in
+    the record's ``run_dir``).
     ``input_normalization``: ``"standardize"`` (default, the protocol) or ``"raw"``. ``threshold`` ("0.5" or
     "validation") and ``empty_union`` (0 or 1), when given, set the run-level settings (:func:`run_settings`; the
     same as passing them in ``overrides``, which is how ``baselines.run_all`` hands them to every cell).

@@ -90,7 +90,8 @@ def save_estimator(run_dir: Path, estimator, module: ModuleType) -> list[Path]:
             raise EstimatorFileError(f"{where}: an object of class {name}, which is not an allowed estimator class")
         return {"object": name, "state": {k: encode(v, f"{where}.{k}", depth + 1) for k, v in vars(value).items()}}
 
-    tree = {"format": FORMAT, "module": module.__name__, "sklearn": sklearn.__version__, "estimator": encode(estimator, "estimator", 0)}
+    tree = {"format": FORMAT, "module": module.__name__, "sklearn": sklearn.__version__,
+            "estimator": encode(estimator, "estimator", 0)}
     buffer = io.BytesIO()
     np.savez(buffer, **{f"a{i}": a for i, a in enumerate(arrays)}, allow_pickle=False)
     run_dir = Path(run_dir)
