@@ -208,8 +208,8 @@ def table5(evaluations: Sequence[dict], dataset: str, title: str | None = None,
                      f"for {len(evaluations)} run folder(s) (time of each first evaluation; later runs reuse them).")
     gone = sorted({r["model"] for r in missing if r.get("dataset") == dataset})
     if gone:
-        notes.append(f"Without a run folder (cells stored before estimators kept one, or run without --out): "
-                     f"{', '.join(gone)}; rerun those cells to include them.")
+        notes.append(f"Without a run folder (cells stored before estimators kept one, or an estimator the safe "
+                     f"format cannot hold: the record's run_folder_error): {', '.join(gone)}; not in this table.")
     caption = (f"Robustness at prediction time (beyond the paper): miF1 with inputs removed, shuffled or noisy, on "
                f"{shown}.")
     table = RenderedTable(TABLE_NAME, header, rows, notes, caption=caption, csv_header=csv_header,

@@ -47,7 +47,7 @@ from mmer.metrics import (DEFAULT_THRESHOLD, EMPTY_UNION_CHOICES, EMPTY_UNION_SC
 from mmer.predict import prediction_records, write_predictions
 from mmer.registry import TRAINING_KEYS, DataInfo, ModelSpec, models, resolve
 from mmer.runs import CHECKPOINT_FILE, RUN_FILE, read_run, start_run, write_run
-from mmer.saved_estimators import save_estimator
+from mmer.saved_estimators import EstimatorFileError, save_estimator
 from mmer.tuning import DEFAULT_THRESHOLD_RULE, check_threshold_rule
 from nemu.atomic import atomic_write_text
 from nemu.loading import column_names, read_table, split_datasets
@@ -403,7 +403,15 @@ def run_cell(cell: Cell, spec: ModelSpec, root: Path, profile: str, *, device: s
         outcome = _run_estimator(spec, config, info, datasets, rule, empty_union)
         if out_dir is not None:
             run_dir = run_folder(out_dir, cell)
-            write_estimator_run(run_dir, spec, config, info, datasets, root, cell, outcome, rule)
+            try:
+                write_estimator_run(run_dir, spec, config, info, datasets, root, cell, outcome, rule)
+            except EstimatorFileError as exc:  # an estimator of classes the safe format does not know: no folder
+                outcome["run_folder_error"] = str(exc)
+                try:
+                    run_dir.rmdir()  # empty: the estimator is encoded before anything is written
+                except OSError:
+                    pass
+                run_dir = None
     else:
         run_dir = run_folder(out_dir, cell) if out_dir is not None else None
         outcome = _run_neural(spec, config, info, datasets, cell.seed, device, run_dir, root, cell, rule, empty_union)
@@ -430,4 +438,6 @@ def run_cell(cell: Cell, spec: ModelSpec, root: Path, profile: str, *, device: s
     }
     if run_dir is not None:
         record["run_dir"] = str(run_dir)
+    if "run_folder_error" in outcome:
+        record["run_folder_error"] = outcome["run_folder_error"]
     return record
