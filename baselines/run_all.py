@@ -1,4 +1,4 @@
-"""The benchmark harness: the grid of cells, run here or on Ray, then Tables 1-4 and Figures 3-4.
+"""The benchmark harness: the grid of cells, run here or on Ray, then Tables 1-5 and Figures 3-5.
 
 Every finished cell (model x dataset x fold x seed, plus HHMPN on each modality subset) is appended to
 RESULTS/results.jsonl at once; a killed run started again skips the finished cells. A stored cell is reused only
@@ -32,6 +32,7 @@ from baselines.cells import limit_threads, run_one, worker_start
 from baselines.figures import write_figures
 from baselines.ray_cells import run_cells
 from baselines.results import NonFiniteResult, OutLock, ResultsStore, stale_reasons
+from baselines.robustness import write_robustness
 from baselines.tables import write_tables
 from mmer.code import model_code
 from mmer.registry import models, resolve
@@ -212,8 +213,11 @@ def _run(datasets, model_names, folds, seeds, profile, out, *, table3, table3_fo
     tables = write_tables(records, manifests, out)
     figures = (write_figures(records, datasets, out, song=figure_song)
                if TABLE3_MODEL in model_names else [])
+    # Table 5 (baselines.robustness): the Table 2 cells' run folders predicted with broken inputs, no retraining
+    robustness = write_robustness(records, datasets, manifests, out, progress=progress)
     return {"cells": len(cells), "ran": len(todo), "skipped": len(cells) - len(todo), "failed": failures,
-            "tables": tables, "figures": figures, "notices": notices}
+            "tables": tables + robustness["tables"], "figures": figures + robustness["figures"],
+            "table5_seconds": robustness["seconds"], "notices": notices}
 
 
 def _pool(workers: int, threads: int) -> ProcessPoolExecutor:

@@ -1,4 +1,4 @@
-"""Emotions of new songs from their raw files, with any run folder of a neural model (HHMPN or a baseline).
+"""Emotions of new songs from their raw files, with any run folder (HHMPN, a neural baseline or an estimator).
 
 From Python (load a run once, predict many)::
 
@@ -10,6 +10,7 @@ From Python (load a run once, predict many)::
     result.records          # [{"id", "probabilities": {label: p}, "predicted": [labels]}], in the input's order
     result.frame()          # the same as a pandas DataFrame: id, predicted, one probability column per label
     result.quarantined      # records that could not be used: {"id", "line", "field", "reason"}
+    predictor.predict_raw("RAW", perturbations=[parse("drop:audio")])   # inputs broken on purpose (mmer.perturb)
 
 The command line is ``python -m hhmpn.predict --run RUN --raw RAW`` or ``... --lyrics FILE --audio FILE
 --image FILE [--comments FILE]`` (see ``hhmpn.predict``).
@@ -22,18 +23,22 @@ dataset's settings by :class:`nemu.featurize.Featurizer` (the build's own extrac
 vectors and image weights, each matched by sha256); the run's saved input-normalisation statistics are
 applied (and must give finite features); then the model. A song with no node in any of the run's modalities
 (possible for a run on some modalities) is quarantined with that reason, as the build does, not given the
-model's constant output. Anything that would make the features differ is refused with one line naming
+model's constant output. Perturbations (``mmer.perturb``: a modality dropped or shuffled among the songs
+given, noise) apply after that rule and after normalisation, as ``mmer.predict`` applies them. Anything that
+would make the features differ is refused with one line naming
 what differs and how to fix it (``FeatureMismatch`` or ``RunFolderError``, both ValueErrors).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
+from mmer.perturb import Perturbation, PerturbedDataset, check as check_perturbations, parse  # noqa: F401
 from mmer.predict import LoadedRun, check_finite_features, load_run
 from mmer.runs import RunFolderError, read_build
 from nemu.featurize import Featurized, Featurizer, FeatureMismatch  # noqa: F401  (FeatureMismatch: documented)
@@ -47,6 +52,7 @@ class NewSongs:
         self.root = "the new songs"
         self.ids = featurized.ids
         self.normalization = statistics
+        self.modality_dims = {m: statistics.modality_dims[m] for m in modalities}
         self._nodes = [{m: statistics.apply(m, song.nodes[m]) for m in modalities} for song in featurized.songs]
         self._labels = np.zeros(num_labels, dtype=np.float32)  # unknown; the models do not read them to predict
 
@@ -111,22 +117,32 @@ class Predictor:
     def label_names(self) -> list[str]:
         return self.run.label_names
 
-    def predict_raw(self, raw_dir: str | Path) -> Predictions:
+    def predict_raw(self, raw_dir: str | Path, perturbations: Sequence[Perturbation] = (),
+                    seed: int = 0) -> Predictions:
         """Every record of the raw folder ``raw_dir`` (records.jsonl in the raw format), in its order."""
-        return self.predict_featurized(self.featurizer.featurize_folder(raw_dir))
+        check_perturbations(perturbations, list(self.run.modality_dims))  # before the costly featurising
+        return self.predict_featurized(self.featurizer.featurize_folder(raw_dir), perturbations, seed)
 
-    def predict_records(self, records, raw_dir: str | Path = ".") -> Predictions:
+    def predict_records(self, records, raw_dir: str | Path = ".", perturbations: Sequence[Perturbation] = (),
+                        seed: int = 0) -> Predictions:
         """Raw-format dicts, media paths relative to ``raw_dir``."""
-        return self.predict_featurized(self.featurizer.featurize_records(records, raw_dir))
+        check_perturbations(perturbations, list(self.run.modality_dims))
+        return self.predict_featurized(self.featurizer.featurize_records(records, raw_dir), perturbations, seed)
 
-    def predict_files(self, *, lyrics=None, audio=None, images=(), comments=None, song_id=None) -> Predictions:
-        """One song from its files (:meth:`nemu.featurize.Featurizer.featurize_files`)."""
+    def predict_files(self, *, lyrics=None, audio=None, images=(), comments=None, song_id=None,
+                      perturbations: Sequence[Perturbation] = (), seed: int = 0) -> Predictions:
+        """One song from its files (:meth:`nemu.featurize.Featurizer.featurize_files`); a shuffle needs two
+        songs, so it is refused here."""
+        check_perturbations(perturbations, list(self.run.modality_dims), songs=1)
         return self.predict_featurized(self.featurizer.featurize_files(
-            lyrics=lyrics, audio=audio, images=images, comments=comments, song_id=song_id))
+            lyrics=lyrics, audio=audio, images=images, comments=comments, song_id=song_id), perturbations, seed)
 
-    def predict_featurized(self, featurized: Featurized) -> Predictions:
-        """Normalise with the run's statistics, predict, and format as ``hhmpn.predict`` does."""
+    def predict_featurized(self, featurized: Featurized, perturbations: Sequence[Perturbation] = (),
+                           seed: int = 0) -> Predictions:
+        """Normalise with the run's statistics, predict, and format as ``hhmpn.predict`` does; ``perturbations``
+        (``mmer.perturb``, drawn from ``seed``) break the inputs of the songs kept."""
         modalities = list(self.run.modality_dims)
+        check_perturbations(perturbations, modalities)
         empty = [song for song in featurized.songs if all(len(song.nodes[m]) == 0 for m in modalities)]
         if empty:  # the build's rule, for the run's modalities: no node in any modality is quarantined
             gone = {id(song) for song in empty}
@@ -141,14 +157,19 @@ class Predictor:
             songs = NewSongs(featurized, self.run.statistics, modalities, len(self.label_names))
         check_finite_features({m: np.concatenate([n[m] for n in songs._nodes]) for m in modalities} if len(songs)
                               else {}, "the new songs", self.run.run_dir)
+        if len(songs) and perturbations:
+            check_perturbations(perturbations, modalities, songs=len(songs))
+            songs = PerturbedDataset(songs, perturbations, seed)
         if len(songs):
             ids, probabilities = self.run.predict_dataset(songs, self.batch_size)
+            decisions = self.run.decide(songs, probabilities)
         else:
             ids, probabilities = [], np.zeros((0, len(self.label_names)), dtype=np.float32)
+            decisions = np.zeros((0, len(self.label_names)), dtype=np.int8)
         # the true set, for songs whose records carry emotion tags (as predict gives it for a labelled dataset)
         labelled = [song for song in featurized.songs if song.record.labels]
         truth = SimpleNamespace(ids=[song.id for song in labelled], labels=[
             [int(name in song.record.labels) for name in self.label_names] for song in labelled])
-        records = self.run.records(ids, probabilities, truth if labelled else None)
+        records = self.run.records(ids, probabilities, truth if labelled else None, decisions)
         return Predictions(records, list(ids), np.asarray(probabilities), self.label_names, self.run.threshold,
                            [q.to_json() for q in featurized.quarantined], featurized.text_nodes_without_word_vectors)

@@ -1,6 +1,8 @@
-"""Predictions from a run folder of any neural model (HHMPN or a baseline), as a library.
+"""Predictions from a run folder of any model (HHMPN, a neural baseline or an estimator), as a library.
 
-A run folder (``mmer.runs``) is loaded once (:func:`load_run`): the model is rebuilt from the registry, the
+A run folder (``mmer.runs``) is loaded once (:func:`load_run`): a neural model is rebuilt from the registry and
+its weights loaded, an estimator loaded from its pickle-free files (``mmer.saved_estimators``; it predicts from
+the early-fused inputs, ``mmer.early_fusion``, and decides as its cell did: run.json's ``decision``), the
 run's saved input-normalisation statistics are applied to the data, and the data must have the run's labels
 and modality dimensions. A run folder that cannot be used raises :class:`mmer.runs.RunFolderError` with a
 one-line message. Output records (:func:`prediction_records`): ``id``, ``probabilities`` {label: p},
@@ -12,12 +14,15 @@ New songs from raw files: ``mmer.inference``. The command line is ``pipelines.pr
     result = predict_split(run, "OUT")                  # the run's own rotation, its test split
     result.records, result.skipped, result.trained_on    # trained_on: the run's splits these songs were in
     ids, probabilities = run.predict_dataset(run.dataset("OUT", "test"))   # the published test split folders
+    predict_split(run, "OUT", perturbations=[parse("drop:lyrics")])          # inputs broken at prediction: mmer.perturb
 
 What prediction promises: the data is the run's own build (``mmer.runs.check_build``: labels, dims and the
 manifest's fingerprint), the run's statistics are usable in float32 (``mmer.runs.read_statistics``) and give
 finite features, no non-finite probability is ever returned as a record or written (ValueError instead),
 songs with no node in any of the run's modalities are skipped and named (the build quarantines such songs),
-and nothing is written anywhere but the file the caller names.
+and nothing is written anywhere but the file the caller names. Perturbations (``mmer.perturb``) apply after
+that rule and after normalisation: a song whose every modality is dropped is predicted from empty input (the
+run's :meth:`LoadedRun.empty_input_probabilities`), not skipped.
 """
 
 from __future__ import annotations
@@ -28,11 +33,17 @@ from pathlib import Path
 
 import numpy as np
 
+import sys
+from collections.abc import Sequence
+
+from mmer.early_fusion import mean_pooled
 from mmer.engine import predict
 from mmer.metrics import DEFAULT_THRESHOLD, binarize
+from mmer.perturb import Perturbation, PerturbedDataset, check as check_perturbations, parse  # noqa: F401
 from mmer.registry import DataInfo, models
 from mmer.runs import (CHECKPOINT_FILE, RunFolderError, check_state_fits, find_dataset, load_state_dict,
                        read_build, read_run, read_statistics, read_train_labels)
+from mmer.saved_estimators import EstimatorFileError, load_estimator
 from nemu.atomic import atomic_write_text
 from nemu.loading import MMERDataset, collate
 from nemu.normalization import NodeStatistics
@@ -41,14 +52,16 @@ from nemu.splits import HF_SPLIT_NAMES, cv_rotation, split_key
 
 @dataclass
 class LoadedRun:
-    """A run folder loaded once: the rebuilt model with its weights, its settings and its input statistics."""
+    """A run folder loaded once: the rebuilt model with its weights (or the fitted estimator), its settings and its
+    input statistics."""
 
     run_dir: Path
     run: dict
-    model: object  # torch.nn.Module, in eval mode
+    model: object  # torch.nn.Module, in eval mode; or a fitted estimator (kind "estimator")
     statistics: NodeStatistics
     threshold: float
     device: str | None = None
+    kind: str = "neural"
 
     @property
     def label_names(self) -> list[str]:
@@ -99,11 +112,25 @@ class LoadedRun:
         if getattr(dataset, "normalization", None) is None or not dataset.normalization.same_as(self.statistics):
             raise RunFolderError(f"{getattr(dataset, 'root', 'the data')}: features are not normalised with the "
                                  f"run's statistics; get the dataset from LoadedRun.dataset")
+        if self.kind == "estimator":
+            return list(dataset.ids), np.asarray(self.model.predict_proba(mean_pooled(dataset)), dtype=np.float32)
         return predict(self.model, DataLoader(dataset, batch_size=batch_size, collate_fn=collate), self.device)
 
-    def predict_songs(self, dataset, batch_size: int = 64) -> tuple[list[str], np.ndarray, list[str]]:
-        """(ids, probabilities, skipped ids): :meth:`predict_dataset` of the songs that have a node in at least
-        one of the run's modalities; the others are skipped (the build quarantines such songs), in order."""
+    def decide(self, dataset, probabilities) -> np.ndarray:
+        """The run's 0/1 decisions for ``dataset`` (the songs of ``probabilities``, in order), as its cell decided:
+        p >= the run's threshold; an estimator whose run.json says ``decision`` "estimator" by its own
+        ``predict`` (LP's label-combination vote differs from thresholding its marginals)."""
+        if self.kind == "estimator" and self.run.get("decision") == "estimator" and len(dataset):
+            return np.asarray(self.model.predict(mean_pooled(dataset))).astype(np.int8)
+        return binarize(np.asarray(probabilities).reshape(-1, len(self.label_names)), self.threshold)
+
+    def predict_songs(self, dataset, batch_size: int = 64, perturbations: Sequence[Perturbation] = (),
+                      seed: int = 0) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
+        """(ids, probabilities, skipped ids, decisions): :meth:`predict_dataset` and :meth:`decide` of the songs
+        that have a node in at least one of the run's modalities; the others are skipped (the build quarantines
+        such songs), in order. ``perturbations`` (``mmer.perturb``, drawn from ``seed``) then break the kept
+        songs' inputs."""
+        check_perturbations(perturbations, list(self.modality_dims))
         empty = songs_without_nodes(dataset, list(self.modality_dims))
         if not empty:
             kept = dataset
@@ -112,18 +139,30 @@ class LoadedRun:
             kept = _Rows(dataset, [i for i in range(len(dataset)) if i not in gone])
         skipped = [dataset.ids[i] for i in empty]
         if len(kept) == 0:
-            return [], np.zeros((0, len(self.label_names)), dtype=np.float32), skipped
+            return ([], np.zeros((0, len(self.label_names)), dtype=np.float32), skipped,
+                    np.zeros((0, len(self.label_names)), dtype=np.int8))
+        if perturbations:
+            kept = PerturbedDataset(kept, perturbations, seed)
         ids, probabilities = self.predict_dataset(kept, batch_size)
-        return list(ids), probabilities, skipped
+        return list(ids), probabilities, skipped, self.decide(kept, probabilities)
 
-    def records(self, ids, probabilities, dataset=None) -> list[dict]:
-        """predict's output records (:func:`prediction_records`) with the run's labels and threshold."""
-        return prediction_records(ids, probabilities, self.label_names, self.threshold, dataset)
+    def empty_input_probabilities(self) -> np.ndarray:
+        """(L,): what the run predicts for a song with no node in any modality (every mask empty, or every
+        has_nodes 0 for an estimator): the prediction of a song whose every modality is dropped."""
+        ids, probabilities = self.predict_dataset(_EmptySongs(self.modality_dims, len(self.label_names),
+                                                              self.statistics))
+        return np.asarray(probabilities)[0]
+
+    def records(self, ids, probabilities, dataset=None, decisions=None) -> list[dict]:
+        """predict's output records (:func:`prediction_records`) with the run's labels and threshold (or the run's
+        own ``decisions``, :meth:`decide`)."""
+        return prediction_records(ids, probabilities, self.label_names, self.threshold, dataset, decisions)
 
 
-def prediction_records(ids, probabilities, label_names, threshold: float, dataset=None) -> list[dict]:
-    """predict's output records: id, probabilities {label: p}, predicted set (p >= threshold), and the
-    true set (``labels``) when ``dataset`` has the sample."""
+def prediction_records(ids, probabilities, label_names, threshold: float, dataset=None, decisions=None) -> list[dict]:
+    """predict's output records: id, probabilities {label: p}, predicted set (p >= threshold, or ``decisions``,
+    an (N, L) 0/1 array, where the model decides otherwise: LP's vote), and the true set (``labels``) when
+    ``dataset`` has the sample."""
     truth = {sample_id: row for sample_id, row in zip(dataset.ids, dataset.labels)} if dataset is not None else {}
     out = []
     probabilities = np.asarray(probabilities, dtype=np.float64).reshape(len(ids), len(label_names))
@@ -133,7 +172,9 @@ def prediction_records(ids, probabilities, label_names, threshold: float, datase
         raise ValueError(f"{int(bad.any(axis=1).sum())} song(s) got a non-finite probability (first {ids[row]!r}, "
                          f"{label_names[column]}: {probabilities[row, column]}); nothing is written: the model's "
                          f"weights or its normalisation statistics are damaged, or the data does not fit them")
-    decisions = binarize(np.asarray(probabilities).reshape(len(ids), len(label_names)), threshold)
+    if decisions is None:
+        decisions = binarize(np.asarray(probabilities).reshape(len(ids), len(label_names)), threshold)
+    decisions = np.asarray(decisions).reshape(len(ids), len(label_names))
     for sample_id, probs, decided in zip(ids, probabilities, decisions):
         record = {"id": sample_id,
                   "probabilities": {name: round(float(p), 6) for name, p in zip(label_names, probs)},
@@ -161,8 +202,16 @@ def load_run(run_dir: str | Path, device: str | None = None) -> LoadedRun:
     if spec is None:
         raise RunFolderError(f"{run_dir}: model {run['model']!r} is not registered here "
                              f"(registered: {', '.join(registry)})")
-    if spec.kind != "neural":
-        raise RunFolderError(f"{run_dir}: model {run['model']!r} is a {spec.kind}, not a neural model")
+    kind = run.get("kind", "neural")
+    if spec.kind != kind:
+        raise RunFolderError(f"{run_dir}: model {run['model']!r} is a {spec.kind}, but run.json holds a {kind}")
+    threshold = float(run["config"].get("threshold", DEFAULT_THRESHOLD))
+    if kind == "estimator":
+        try:
+            estimator = load_estimator(run_dir, sys.modules[spec.factory.__module__])
+        except EstimatorFileError as exc:
+            raise RunFolderError(str(exc)) from None
+        return LoadedRun(run_dir, run, estimator, statistics, threshold, device, kind)
     state = load_state_dict(run_dir)
     info = DataInfo(dataset=str(run.get("dataset", "")), modality_dims=dict(run["modality_dims"]),
                     label_names=list(run["labels"]), train_labels=read_train_labels(run_dir, run),
@@ -177,7 +226,6 @@ def load_run(run_dir: str | Path, device: str | None = None) -> LoadedRun:
     if device is not None:
         model.to(torch.device(device))
     model.eval()
-    threshold = float(run["config"].get("threshold", DEFAULT_THRESHOLD))
     return LoadedRun(run_dir, run, model, statistics, threshold, device)
 
 
@@ -222,12 +270,35 @@ class _Rows:
         self.root = getattr(dataset, "root", "the data")
         self.normalization = getattr(dataset, "normalization", None)
         self.ids = [dataset.ids[i] for i in rows]
+        self.modality_dims = dict(dataset.modality_dims)
+        if getattr(dataset, "labels", None) is not None:
+            self.labels = np.asarray(dataset.labels)[rows]
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict:
         return self.dataset[self.rows[index]]
+
+
+class _EmptySongs:
+    """One song with no node in any modality, as normalised input (the run's empty-input prediction)."""
+
+    def __init__(self, modality_dims: dict[str, int], num_labels: int, statistics):
+        self.root, self.ids, self.normalization = "an empty song", ["(empty)"], statistics
+        self.modality_dims = dict(modality_dims)
+        self.labels = np.zeros((1, num_labels), dtype=np.float32)
+        self._nodes = {m: (np.zeros((0, dim), dtype=np.float32), np.zeros(2, dtype=np.int64))
+                       for m, dim in modality_dims.items()}
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> dict:
+        import torch
+
+        return {"id": self.ids[index], "labels": torch.from_numpy(self.labels[index]),
+                "features": {m: torch.from_numpy(values) for m, (values, _) in self._nodes.items()}}
 
 
 def rotation_folds(fold: int | None, split: str) -> list[int]:
@@ -260,21 +331,26 @@ class SplitPrediction:
     data: Path
     trained_on: list[str] = field(default_factory=list)
     run_fold: int | None = None
+    perturbations: tuple = ()
+    perturb_seed: int = 0
 
 
 def predict_split(run: "LoadedRun | str | Path", data: str | Path | None = None, split: str = "test",
-                  fold: int | None = None, *, batch_size: int = 64, device: str | None = None) -> SplitPrediction:
+                  fold: int | None = None, *, batch_size: int = 64, device: str | None = None,
+                  perturbations: Sequence[Perturbation] = (), perturb_seed: int = 0) -> SplitPrediction:
     """Predict ``data``'s ``split`` with a run (a :class:`LoadedRun` or a run folder, loaded then).
 
     ``fold`` None predicts the run's OWN rotation (run.json's fold; the published split folders for a run
     trained on them), so its ``test`` split is the songs the run never saw; ``data`` None finds the run's own
-    dataset (relative to the run folder first). Writes nothing; :func:`write_predictions` writes the records."""
+    dataset (relative to the run folder first). ``perturbations`` (``mmer.perturb``, drawn from ``perturb_seed``)
+    break the inputs of the predicted songs. Writes nothing; :func:`write_predictions` writes the records."""
     if not isinstance(run, LoadedRun):
         run = load_run(run, device)
     data = run.find_dataset() if data is None else Path(data)
     key = split_key(split)
     fold = run.fold if fold is None else fold
     dataset = run.dataset(data, key) if fold is None else run.dataset(data, None, cv_rotation(fold)[key])
-    ids, probabilities, skipped = run.predict_songs(dataset, batch_size)
-    return SplitPrediction(run.records(ids, probabilities, dataset), skipped, fold, HF_SPLIT_NAMES.get(key, key),
-                           run.threshold, data, trained_on(run.fold, fold, key), run.fold)
+    ids, probabilities, skipped, decisions = run.predict_songs(dataset, batch_size, perturbations, perturb_seed)
+    return SplitPrediction(run.records(ids, probabilities, dataset, decisions), skipped, fold,
+                           HF_SPLIT_NAMES.get(key, key), run.threshold, data, trained_on(run.fold, fold, key), run.fold,
+                           tuple(perturbations), perturb_seed)

@@ -16,9 +16,10 @@ empty-union convention is the run-level setting ``empty_union`` (0, the official
 the resolved settings (so of the cell's digest) and are recorded in every record (``threshold``,
 ``threshold_rule``, ``empty_union``).
 
-Every neural cell leaves a run folder (``run_folder``; format in ``mmer.runs``) that ``hhmpn.predict``
-accepts: the selected checkpoint, run.json, the normalisation statistics, the training labels, and the
-cell's own test predictions (``predictions-test.jsonl``, predict's output format).
+Every cell run with an output folder leaves a run folder (``run_folder``; format in ``mmer.runs``) that
+``hhmpn.predict`` and Table 5 (``baselines.robustness``) accept: the selected checkpoint (a neural model) or the
+fitted estimator (``mmer.saved_estimators``, no pickle), run.json, the normalisation statistics, the training
+labels, and the cell's own test predictions (``predictions-test.jsonl``, predict's output format).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -45,6 +47,7 @@ from mmer.metrics import (DEFAULT_THRESHOLD, EMPTY_UNION_CHOICES, EMPTY_UNION_SC
 from mmer.predict import prediction_records, write_predictions
 from mmer.registry import TRAINING_KEYS, DataInfo, ModelSpec, models, resolve
 from mmer.runs import CHECKPOINT_FILE, RUN_FILE, read_run, start_run, write_run
+from mmer.saved_estimators import EstimatorFileError, save_estimator
 from mmer.tuning import DEFAULT_THRESHOLD_RULE, check_threshold_rule
 from nemu.atomic import atomic_write_text
 from nemu.loading import column_names, read_table, split_datasets
@@ -126,7 +129,7 @@ def model_slug(name: str) -> str:
 
 
 def run_folder(out_dir: Path, cell: Cell) -> Path:
-    """``OUT/runs/<dataset>/<model-slug>/fold<k>-seed<s>-<modalities joined by + or "all">``: a neural cell's run."""
+    """``OUT/runs/<dataset>/<model-slug>/fold<k>-seed<s>-<modalities joined by + or "all">``: a cell's run."""
     subset = "+".join(cell.modalities) if cell.modalities else "all"
     return Path(out_dir) / RUNS_DIR / cell.dataset / model_slug(cell.model) / f"fold{cell.fold}-seed{cell.seed}-{subset}"
 
@@ -243,7 +246,28 @@ def _run_estimator(spec: ModelSpec, config: dict, info: DataInfo, datasets: dict
     return {"test": evaluate(y_test, predicted, info.label_names, empty_union=empty_union),
             "valid": evaluate(y_valid, predicted_valid, info.label_names, empty_union=empty_union),
             "selected": params, "parameters": estimator_parameters(model), "threshold": float(threshold),
-            "test_predictions": per_song_outcome(datasets["test"].ids, y_test, predicted)}
+            "test_predictions": per_song_outcome(datasets["test"].ids, y_test, predicted), "model": model,
+            "test_probabilities": model.predict_proba(x_test), "test_decisions": predicted}
+
+
+def write_estimator_run(run_dir: Path, spec: ModelSpec, config: dict, info: DataInfo, datasets: dict, root: Path,
+                        cell: Cell, outcome: dict, rule: str) -> None:
+    """An estimator cell's run folder (``mmer.runs``; the fitted estimator in ``mmer.saved_estimators``' format, no
+    pickle): what Table 5 and ``hhmpn-predict`` load. run.json's ``decision`` says how it decides as the cell did:
+    "estimator" (its own ``predict``: LP's label-combination vote) under the 0.5 rule, "threshold" (p >= run.json's
+    config.threshold) under the validation rule. Written after the cell's numbers, which it does not change."""
+    start_run(run_dir)
+    files = save_estimator(run_dir, outcome["model"], sys.modules[spec.factory.__module__])
+    write_run(run_dir, model=spec.name, config=dict(config) | {"threshold": outcome["threshold"]}, info=info,
+              fold=cell.fold, seed=cell.seed, statistics=datasets["train"].normalization, data=root,
+              manifest=read_manifest(root),
+              extra={"kind": "estimator", "extra_columns": list(spec.extra_columns), "selected": outcome["selected"],
+                     "threshold_rule": rule, "decision": "estimator" if rule != "validation" else "threshold",
+                     "files": {"estimator": files[0].name, "arrays": files[1].name,
+                               "normalization": "normalization.json", "train_labels": "train_labels.npy"}})
+    write_predictions(run_dir / "predictions-test.jsonl", prediction_records(
+        datasets["test"].ids, outcome["test_probabilities"], info.label_names, outcome["threshold"], datasets["test"],
+        decisions=outcome["test_decisions"]))
 
 
 def train_neural(spec: ModelSpec, config: dict, info: DataInfo, datasets: dict, *, root: Path, fold: int | None,
@@ -336,8 +360,8 @@ def run_cell(cell: Cell, spec: ModelSpec, root: Path, profile: str, *, device: s
     """Train and test ``spec`` on ``cell``; returns the record for the results store.
 
     ``overrides`` replaces entries of the profile's configuration (e.g. ``{"epochs": 1}`` for smoke runs).
-    With ``out_dir``, a neural cell writes its run folder ``run_folder(out_dir, cell)`` (path in the record's
-    ``run_dir``).
+    With ``out_dir``, every cell (neural or estimator) writes its run folder ``run_folder(out_dir, cell)`` (path in
+    the record's ``run_dir``).
     ``input_normalization``: ``"standardize"`` (default, the protocol) or ``"raw"``. ``threshold`` ("0.5" or
     "validation") and ``empty_union`` (0 or 1), when given, set the run-level settings (:func:`run_settings`; the
     same as passing them in ``overrides``, which is how ``baselines.run_all`` hands them to every cell).
@@ -377,6 +401,17 @@ def run_cell(cell: Cell, spec: ModelSpec, root: Path, profile: str, *, device: s
     run_dir = None
     if spec.kind == "estimator":
         outcome = _run_estimator(spec, config, info, datasets, rule, empty_union)
+        if out_dir is not None:
+            run_dir = run_folder(out_dir, cell)
+            try:
+                write_estimator_run(run_dir, spec, config, info, datasets, root, cell, outcome, rule)
+            except EstimatorFileError as exc:  # an estimator of classes the safe format does not know: no folder
+                outcome["run_folder_error"] = str(exc)
+                try:
+                    run_dir.rmdir()  # empty: the estimator is encoded before anything is written
+                except OSError:
+                    pass
+                run_dir = None
     else:
         run_dir = run_folder(out_dir, cell) if out_dir is not None else None
         outcome = _run_neural(spec, config, info, datasets, cell.seed, device, run_dir, root, cell, rule, empty_union)
@@ -403,4 +438,6 @@ def run_cell(cell: Cell, spec: ModelSpec, root: Path, profile: str, *, device: s
     }
     if run_dir is not None:
         record["run_dir"] = str(run_dir)
+    if "run_folder_error" in outcome:
+        record["run_folder_error"] = outcome["run_folder_error"]
     return record

@@ -1,8 +1,11 @@
 """The run folder: what one trained neural model leaves behind, for every model (HHMPN and the baselines).
 
-Written by ``hhmpn.train`` and by every neural cell of ``baselines.run_all``; read by ``hhmpn.predict``::
+Written by ``hhmpn.train`` and by every cell of ``baselines.run_all``; read by ``hhmpn.predict`` and Table 5
+(``baselines.robustness``)::
 
-    RUN/model.pt            state_dict of the selected (best-validation) checkpoint, weights_only-loadable
+    RUN/model.pt            a neural run: state_dict of the selected (best-validation) checkpoint, weights_only-loadable
+    RUN/estimator.json/.npz an estimator's run (run.json's kind "estimator"): the fitted estimator without pickle
+                            (``mmer.saved_estimators``), with run.json's selected, threshold_rule and decision
     RUN/run.json            model (registry name), config (resolved, with seed), modality_dims, labels,
                             fold, seed, input_normalization, dataset, data (the dataset's absolute path),
                             data_relative (its path relative to RUN), dataset_fingerprint, columns

@@ -411,6 +411,47 @@ def add_seeds(parser: CommandParser, *, default: list[int]) -> None:
                         metavar="S,S", help=HELP["seeds"])
 
 
+def perturbation(text: str):
+    """argparse type: one ``--corrupt`` value (``mmer.perturb.parse``: shuffle:M, noise:LEVEL, noise:LEVEL:M)."""
+    from mmer.perturb import parse  # numpy only; the rest of the command's imports wait for the work
+
+    try:
+        value = parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value.kind == "drop":
+        raise argparse.ArgumentTypeError(f"{text!r}: a removed modality is --drop-modality {value.modality}")
+    return value
+
+
+perturbation.__name__ = "perturbation"
+
+
+def add_perturbations(parser: CommandParser) -> None:
+    """``--drop-modality M`` and ``--corrupt KIND:ARG`` (both repeatable) and ``--perturb-seed S``: inputs broken
+    at prediction time, after the run's normalisation (``mmer.perturb``; Table 5 asks the same of every run)."""
+    group = parser.add_argument_group("inputs broken on purpose (robustness at prediction time, Table 5)")
+    group.add_argument("--drop-modality", action="extend", type=comma_list(), metavar="M,M", default=None,
+                       help="remove these modalities from every song's input (all their nodes absent, as a song "
+                            "without comments has none); comma-separated, or the flag repeated; a song left with no "
+                            "node is predicted from empty input, not skipped")
+    group.add_argument("--corrupt", action="append", type=perturbation, metavar="KIND:ARG", default=None,
+                       help="shuffle:M (each song gets another predicted song's M nodes, a random cycle through the "
+                            "songs), noise:LEVEL (Gaussian noise of std LEVEL added to every standardised feature: "
+                            "0 is clean, 1 as large as the features' own spread) or noise:LEVEL:M (modality M "
+                            "only); repeat for several, applied in order after --drop-modality")
+    group.add_argument("--perturb-seed", type=nonnegative_int, default=0, metavar="S",
+                       help="seed of --corrupt's random draws (the same seed gives the same broken inputs)")
+
+
+def perturbations_of(args) -> list:
+    """The perturbations ``add_perturbations``' flags ask for, in order: drops first, then ``--corrupt``."""
+    from mmer.perturb import Perturbation
+
+    return [Perturbation("drop", m) for m in getattr(args, "drop_modality", None) or []] + \
+        list(getattr(args, "corrupt", None) or [])
+
+
 def add_models(parser: CommandParser, *, help_default: str) -> None:
     parser.add_argument("--models", type=comma_list(), metavar="A,B", help=f"{HELP['models']}; default: {help_default}")
 

@@ -1,10 +1,11 @@
-"""Per-sample probabilities and label sets from a run folder of any neural model (HHMPN or a baseline).
+"""Per-sample probabilities and label sets from a run folder of any model (HHMPN, a neural baseline or an estimator).
 
     hhmpn-predict --run RUN [--data OUT] [--split test] [--fold K] [--output FILE]
     hhmpn-predict --run RUN --raw RAW [--output FILE]                    # new songs, no tags needed
     hhmpn-predict --run RUN --lyrics FILE --audio FILE --image FILE... [--comments FILE]   # one song
+    hhmpn-predict --run RUN --drop-modality lyrics[,audio] [--corrupt noise:0.5] [--corrupt shuffle:comments]
 
-RUN is a run folder written by ``hhmpn.train`` or by a neural cell of ``baselines.run_all``
+RUN is a run folder written by ``hhmpn.train`` or by a cell of ``baselines.run_all`` (neural or estimator)
 (``OUT/runs/<dataset>/<model>/fold<k>-seed<s>-<modalities>/``; see ``mmer.runs``). The model is rebuilt
 from the registry, the run's saved input-normalisation statistics are applied to the data, and the data
 must have the run's labels and modality dimensions. A run folder that cannot be used (missing files,
@@ -24,6 +25,12 @@ config.threshold (0.5 unless the benchmark's validation threshold rule chose ano
 Writes JSON lines to standard output, or to --output FILE; never inside the run folder unless --output names a
 file there: ``id``, ``probabilities`` {label: p}, ``predicted`` (labels with p >= threshold), and ``labels``
 (the true set, when the data has it). A non-finite probability is refused, never written.
+
+Inputs broken on purpose (``mmer.perturb``; Table 5 asks the same of every run of the benchmark):
+``--drop-modality M,M`` removes M (all its nodes absent), ``--corrupt shuffle:M`` gives each song another predicted
+song's M nodes, ``--corrupt noise:LEVEL[:M]`` adds Gaussian noise of std LEVEL to the standardised features;
+``--perturb-seed`` fixes the draws. They apply after the run's normalisation and after the skip rule above: a
+song whose every modality is dropped gets the run's empty-input prediction. Stderr says what was broken.
 
 New songs (``--raw`` or one song's files) are featurised with exactly the settings of the dataset the run was
 trained on, read from its manifest, by the build's own code, then normalised with the run's statistics
@@ -98,15 +105,17 @@ def predict_new_songs(args, run_dir: Path, prog: str = PROG) -> int:
     from mmer.inference import Predictor  # torch: only when work starts (--help stays instant)
     from nemu.build import BuildError
 
+    perturbations = cli.perturbations_of(args)
     predictor = Predictor.load(run_dir, data=args.data, word_vectors=args.word_vectors,
                                image_weights=args.image_weights, device=args.device, workers=args.workers,
                                batch_size=args.batch_size)
     try:
         if args.raw:
-            result = predictor.predict_raw(args.raw)
+            result = predictor.predict_raw(args.raw, perturbations, args.perturb_seed)
         else:
             result = predictor.predict_files(lyrics=args.lyrics, audio=args.audio, images=args.image or [],
-                                             comments=args.comments, song_id=args.song_id)
+                                             comments=args.comments, song_id=args.song_id,
+                                             perturbations=perturbations, seed=args.perturb_seed)
     except BuildError as exc:  # extraction workers that cannot start: the environment's fault, said in one line
         raise ValueError(str(exc).splitlines()[0]) from None
     for skipped in result.quarantined:
@@ -119,6 +128,7 @@ def predict_new_songs(args, run_dir: Path, prog: str = PROG) -> int:
         raise ValueError(f"no song of {args.raw} could be predicted ({len(result.quarantined)} record(s) skipped, "
                          f"reasons above)" if args.raw else "the song could not be predicted (reason above)")
     print(f"{prog}: threshold {result.threshold:g} (run.json's config.threshold)", file=sys.stderr)
+    say_perturbed(prog, perturbations, args.perturb_seed)
     where = emit(args.output, result.records)
     if result.text_nodes_without_word_vectors:
         print(f"{prog}: note: {result.text_nodes_without_word_vectors} text node(s) hold no word the dataset's "
@@ -126,6 +136,14 @@ def predict_new_songs(args, run_dir: Path, prog: str = PROG) -> int:
     print(f"{prog}: predicted {len(result.records)} song(s), skipped {len(result.quarantined)}; {where}",
           file=sys.stderr)
     return 0
+
+
+def say_perturbed(prog: str, perturbations: list, seed: int) -> None:
+    if perturbations:
+        from mmer.perturb import describe
+
+        print(f"{prog}: inputs broken on purpose: {describe(perturbations, seed)}; these are not the run's scores "
+              f"on its real inputs", file=sys.stderr)
 
 
 def emit(output: Path | None, records: list[dict]) -> str:
@@ -141,8 +159,9 @@ def emit(output: Path | None, records: list[dict]) -> str:
 def predict_dataset_split(args) -> int:
     """--data (or the run's own dataset): one split of the run's rotation, or of --fold's."""
     from mmer.predict import describe_rotation, predict_split  # torch: only when work starts
+    perturbations = cli.perturbations_of(args)
     result = predict_split(args.run, args.data, args.split, args.fold, batch_size=args.batch_size,
-                           device=args.device)
+                           device=args.device, perturbations=perturbations, perturb_seed=args.perturb_seed)
     own = "the run's own" if args.fold is None else "asked with --fold"
     print(f"{PROG}: {describe_rotation(result.fold)} ({own}), split {result.split}, threshold "
           f"{result.threshold:g} (run.json's config.threshold), data {result.data}", file=sys.stderr)
@@ -150,6 +169,7 @@ def predict_dataset_split(args) -> int:
         print(f"{PROG}: warning: these are songs of the run's {' and '.join(result.trained_on)} split (it was "
               f"trained on {describe_rotation(result.run_fold)}): the scores do not measure unseen songs; "
               f"omit --fold/--split for the run's own test split", file=sys.stderr)
+    say_perturbed(PROG, perturbations, args.perturb_seed)
     for song in result.skipped:
         print(f"{PROG}: skipped id {song!r}: no node in any of the run's modalities", file=sys.stderr)
     if not result.records:
@@ -176,6 +196,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", metavar="DEVICE", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--batch-size", type=positive_int, default=64, metavar="N", help="inference batch size")
     add_new_song_arguments(p)
+    cli.add_perturbations(p)
     return p
 
 

@@ -348,7 +348,7 @@ def test_benchmark_defaults_are_the_harness_own():
 # Metavars name the kind of value (issue 25: never OVERRIDE_D, WORKERS, IMAGE_WEIGHTS)
 KINDS = {"N", "K", "S", "S,S", "A,B", "M,M", "T", "P", "FILE", "DIR", "DATA", "RUN", "RAW", "SRC", "SPLIT", "RATE",
          "SECONDS", "MB", "BPS", "URL", "TEXT", "TAG,TAG", "ADDR", "ID", "DEVICE", "NAME=PATH", "WEIGHT", "NORM",
-         "SOURCE", "{0,1}"}
+         "SOURCE", "{0,1}", "KIND:ARG"}  # KIND:ARG: a perturbation (hhmpn-predict --corrupt noise:0.5)
 
 
 def test_metavars_name_the_kind_of_value(parsers):
