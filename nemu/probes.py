@@ -49,7 +49,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from sklearn.metrics import f1_score, hamming_loss, jaccard_score
 
 from nemu.labels import LABEL_NAMES, NEMU_LABELS
 
@@ -556,9 +555,17 @@ def posterior(latent: dict, probe: str, modalities=MODALITIES) -> np.ndarray:
     return np.array([post[label] for label in LABEL_NAMES])
 
 
+def _micro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    from sklearn.metrics import f1_score  # here: `nemu-sample --help` imports this module
+
+    return float(f1_score(y_true, y_pred, average="micro", zero_division=0))
+
+
 def score(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     """The four numbers of a ceiling (mmer.metrics.evaluate's definitions: accuracy is the sample-averaged
     Jaccard index, empty union 0; F1 0 where undefined), rounded to 4 decimals."""
+    from sklearn.metrics import f1_score, hamming_loss, jaccard_score
+
     y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
     values = {
         "micro_f1": f1_score(y_true, y_pred, average="micro", zero_division=0),
@@ -585,7 +592,7 @@ def ceiling_decision(latents: dict, modalities=MODALITIES) -> tuple[np.ndarray, 
     songs = _kept(latents)
     y = label_matrix(songs)
     probs = np.array([posterior(song, latents["probe"], modalities) for song in songs]).reshape(y.shape)
-    scored = [(f1_score(y, (probs >= t).astype(int), average="micro", zero_division=0), t) for t in THRESHOLD_GRID]
+    scored = [(_micro_f1(y, (probs >= t).astype(int)), t) for t in THRESHOLD_GRID]
     best = max(s for s, _ in scored)
     threshold = min((t for s, t in scored if s == best), key=lambda t: (abs(t - 0.5), t))
     return y, (probs >= threshold).astype(int), threshold
@@ -607,7 +614,7 @@ def constant_label_set(latents: dict) -> list[str]:
     for k in range(1, y.shape[1] + 1):
         guess = np.zeros_like(y)
         guess[:, order[:k]] = 1
-        micro = f1_score(y, guess, average="micro", zero_division=0)
+        micro = _micro_f1(y, guess)
         if micro > best:
             best, best_k = micro, k
     return [LABEL_NAMES[j] for j in sorted(order[:best_k])]
