@@ -3,14 +3,39 @@
 The real NEMu crawl cannot be redistributed, so the pipelines default to this sample.  It writes::
 
     RAW/records.jsonl             one JSON object per song (UTF-8, ensure_ascii=False)
-    RAW/provenance.json           {"kind": "synthetic-sample", "generator": "nemu.sample", "seed": S, "songs": N}
+    RAW/provenance.json           {"kind": "synthetic-sample", "generator": "nemu.sample", "seed": S, "songs": N,
+                                   "probe": P, "mechanisms": {...}, "ceiling": {...}, "constant_baseline": {...}}
     RAW/audio/song-00017.{wav,ogg,mp3}
     RAW/images/song-00017-0.{jpg,png}   cover, then 0-2 posters
 
 which is the raw input format read by ``python -m pipelines.build_nemu``.  Each record has the fields
 ``id, title, artist, tags, lyrics, comments, audio, images`` (see :func:`make_sample`).  The build copies
 ``provenance.json`` into the manifest's ``source`` (nemu.provenance), so a build of the sample is captioned
-"NEMu sample (synthetic, N songs)", never NEMu.
+"NEMu sample (synthetic, N songs, probe 'P')", never NEMu.
+
+Probes (issue 22; nemu/probes.py has the plans, the latent variables and the known answers)
+--------------------------------------------------------------------------------------------
+``make_sample(probe=...)`` chooses how each label's evidence is planted: ``linear`` is the signal described
+below (and byte-identical to the sample before probes, provenance.json aside); ``interaction``, ``needle``,
+``cooccurrence``, ``unreliable`` and ``null`` each need one mechanism; the default ``mixture`` assigns them per
+label (nemu.probes.MIXTURE_PLAN)::
+
+    linear        Sad, Healing, Happy       traces as below
+    interaction   Relaxed, Quiet            lyrics cues Fresh/Romantic x image cues Relaxed/Quiet (AND, then OR)
+                  Romantic, Moving          comment cues Moving/Romantic x audio cues Lonely/Relaxed
+    needle        Nostalgic (comments), Lonely (lyrics): one node among 30-40, decoy cue words elsewhere
+    co-occurrence Miss = Sad and Nostalgic; Fresh = Happy or Romantic (no trace of their own)
+    null          Excited (its cues planted at random)
+    unreliable    every song: at most one modality missing or replaced (nemu.probes.FAULT_RATES, 52 % of songs)
+
+The renderers below take cue *keys* (the label names of the tables below) per modality; under a probe other
+than ``linear`` a key is a cue identity whose label the probe's plan decides.  A needle modality is rendered
+long (30-40 lyric lines from several ci, or 30-40 comments) for every song, with its other cues scaled up
+(LONG_LYRIC_CUE_LINES, LONG_COMMENT_CUE_SENTENCES) so that only the needle is diluted; a missing modality is
+written as a raw record without it (empty lyrics, no comments, ``audio: null``, no images); a replaced one is
+rendered from another song's cues (a song of the same generator, not in the sample; lyrics from another ci).
+The sizes keep ``make demo`` (240 songs) about as long as before: the long comments and lyrics add text nodes
+only.
 
 What the content is made of
 ---------------------------
@@ -27,8 +52,8 @@ What the content is made of
   sentences of realistic length; every sample build's card says so.  See ``resources/README.md`` for provenance
   and licences.
 
-Labels and planted signal
--------------------------
+Labels and planted signal (probe ``linear``)
+--------------------------------------------
 Label sets are drawn with strongly uneven frequencies (:data:`LABEL_WEIGHTS`) and boosted/suppressed
 co-occurrences (:data:`LABEL_AFFINITY`); ~5 % of songs carry no emotion tag, ~30 % of the others one label.
 Each label leaves a *trace* in the modalities listed in :data:`TRACE_MODALITIES` (at least two per label,
@@ -52,7 +77,7 @@ The traces, each designed to survive the builder's features (mean word vectors t
 * **Images** (:data:`IMAGE_TRACES`): a bold geometric overlay per label (stripes, dots, checkerboard,
   rings, grid in a label colour, opacity 0.45-0.75) over every image of the song.
 
-Measured (240 songs, seed 0, ``build_nemu --image-encoder efficientnet-lite0``; binary relevance over
+Measured on probe ``linear`` (240 songs, seed 0, ``build_nemu --image-encoder efficientnet-lite0``; binary relevance over
 standardised logistic regressions on mean-pooled features, ``baselines.classical.BinaryRelevance``;
 test = folds {0,1}, {2,3}, ..., {8,9}, train = the other eight; mean micro-F1 over the five rotations)::
 

@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--songs", type=cli.positive_int, default=240, metavar="N",
                         help="number of songs to generate (240: about 40 MB, well under a minute)")
     cli.add_seed(parser, what="non-negative; a different seed gives a different folder")
-    parser.add_argument("--probe", choices=PROBE_CHOICES, default=DEFAULT_PROBE, metavar="NAME",
-                        help=f"which mechanism each label's evidence follows: {', '.join(PROBE_CHOICES)} "
+    parser.add_argument("--probe", choices=PROBE_CHOICES, default=DEFAULT_PROBE,
+                        help="which mechanism each label's evidence follows "
                              f"(default: %(default)s; see nemu/probes.py)")
     parser.add_argument("--overwrite", action="store_true",
                         help="if the folder is not empty, replace its records.jsonl, provenance.json, audio/ "
