@@ -220,11 +220,11 @@ FOLLOWERS: dict[str, Follower] = {
 
 #: The default sample's mechanism per label.
 MIXTURE_PLAN: dict[str, Mechanism] = {
-    "Sad": Linear(), "Healing": Linear(), "Happy": Linear(),
+    "Sad": Linear(), "Healing": Linear(), "Happy": Linear(), "Lonely": Linear(),
     **_interaction_plan((("lyrics", ("Fresh", "Romantic"), "images", ("Relaxed", "Quiet"), ("Relaxed", "Quiet")),
-                         ("comments", ("Moving", "Romantic"), "audio", ("Lonely", "Relaxed"),
+                         ("comments", ("Moving", "Romantic"), "audio", ("Relaxed", "Quiet"),
                           ("Romantic", "Moving")))),
-    "Nostalgic": Needle("comments"), "Lonely": Needle("lyrics"),
+    "Nostalgic": Needle("comments"),
     "Miss": Follower("all", ("Sad", "Nostalgic")), "Fresh": Follower("any", ("Happy", "Romantic")),
     "Excited": Null(),
 }

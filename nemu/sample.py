@@ -20,10 +20,10 @@ below (and byte-identical to the sample before probes, provenance.json aside); `
 ``cooccurrence``, ``unreliable`` and ``null`` each need one mechanism; the default ``mixture`` assigns them per
 label (nemu.probes.MIXTURE_PLAN)::
 
-    linear        Sad, Healing, Happy       traces as below
+    linear        Sad, Healing, Happy, Lonely   traces as below
     interaction   Relaxed, Quiet            lyrics cues Fresh/Romantic x image cues Relaxed/Quiet (AND, then OR)
-                  Romantic, Moving          comment cues Moving/Romantic x audio cues Lonely/Relaxed
-    needle        Nostalgic (comments), Lonely (lyrics): one node among 30-40, decoy cue words elsewhere
+                  Romantic, Moving          comment cues Moving/Romantic x audio cues Relaxed/Quiet
+    needle        Nostalgic: one comment among 30-40, decoy cue words in the others
     co-occurrence Miss = Sad and Nostalgic; Fresh = Happy or Romantic (no trace of their own)
     null          Excited (its cues planted at random)
     unreliable    every song: at most one modality missing or replaced (nemu.probes.FAULT_RATES, 52 % of songs)
