@@ -219,6 +219,29 @@ def _table1(manifest: dict) -> str:
     return "\n".join(out)
 
 
+def _metrics_line(scores: dict) -> str:
+    return ", ".join(f"{key} {scores[key]:.4f}" for key in ("micro_f1", "macro_f1", "accuracy", "hamming_loss")
+                     if isinstance(scores.get(key), (int, float)))
+
+
+def _probe_lines(source: dict) -> str:
+    """The sample's probe, each label's mechanism, the generator's ceiling and the constant baseline
+    (nemu.probes); nothing for a sample written before probes existed."""
+    probe = source.get("probe")
+    if not isinstance(probe, str):
+        return ""
+    out = [f"\n\nProbe `{probe}` (`nemu-sample --probe {probe}`; nemu.probes): each label's evidence follows one "
+           f"mechanism:\n"]
+    out += [f"- {label}: {text}" for label, text in (source.get("mechanisms") or {}).items()]
+    ceiling, constant = source.get("ceiling") or {}, source.get("constant_baseline") or {}
+    out += ["", f"Ceiling (the generator's decision from its own latent variables, threshold "
+                f"{source.get('ceiling_threshold')}, over the songs with an emotion tag): {_metrics_line(ceiling)}.",
+            f"Constant baseline (the best constant label set by micro-F1 over the same songs, "
+            f"{', '.join(source.get('constant_labels') or [])}): {_metrics_line(constant)}.",
+            "A model above the ceiling has leaked labels; on probe `null` no model should beat the constant baseline."]
+    return "\n".join(out)
+
+
 def _source_section(manifest: dict) -> str:
     """Where the data came from, from the manifest's ``source`` (nemu.provenance)."""
     source, name = source_of(manifest), manifest["dataset"]
@@ -229,7 +252,8 @@ def _source_section(manifest: dict) -> str:
                 f"(`nemu-sample --songs {source.get('songs')} --seed {source.get('seed')}`): generator seed "
                 f"{source.get('seed')}, {source.get('songs')} songs generated"
                 + (f", {kept} of them samples (the others carry no emotion tag)" if kept is not None else "")
-                + f". Not {name}: see the description above.")
+                + f". Not {name}: see the description above."
+                + _probe_lines(source))
     elif kind == RAW_RECORDS:
         text = ("Raw records: a raw folder of real records (`records.jsonl` without `provenance.json`, e.g. "
                 "collected by `nemu-crawl`), built by `nemu-build`.")

@@ -3,14 +3,39 @@
 The real NEMu crawl cannot be redistributed, so the pipelines default to this sample.  It writes::
 
     RAW/records.jsonl             one JSON object per song (UTF-8, ensure_ascii=False)
-    RAW/provenance.json           {"kind": "synthetic-sample", "generator": "nemu.sample", "seed": S, "songs": N}
+    RAW/provenance.json           {"kind": "synthetic-sample", "generator": "nemu.sample", "seed": S, "songs": N,
+                                   "probe": P, "mechanisms": {...}, "ceiling": {...}, "constant_baseline": {...}}
     RAW/audio/song-00017.{wav,ogg,mp3}
     RAW/images/song-00017-0.{jpg,png}   cover, then 0-2 posters
 
 which is the raw input format read by ``python -m pipelines.build_nemu``.  Each record has the fields
 ``id, title, artist, tags, lyrics, comments, audio, images`` (see :func:`make_sample`).  The build copies
 ``provenance.json`` into the manifest's ``source`` (nemu.provenance), so a build of the sample is captioned
-"NEMu sample (synthetic, N songs)", never NEMu.
+"NEMu sample (synthetic, N songs, probe 'P')", never NEMu.
+
+Probes (issue 22; nemu/probes.py has the plans, the latent variables and the known answers)
+--------------------------------------------------------------------------------------------
+``make_sample(probe=...)`` chooses how each label's evidence is planted: ``linear`` is the signal described
+below (and byte-identical to the sample before probes, provenance.json aside); ``interaction``, ``needle``,
+``cooccurrence``, ``unreliable`` and ``null`` each need one mechanism; the default ``mixture`` assigns them per
+label (nemu.probes.MIXTURE_PLAN)::
+
+    linear        Sad, Healing, Happy, Lonely   traces as below
+    interaction   Relaxed, Quiet            lyrics cues Fresh/Romantic x image cues Relaxed/Quiet (AND, then OR)
+                  Romantic, Moving          comment cues Moving/Romantic x audio cues Relaxed/Quiet
+    needle        Nostalgic: one comment among 30-40, decoy cue words in the others
+    co-occurrence Miss = Sad and Nostalgic; Fresh = Happy or Romantic (no trace of their own)
+    null          Excited (its cues planted at random)
+    unreliable    every song: at most one modality missing or replaced (nemu.probes.FAULT_RATES, 52 % of songs)
+
+The renderers below take cue *keys* (the label names of the tables below) per modality; under a probe other
+than ``linear`` a key is a cue identity whose label the probe's plan decides.  A needle modality is rendered
+long (30-40 lyric lines from several ci, or 30-40 comments) for every song, with its other cues scaled up
+(LONG_LYRIC_CUE_LINES, LONG_COMMENT_CUE_SENTENCES) so that only the needle is diluted; a missing modality is
+written as a raw record without it (empty lyrics, no comments, ``audio: null``, no images); a replaced one is
+rendered from another song's cues (a song of the same generator, not in the sample; lyrics from another ci).
+The sizes keep ``make demo`` (240 songs) about as long as before: the long comments and lyrics add text nodes
+only.
 
 What the content is made of
 ---------------------------
@@ -27,8 +52,8 @@ What the content is made of
   sentences of realistic length; every sample build's card says so.  See ``resources/README.md`` for provenance
   and licences.
 
-Labels and planted signal
--------------------------
+Labels and planted signal (probe ``linear``)
+--------------------------------------------
 Label sets are drawn with strongly uneven frequencies (:data:`LABEL_WEIGHTS`) and boosted/suppressed
 co-occurrences (:data:`LABEL_AFFINITY`); ~5 % of songs carry no emotion tag, ~30 % of the others one label.
 Each label leaves a *trace* in the modalities listed in :data:`TRACE_MODALITIES` (at least two per label,
@@ -52,7 +77,7 @@ The traces, each designed to survive the builder's features (mean word vectors t
 * **Images** (:data:`IMAGE_TRACES`): a bold geometric overlay per label (stripes, dots, checkerboard,
   rings, grid in a label colour, opacity 0.45-0.75) over every image of the song.
 
-Measured (240 songs, seed 0, ``build_nemu --image-encoder efficientnet-lite0``; binary relevance over
+Measured on probe ``linear`` (240 songs, seed 0, ``build_nemu --image-encoder efficientnet-lite0``; binary relevance over
 standardised logistic regressions on mean-pooled features, ``baselines.classical.BinaryRelevance``;
 test = folds {0,1}, {2,3}, ..., {8,9}, train = the other eight; mean micro-F1 over the five rotations)::
 
@@ -95,59 +120,21 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
-from nemu.labels import LABEL_NAMES, NEMU_LABELS
+from nemu.labels import LABEL_NAMES
+from nemu.probes import (  # noqa: F401  (re-exported: the latent layer's names are the sample's)
+    ARTISTS, CUE_KEYS, DEFAULT_PROBE, ENGLISH_TAG_PROB, LABEL_AFFINITY, LABEL_COUNT_PROBS, LABEL_WEIGHTS, LINEAR,
+    MODALITIES, NEEDLE_DECOYS, NEEDLE_NODES, NO_EMOTION_PROB, OTHER_TAGS, PROBE_CHOICES, PROBES, SPURIOUS_PROB,
+    TRACE_MODALITIES, TRACE_PROB, ceiling_decision, ceiling_of, constant_baseline, constant_label_set, draw_artist,
+    draw_song, mechanisms, needle_modalities, posterior, probe_latents, song_rng)
+from nemu.probes import draw_labels as _draw_labels  # noqa: F401  (the name tests and callers know)
+from nemu.probes import draw_tags as _tags  # noqa: F401
+from nemu.probes import draw_traces as _traces  # noqa: F401
 from nemu.provenance import PROVENANCE_FILE, synthetic_sample_source, write_raw_provenance
 
 SAMPLE_RATE = 22050
 CLIP_SECONDS = (4.0, 8.0)
 AUDIO_FORMATS = ("wav", "ogg", "mp3")  # rotated by song index
 IMAGE_SIZE = (128, 192)  # side lengths, pixels
-MODALITIES = ("lyrics", "comments", "audio", "images")
-
-# --- label statistics -------------------------------------------------------------------------------
-
-# Relative frequency of each label (NetEase-like: sad/missing/healing/quiet songs dominate, upbeat rare).
-LABEL_WEIGHTS: dict[str, float] = {
-    "Sad": 0.16, "Miss": 0.13, "Healing": 0.12, "Quiet": 0.12, "Lonely": 0.09, "Nostalgic": 0.08,
-    "Moving": 0.08, "Romantic": 0.06, "Relaxed": 0.06, "Happy": 0.05, "Fresh": 0.035, "Excited": 0.03,
-}
-# Multiplier on a label's weight once the other label of the pair is already drawn (>1 co-occur, <1 avoid).
-LABEL_AFFINITY: dict[tuple[str, str], float] = {
-    ("Miss", "Sad"): 6.0, ("Relaxed", "Happy"): 8.0, ("Lonely", "Sad"): 6.0, ("Quiet", "Healing"): 6.0,
-    ("Romantic", "Moving"): 8.0, ("Nostalgic", "Miss"): 4.0, ("Fresh", "Healing"): 5.0,
-    ("Relaxed", "Quiet"): 3.0, ("Excited", "Happy"): 10.0, ("Lonely", "Quiet"): 2.0,
-    ("Happy", "Sad"): 0.1, ("Excited", "Quiet"): 0.05, ("Excited", "Sad"): 0.1, ("Happy", "Lonely"): 0.1,
-    ("Excited", "Lonely"): 0.1, ("Fresh", "Sad"): 0.3,
-}
-NO_EMOTION_PROB = 0.05
-# Number of labels for a song that has any: ~30 % one, the rest two to four (paper: 5587 vs 13320).
-LABEL_COUNT_PROBS: dict[int, float] = {1: 0.30, 2: 0.38, 3: 0.22, 4: 0.10}
-ENGLISH_TAG_PROB = 0.2  # otherwise the NetEase (Chinese) tag name
-# Non-emotion NetEase tags (language / style / scene): the builder must drop them.
-OTHER_TAGS: dict[str, float] = {
-    "华语": 0.30, "流行": 0.20, "民谣": 0.10, "摇滚": 0.06, "古风": 0.08, "轻音乐": 0.06, "电子": 0.04,
-    "欧美": 0.04, "粤语": 0.04, "日语": 0.02, "说唱": 0.02, "学习": 0.02, "夜晚": 0.02,
-}
-
-# --- planted signal -----------------------------------------------------------------------------------
-
-# Where each label leaves a trace.  Every label has >= 2 modalities; every modality misses some labels.
-TRACE_MODALITIES: dict[str, tuple[str, ...]] = {
-    "Nostalgic": ("lyrics", "comments"),
-    "Fresh": ("comments", "images"),
-    "Romantic": ("lyrics", "images"),
-    "Sad": ("lyrics", "audio"),
-    "Healing": ("comments", "images"),
-    "Relaxed": ("audio", "images"),
-    "Lonely": ("lyrics", "audio"),
-    "Moving": ("comments", "images"),
-    "Excited": ("comments", "audio", "images"),
-    "Happy": ("comments", "audio"),
-    "Quiet": ("audio", "images"),
-    "Miss": ("lyrics", "comments"),
-}
-TRACE_PROB = 0.7  # per song, label present, modality in TRACE_MODALITIES[label]
-SPURIOUS_PROB = 0.02  # per song, label absent, same modality: label noise, as in real tags
 
 # Text traces: cue words, each a single jieba token, absent (or nearly) from the source texts.
 CUE_WORDS: dict[str, tuple[str, ...]] = {
@@ -167,6 +154,10 @@ CUE_WORDS: dict[str, tuple[str, ...]] = {
 CUE_GROUP = (2, 3)  # words per cue line or cue sentence (inclusive range)
 LYRIC_CUE_LINES = (2, 4)  # cue lines per traced label (inclusive range), each a different real line
 COMMENT_CUE_SENTENCES = (3, 5)  # cue sentences per traced label (inclusive range)
+# In the long layout of a needle modality (NEEDLE_NODES nodes) the other cues scale with the node count, so a
+# linear or interaction cue there is as visible as in the short layout and only the needle is diluted.
+LONG_LYRIC_CUE_LINES = (6, 9)
+LONG_COMMENT_CUE_SENTENCES = (8, 12)
 # Comment traces are appended as a sentence; punctuation around the cues keeps jieba from merging them.
 _COMMENT_CUE_TEMPLATES = ("{w}！", "满满的{w}。", "这首歌让我想起{w}。", "……{w}。")
 
@@ -196,8 +187,6 @@ IMAGE_TRACES: dict[str, tuple[str, tuple[int, int, int], float, int]] = {
     "Quiet": ("grid", (70, 80, 120), 0.6, 16),
 }
 
-_ENGLISH = dict(NEMU_LABELS)
-
 # Sources of real photos: only images shipped inside the installed wheels (no network access).
 _SKIMAGE_COLOR = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
 _SKIMAGE_GRAY = ("camera", "coins", "moon", "grass", "clock", "horse")
@@ -216,6 +205,10 @@ def _check_consistency() -> None:
         assert any(m in mods for m in ("lyrics", "comments")) == (label in CUE_WORDS), label
     for mod in MODALITIES:
         assert not all(mod in mods for mods in TRACE_MODALITIES.values()), mod
+    # the latent layer (nemu.probes) plants only keys this module can render
+    assert set(CUE_KEYS["lyrics"]) == set(CUE_KEYS["comments"]) == set(CUE_WORDS)
+    assert set(CUE_KEYS["audio"]) == AUDIO_PARTIAL_HZ.keys() | AUDIO_SOFT.keys() | AUDIO_TREMOLO_HZ.keys()
+    assert set(CUE_KEYS["images"]) == set(IMAGE_TRACES)
 
 
 _check_consistency()
@@ -286,62 +279,6 @@ def _photos() -> tuple[Image.Image, ...]:
     return tuple(out)
 
 
-# --- labels and tags ------------------------------------------------------------------------------------
-
-def _affinity_matrix() -> np.ndarray:
-    index = {name: i for i, name in enumerate(LABEL_NAMES)}
-    m = np.ones((len(LABEL_NAMES), len(LABEL_NAMES)))
-    for (a, b), v in LABEL_AFFINITY.items():
-        m[index[a], index[b]] = m[index[b], index[a]] = v
-    return m
-
-
-_AFFINITY = _affinity_matrix()
-_WEIGHTS = np.array([LABEL_WEIGHTS[name] for name in LABEL_NAMES])
-
-
-def _draw_labels(rng: np.random.Generator) -> list[str]:
-    """A label set: none with NO_EMOTION_PROB, else 1-4 labels drawn sequentially with affinities."""
-    if rng.random() < NO_EMOTION_PROB:
-        return []
-    counts = list(LABEL_COUNT_PROBS)
-    k = counts[rng.choice(len(counts), p=np.array(list(LABEL_COUNT_PROBS.values())))]
-    weights = _WEIGHTS.copy()
-    chosen: list[int] = []
-    for _ in range(k):
-        p = weights.copy()
-        p[chosen] = 0.0
-        j = int(rng.choice(len(p), p=p / p.sum()))
-        chosen.append(j)
-        weights = weights * _AFFINITY[j]
-    return [LABEL_NAMES[j] for j in sorted(chosen)]
-
-
-def _tags(labels: list[str], rng: np.random.Generator) -> list[str]:
-    tags = []
-    for label in labels:
-        if rng.random() < ENGLISH_TAG_PROB:
-            tags.append(label if rng.random() < 0.7 else label.lower())  # the builder casefolds
-        else:
-            tags.append(_ENGLISH[label])
-    names = list(OTHER_TAGS)
-    p = np.array(list(OTHER_TAGS.values()))
-    n_other = int(rng.integers(1, 4))
-    tags += [names[i] for i in rng.choice(len(names), size=n_other, replace=False, p=p / p.sum())]
-    return [tags[i] for i in rng.permutation(len(tags))]
-
-
-def _traces(labels: list[str], rng: np.random.Generator) -> dict[str, list[str]]:
-    """For each modality, the labels whose trace is planted in this song (true ones and rare spurious)."""
-    out: dict[str, list[str]] = {m: [] for m in MODALITIES}
-    for label in LABEL_NAMES:  # fixed order: same draws whatever the label set
-        for mod in TRACE_MODALITIES[label]:
-            u = rng.random()
-            if u < (TRACE_PROB if label in labels else SPURIOUS_PROB):
-                out[mod].append(label)
-    return out
-
-
 # --- text -------------------------------------------------------------------------------------------------
 
 _CLAUSE_SPLIT = str.maketrans({c: "\n" for c in "，。、？！；：,.?!;:"})
@@ -352,18 +289,60 @@ def _name(rng: np.random.Generator) -> str:
     return _SURNAMES[rng.integers(len(_SURNAMES))] + "".join(_GIVEN[i] for i in rng.integers(len(_GIVEN), size=n))
 
 
-def _lyrics(ci: dict, cues: list[list[str]], rng: np.random.Generator) -> str:
+def _ci_lines(ci: dict) -> list[str]:
+    return [c.strip() for p in ci["paragraphs"] for c in p.translate(_CLAUSE_SPLIT).split("\n") if c.strip()]
+
+
+def _needle_group(key: str, rng: np.random.Generator) -> list[str]:
+    """A needle: CUE_GROUP distinct cue words of ``key`` (as one cue group)."""
+    words = CUE_WORDS[key]
+    k = int(rng.integers(CUE_GROUP[0], CUE_GROUP[1] + 1))
+    return [words[i] for i in rng.permutation(len(words))[:k]]
+
+
+def _decoys(n_nodes: int, keys: list[str], taken: set[int], rng: np.random.Generator) -> list[tuple[int, str]]:
+    """(node, word) pairs: NEEDLE_DECOYS single cue words of each needle key of the modality, in nodes other
+    than the needles (``taken``), never two of one key in one node (that would read as a needle)."""
+    out = []
+    for key in keys:
+        free = [i for i in range(n_nodes) if i not in taken]
+        count = min(len(free), int(rng.integers(NEEDLE_DECOYS[0], NEEDLE_DECOYS[1] + 1)))
+        for i in rng.choice(len(free), size=count, replace=False):
+            out.append((free[int(i)], CUE_WORDS[key][int(rng.integers(len(CUE_WORDS[key])))]))
+    return out
+
+
+def _lyrics(ci: dict, cues: list[list[str]], rng: np.random.Generator, needles: tuple | None = None) -> str:
     """Ci clauses as lyric lines (a repeated verse sometimes), cue groups prefixed/suffixed to some lines;
-    LRC with timestamps and credit lines for ~half the songs, plain text otherwise."""
-    lines = [c.strip() for p in ci["paragraphs"] for c in p.translate(_CLAUSE_SPLIT).split("\n") if c.strip()]
-    if rng.random() < 0.4:
-        lines += lines[len(lines) // 2:]  # a repeated second half, like a chorus
+    LRC with timestamps and credit lines for ~half the songs, plain text otherwise.
+
+    ``needles`` = (needle keys, decoy keys, the ci pool) makes the long layout of a needle modality:
+    NEEDLE_NODES lines (the song's ci continued by others), one line per needle key with its cue group, and
+    single decoy words in other lines."""
+    lines = _ci_lines(ci)
+    if needles is None:
+        if rng.random() < 0.4:
+            lines += lines[len(lines) // 2:]  # a repeated second half, like a chorus
+    else:
+        target = int(rng.integers(NEEDLE_NODES[0], NEEDLE_NODES[1] + 1))
+        while len(lines) < target:
+            lines += _ci_lines(needles[2][int(rng.integers(len(needles[2])))])
+        lines = lines[:target]
     # Distinct lines while there are enough, so cues spread over the song instead of piling up.
     where = rng.permutation(len(lines))
     for k, group in enumerate(cues):
         i = int(where[k % len(lines)])
         w = " ".join(group)
         lines[i] = f"{w} {lines[i]}" if rng.random() < 0.5 else f"{lines[i]} {w}"
+    if needles is not None:
+        needle_lines = set()
+        for j, key in enumerate(needles[0]):
+            i = int(where[(len(cues) + j) % len(lines)])
+            needle_lines.add(i)
+            w = " ".join(_needle_group(key, rng))
+            lines[i] = f"{w} {lines[i]}" if rng.random() < 0.5 else f"{lines[i]} {w}"
+        for i, word in _decoys(len(lines), needles[1], needle_lines, rng):
+            lines[i] = f"{word} {lines[i]}"
     credits = [("作词", ci["author"]), ("作曲", _name(rng))]
     if rng.random() < 0.7:
         credits.append(("编曲", _name(rng)))
@@ -384,9 +363,14 @@ def _end_sentence(text: str) -> str:
     return text if text and text[-1] in "。！？!?…" else text + "。"
 
 
-def _comments(pool: tuple[str, ...], cues: list[list[str]], rng: np.random.Generator) -> list[str]:
-    """3-10 comments; ~30 % are long ones joined from 2-4 sentences; cue sentences appended to some."""
-    n = int(rng.integers(3, 11))
+def _comments(pool: tuple[str, ...], cues: list[list[str]], rng: np.random.Generator,
+              needles: tuple | None = None) -> list[str]:
+    """3-10 comments; ~30 % are long ones joined from 2-4 sentences; cue sentences appended to some.
+
+    ``needles`` = (needle keys, decoy keys) makes the long layout of a needle modality: NEEDLE_NODES comments,
+    one short comment per needle key made of its cue group, single decoy words opening other comments (inside
+    their first sentence, so a decoy never becomes a node of its own)."""
+    n = int(rng.integers(3, 11)) if needles is None else int(rng.integers(NEEDLE_NODES[0], NEEDLE_NODES[1] + 1))
     picks = iter(rng.choice(len(pool), size=4 * n, replace=False))
     out = []
     for _ in range(n):
@@ -398,6 +382,12 @@ def _comments(pool: tuple[str, ...], cues: list[list[str]], rng: np.random.Gener
         i = int(rng.integers(n))
         template = _COMMENT_CUE_TEMPLATES[rng.integers(len(_COMMENT_CUE_TEMPLATES))]
         out[i] = _end_sentence(out[i]) + template.format(w="、".join(group))
+    if needles is not None:
+        for i, word in _decoys(n, needles[1], set(), rng):
+            out[i] = f"{word}，{out[i]}"
+        for key in needles[0]:
+            template = _COMMENT_CUE_TEMPLATES[rng.integers(len(_COMMENT_CUE_TEMPLATES))]
+            out.insert(int(rng.integers(len(out) + 1)), template.format(w="、".join(_needle_group(key, rng))))
     return out
 
 
@@ -590,20 +580,29 @@ def _prepare(raw_dir: Path, overwrite: bool) -> None:
     (raw_dir / "images").mkdir(parents=True, exist_ok=True)
 
 
-def _song(index: int, seed: int, ci: dict, artists: list[str]) -> tuple[dict, dict[str, bytes], list[str]]:
-    """One record, its files (relative path -> bytes) and its label set, from the song's own stream."""
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
+def _song(index: int, seed: int, ci: dict, artists: list[str], probe: str = LINEAR
+          ) -> tuple[dict, dict[str, bytes], dict]:
+    """One record, its files (relative path -> bytes) and its latent variables (nemu.probes.draw_song: the
+    label set among them), from the song's own stream."""
+    rng = song_rng(seed, index)
     song_id = f"song-{index:05d}"
-    a, b = rng.choice(len(artists), size=2, replace=False)
-    artist = f"{artists[a]}/{artists[b]}" if rng.random() < 0.1 else artists[a]  # some duets
-    labels = _draw_labels(rng)
-    tags = _tags(labels, rng)
-    traces = _traces(labels, rng)
+    a, b, duet = draw_artist(rng)
+    artist = f"{artists[a]}/{artists[b]}" if duet else artists[a]  # some duets
+    latent, tags = draw_song(rng, probe)
+    cues, needles = latent["cues"], latent["needles"]
+    fault = tuple(latent["fault"] or ("", ""))
+    long = needle_modalities(probe)  # modality -> its needle keys (the decoys' keys); {} for linear
 
-    lyric_cues = _cues(traces["lyrics"], rng, LYRIC_CUE_LINES)
-    comment_cues = _cues(traces["comments"], rng, COMMENT_CUE_SENTENCES)
-    lyrics = _lyrics(ci, lyric_cues, rng)
-    comments = _comments(load_comments(), comment_cues, rng)
+    # A replaced modality is another song's: its cues were drawn as another song's (nemu.probes), and its lyrics
+    # are another ci.
+    lyric_ci = load_songci()[int(rng.integers(len(load_songci())))] if fault == ("lyrics", "replaced") else ci
+    lyric_cues = _cues(cues["lyrics"], rng, LONG_LYRIC_CUE_LINES if "lyrics" in long else LYRIC_CUE_LINES)
+    comment_cues = _cues(cues["comments"], rng,
+                         LONG_COMMENT_CUE_SENTENCES if "comments" in long else COMMENT_CUE_SENTENCES)
+    lyrics = _lyrics(lyric_ci, lyric_cues, rng,
+                     (needles["lyrics"], long["lyrics"], load_songci()) if "lyrics" in long else None)
+    comments = _comments(load_comments(), comment_cues, rng,
+                         (needles["comments"], long["comments"]) if "comments" in long else None)
     first_clause = ci["paragraphs"][0].translate(_CLAUSE_SPLIT).split("\n")[0]
     title = f"{ci['tune']}·{first_clause}" if rng.random() < 0.6 else ci["tune"]
 
@@ -611,37 +610,56 @@ def _song(index: int, seed: int, ci: dict, artists: list[str]) -> tuple[dict, di
     fmt = AUDIO_FORMATS[index % len(AUDIO_FORMATS)]
     audio_rel = f"audio/{song_id}.{fmt}"
     serial = zlib.crc32(f"nemu-sample:{seed}:{song_id}".encode())
-    files[audio_rel] = _encode_audio(_audio(traces["audio"], rng), fmt, serial)
+    files[audio_rel] = _encode_audio(_audio(cues["audio"], rng), fmt, serial)
 
     images = []
     for k in range(int(rng.integers(1, 4))):
         ext = ("jpg", "png")[(index + k) % 2]
         rel = f"images/{song_id}-{k}.{ext}"
-        files[rel] = _encode_image(_image(traces["images"], rng, cover=(k == 0)), ext)
+        files[rel] = _encode_image(_image(cues["images"], rng, cover=(k == 0)), ext)
         images.append(rel)
 
+    # A missing modality: what a raw record without it looks like (rendered first, so the other draws stay put).
+    if fault[1] == "missing":
+        if fault[0] == "lyrics":
+            lyrics = ""
+        elif fault[0] == "comments":
+            comments = []
+        elif fault[0] == "audio":
+            del files[audio_rel]
+            audio_rel = None
+        else:
+            for rel in images:
+                del files[rel]
+            images = []
     record = {"id": song_id, "title": title, "artist": artist, "tags": tags, "lyrics": lyrics,
               "comments": comments, "audio": audio_rel, "images": images}
-    return record, files, labels
+    return record, files, {"id": song_id, **latent}
 
 
-def make_sample(raw_dir: Path, songs: int = 240, seed: int = 0, *, overwrite: bool = False,
-                progress: bool = True) -> dict:
-    """Write a deterministic NEMu raw folder with ``songs`` songs to ``raw_dir``.
+def make_sample(raw_dir: Path, songs: int = 240, seed: int = 0, *, probe: str = DEFAULT_PROBE,
+                overwrite: bool = False, progress: bool = True) -> dict:
+    """Write a deterministic NEMu raw folder with ``songs`` songs to ``raw_dir``, generated under ``probe``.
 
     Args:
         raw_dir: target folder; created if missing.  If it exists and is not empty, ``FileExistsError``
             unless ``overwrite``, which replaces ``records.jsonl``, ``provenance.json``, ``audio/`` and
             ``images/`` (and only those: other files in the folder are left alone).
         songs: number of songs (>= 1).
-        seed: non-negative integer; same ``songs`` and ``seed`` give byte-identical files.
+        seed: non-negative integer; same ``songs``, ``seed`` and ``probe`` give byte-identical files.
+        probe: one of :data:`PROBE_CHOICES` (nemu.probes): which mechanism each label's evidence follows;
+            ``"linear"`` writes the sample as it was before probes (the same records and media, byte for byte).
         overwrite: see ``raw_dir``.
         progress: show a tqdm progress bar.
 
     Returns:
         A summary: ``raw_dir``, ``songs``, ``seed``, ``no_emotion_tag`` (songs with no emotion tag),
         ``single_label``, ``multi_label``, ``label_counts`` (label -> songs), ``audio_formats`` and
-        ``image_formats`` (extension -> files), ``files`` (media files written) and ``seconds`` (wall time).
+        ``image_formats`` (extension -> files), ``files`` (media files written), ``seconds`` (wall time), and
+        the known answers also written to ``provenance.json``: ``probe``, ``mechanisms`` (label -> sentence),
+        ``ceiling`` and ``constant_baseline`` (``micro_f1``, ``macro_f1``, ``accuracy``, ``hamming_loss`` over the
+        songs with an emotion tag: nemu.probes.ceiling_of and constant_baseline), ``ceiling_threshold`` and
+        ``constant_labels``.
     """
     from tqdm import tqdm
 
@@ -650,6 +668,8 @@ def make_sample(raw_dir: Path, songs: int = 240, seed: int = 0, *, overwrite: bo
         raise ValueError(f"songs must be >= 1, got {songs}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
+    if probe not in PROBE_CHOICES:
+        raise ValueError(f"unknown probe {probe!r}; choose from {', '.join(PROBE_CHOICES)}")
     raw_dir = Path(raw_dir)
     started = time.perf_counter()
     _prepare(raw_dir, overwrite)
@@ -659,23 +679,26 @@ def make_sample(raw_dir: Path, songs: int = 240, seed: int = 0, *, overwrite: bo
     root = np.random.default_rng(np.random.SeedSequence(seed))
     songci = load_songci()
     ci_order = root.permutation(len(songci))
-    artists = [_name(root) for _ in range(60)]
+    artists = [_name(root) for _ in range(ARTISTS)]
 
-    records, label_sets = [], []
+    records, label_sets, latents = [], [], []
     audio_formats: Counter[str] = Counter()
     image_formats: Counter[str] = Counter()
     for i in tqdm(range(songs), desc="sample songs", unit="song", disable=not progress):
-        record, files, labels = _song(i, seed, songci[ci_order[i % len(songci)]], artists)
+        record, files, latent = _song(i, seed, songci[ci_order[i % len(songci)]], artists, probe)
         for rel, data in files.items():
             (raw_dir / rel).write_bytes(data)
-        audio_formats[Path(record["audio"]).suffix[1:]] += 1
+        if record["audio"]:
+            audio_formats[Path(record["audio"]).suffix[1:]] += 1
         image_formats.update(Path(p).suffix[1:] for p in record["images"])
         records.append(record)
-        label_sets.append(labels)
+        label_sets.append(latent["labels"])
+        latents.append(latent)
 
+    answers = known_answers({"probe": probe, "seed": seed, "songs": latents})
     # Before records.jsonl: a folder that has records always says it is synthetic (a kill in between would
     # otherwise leave a sample that builds as real records).
-    write_raw_provenance(raw_dir, synthetic_sample_source(seed, songs))
+    write_raw_provenance(raw_dir, synthetic_sample_source(seed, songs, **answers))
     # Written last: a folder without records.jsonl is visibly incomplete.
     with open(raw_dir / "records.jsonl", "w", encoding="utf-8", newline="\n") as fh:
         for record in records:
@@ -693,5 +716,15 @@ def make_sample(raw_dir: Path, songs: int = 240, seed: int = 0, *, overwrite: bo
         "audio_formats": dict(sorted(audio_formats.items())),
         "image_formats": dict(sorted(image_formats.items())),
         "files": sum(audio_formats.values()) + sum(image_formats.values()),
+        **answers,
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def known_answers(latents: dict) -> dict:
+    """What provenance.json and the card state about a sample: its probe, each label's mechanism, the
+    generator's ceiling (and threshold) and the best constant label set's scores (nemu.probes)."""
+    _, _, threshold = ceiling_decision(latents)
+    return {"probe": latents["probe"], "mechanisms": mechanisms(latents["probe"]), "ceiling": ceiling_of(latents),
+            "ceiling_threshold": threshold, "constant_baseline": constant_baseline(latents),
+            "constant_labels": constant_label_set(latents)}

@@ -1,4 +1,4 @@
-"""Write the embedded default NEMu raw dataset: ``nemu-sample --out RAW --songs N --seed S``.
+"""Write the embedded default NEMu raw dataset: ``nemu-sample --out RAW --songs N --seed S [--probe NAME]``.
 
 A thin command-line wrapper around :func:`nemu.sample.make_sample`; see that module for what the
 folder contains and how labels leave traces in each modality.
@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from nemu.probes import DEFAULT_PROBE, PROBE_CHOICES
 from nemu.progress import show_progress
 from pipelines import cli
 
@@ -18,12 +19,14 @@ PROG = cli.prog_of("pipelines.make_sample")
 DESCRIPTION = """\
 Generate a small, deterministic NEMu raw folder from real material shipped with the project and its
 dependencies (a pygame music loop, scikit-learn/scikit-image photos, Song ci lyrics, review-corpus
-comments), with planted, partial label signal in lyrics, comments, audio and images.
+comments), with planted, partial label signal in lyrics, comments, audio and images. --probe chooses how each
+label's evidence is planted (interaction, needle, cooccurrence, unreliable, null, linear, or the default
+mixture of them); the generator's ceiling and the constant baseline go into provenance.json and the card.
 
 Writes RAW/records.jsonl (one song per line: id, title, artist, tags, lyrics, comments, audio, images),
 RAW/audio/*.{wav,ogg,mp3}, RAW/images/*.{jpg,png} and RAW/provenance.json (synthetic sample, seed, songs:
 the build records it, so the dataset is captioned as the synthetic sample): the input of `nemu-build --raw RAW`.
-Same --songs and --seed give byte-identical files."""
+Same --songs, --seed and --probe give byte-identical files; --probe linear is the sample before probes."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--songs", type=cli.positive_int, default=240, metavar="N",
                         help="number of songs to generate (240: about 40 MB, well under a minute)")
     cli.add_seed(parser, what="non-negative; a different seed gives a different folder")
+    parser.add_argument("--probe", choices=PROBE_CHOICES, default=DEFAULT_PROBE,
+                        help="which mechanism each label's evidence follows "
+                             f"(default: %(default)s; see nemu/probes.py)")
     parser.add_argument("--overwrite", action="store_true",
                         help="if the folder is not empty, replace its records.jsonl, provenance.json, audio/ "
                              "and images/ (other files in it are left untouched); without it a non-empty folder "
@@ -57,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from nemu.sample import make_sample  # after argument parsing, so --help stays instant
 
     try:
-        summary = make_sample(args.out, songs=args.songs, seed=args.seed, overwrite=args.overwrite,
+        summary = make_sample(args.out, songs=args.songs, seed=args.seed, probe=args.probe, overwrite=args.overwrite,
                               progress=show_progress(not args.quiet))
     except (FileExistsError, NotADirectoryError) as exc:
         return cli.error(PROG, str(exc).replace("pass overwrite=True (--overwrite)", "add --overwrite"))

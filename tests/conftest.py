@@ -49,11 +49,12 @@ def built(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def sample_dataset(tmp_path_factory) -> Path:
-    """The embedded sample generator's output (160 songs, seed 0), built: the planted-signal dataset."""
+    """The embedded sample generator's output (160 songs, seed 0, probe 'linear': the sample as it was before
+    probes, whose additive signal these tests were written against), built: the planted-signal dataset."""
     from nemu.sample import make_sample
 
     base = tmp_path_factory.mktemp("sample")
-    make_sample(base / "raw", songs=160, seed=0, progress=False)
+    make_sample(base / "raw", songs=160, seed=0, probe="linear", progress=False)
     build(options(base / "raw", base / "out", workers=2))
     return base / "out"
 

@@ -75,8 +75,12 @@ def test_the_sample_writes_its_provenance_deterministically(sample_builds, tmp_p
     from nemu.sample import make_sample
 
     written = (sample_builds / "raw" / PROVENANCE_FILE).read_bytes()
-    assert json.loads(written) == {"kind": "synthetic-sample", "generator": "nemu.sample", "seed": SAMPLE_SEED,
-                                   "songs": SAMPLE_SONGS}
+    record = json.loads(written)
+    assert {key: record[key] for key in ("kind", "generator", "seed", "songs", "probe")} == {
+        "kind": "synthetic-sample", "generator": "nemu.sample", "seed": SAMPLE_SEED, "songs": SAMPLE_SONGS,
+        "probe": "mixture"}
+    assert set(record["ceiling"]) == set(record["constant_baseline"]) == {"micro_f1", "macro_f1", "accuracy",
+                                                                          "hamming_loss"}
     assert read_raw_provenance(sample_builds / "raw")["seed"] == SAMPLE_SEED
     # --overwrite replaces a stale record (here one that would make the sample build as real records)
     raw = tmp_path / "raw"
@@ -109,9 +113,9 @@ def test_a_build_of_the_sample_is_captioned_as_the_synthetic_sample(sample_build
 
     out = sample_builds / "sample"
     manifest = read_manifest(out)
-    assert manifest["source"] == {"kind": "synthetic-sample", "generator": "nemu.sample", "seed": SAMPLE_SEED,
-                                  "songs": SAMPLE_SONGS}
-    title = f"NEMu sample (synthetic, {manifest['counts']['kept']} songs)"
+    assert manifest["source"] == json.loads((sample_builds / "raw" / PROVENANCE_FILE).read_text(encoding="utf-8"))
+    assert manifest["source"]["seed"] == SAMPLE_SEED and manifest["source"]["songs"] == SAMPLE_SONGS
+    title = f"NEMu sample (synthetic, {manifest['counts']['kept']} songs, probe 'mixture')"
     assert dataset_title(manifest) == title and is_synthetic(manifest)
     card = _card(out)
     assert _pretty_name(card) == title

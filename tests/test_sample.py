@@ -35,7 +35,7 @@ def _records(root: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("sample") / "raw"
-    summary = S.make_sample(root, songs=SONGS, seed=0, progress=False)
+    summary = S.make_sample(root, songs=SONGS, seed=0, probe="linear", progress=False)
     return root, summary
 
 
@@ -156,7 +156,7 @@ def test_ogg_pages_have_valid_crc_after_serial_rewrite(sample, records):
 def test_same_seed_gives_identical_bytes(sample, tmp_path):
     root, _ = sample
     again = tmp_path / "again"
-    S.make_sample(again, songs=SONGS, seed=0, progress=False)
+    S.make_sample(again, songs=SONGS, seed=0, probe="linear", progress=False)
     first, second = _files(root), _files(again)
     assert first.keys() == second.keys()
     differing = [name for name in first if first[name] != second[name]]
@@ -166,7 +166,7 @@ def test_same_seed_gives_identical_bytes(sample, tmp_path):
 def test_different_seed_differs_and_prefix_is_stable(sample, tmp_path):
     root, _ = sample
     other = tmp_path / "seed1"
-    S.make_sample(other, songs=12, seed=1, progress=False)
+    S.make_sample(other, songs=12, seed=1, probe="linear", progress=False)
     base = _records(root)[:12]
     assert _records(other) != base
     theirs = _files(other)
@@ -175,7 +175,7 @@ def test_different_seed_differs_and_prefix_is_stable(sample, tmp_path):
     assert len(common) > 10 and sum(theirs[name] != ours[name] for name in common) >= 0.9 * len(common)
     # a smaller sample with the same seed is a prefix of the larger one
     prefix = tmp_path / "prefix"
-    S.make_sample(prefix, songs=12, seed=0, progress=False)
+    S.make_sample(prefix, songs=12, seed=0, probe="linear", progress=False)
     assert _records(prefix) == base
     # every file but the records and the provenance (which states the size) is shared with the larger sample
     assert all(ours[name] == data for name, data in _files(prefix).items()
@@ -391,7 +391,7 @@ def test_cli_help_and_run(tmp_path):
 
     help_text = cli("--help")
     assert help_text.returncode == 0
-    for flag in ("RAW", "--songs", "--seed", "--overwrite", "--quiet"):
+    for flag in ("RAW", "--songs", "--seed", "--probe", "--overwrite", "--quiet"):
         assert flag in help_text.stdout
     raw = tmp_path / "raw"
     done = cli(str(raw), "--songs", "3", "--seed", "5", "--quiet")
