@@ -141,7 +141,7 @@ def run(datasets: dict[str, Path], model_names: list[str], folds: list[int], see
         progress: bool = True, jobs: int = 1, threads: int = 1,
         input_normalization: str = DEFAULT_INPUT_NORMALIZATION, figure_song: str | None = None,
         engine: str = "local", ray_address: str | None = None, overrides: dict | None = None,
-        threshold: str = DEFAULT_THRESHOLD_RULE, empty_union: float = EMPTY_UNION_SCORE) -> dict:
+        threshold: str = DEFAULT_THRESHOLD_RULE, empty_union: float = EMPTY_UNION_SCORE, report=None) -> dict:
     """Run every cell of the grid not already stored under the same identity, then write tables and figures.
 
     ``engine`` "local" runs the cells here (``jobs`` processes); "ray" runs them as Ray tasks
@@ -150,18 +150,21 @@ def run(datasets: dict[str, Path], model_names: list[str], folds: list[int], see
     replaces entries of every model's profile configuration (``mmer.runner.resolved_settings``). ``threshold``
     ("0.5" or "validation", ``mmer.tuning.THRESHOLD_RULES``) and ``empty_union`` (Acc of an empty gold + empty
     prediction row: 0 or 1) are the run-level settings of every cell; they travel to the cells with the overrides,
-    so they enter each cell's settings digest and record."""
+    so they enter each cell's settings digest and record. ``report(records) -> (tables, figures)``, given, writes
+    what the grid's records make instead of Tables 1-4 and Figures 3-4 (the probe suite's table and figure,
+    ``baselines.probes``), still under the folder's lock."""
     out = check_out(out)
     with OutLock(out):
         return _run(datasets, model_names, folds, seeds, profile, out, table3=table3, table3_folds=table3_folds,
                     table3_seeds=table3_seeds, device=device, progress=progress, jobs=jobs, threads=threads,
                     input_normalization=input_normalization, figure_song=figure_song, engine=engine,
-                    ray_address=ray_address, overrides=overrides, threshold=threshold, empty_union=empty_union)
+                    ray_address=ray_address, overrides=overrides, threshold=threshold, empty_union=empty_union,
+                    report=report)
 
 
 def _run(datasets, model_names, folds, seeds, profile, out, *, table3, table3_folds, table3_seeds, device,
          progress, jobs, threads, input_normalization, figure_song, engine, ray_address, overrides, threshold,
-         empty_union) -> dict:
+         empty_union, report) -> dict:
     overrides = dict(overrides or {}) | run_settings(threshold, empty_union)
     model_names = [resolve(name) for name in model_names]
     check_datasets(datasets)
@@ -209,12 +212,16 @@ def _run(datasets, model_names, folds, seeds, profile, out, *, table3, table3_fo
                                   overrides), jobs=jobs, threads=threads, finish=finish)
     bar.close()
     records = store.current(cells)
-    manifests = {name: read_manifest(root) for name, root in datasets.items()}
-    tables = write_tables(records, manifests, out)
-    figures = (write_figures(records, datasets, out, song=figure_song)
-               if TABLE3_MODEL in model_names else [])
-    # Table 5 (baselines.robustness): the Table 2 cells' run folders predicted with broken inputs, no retraining
-    robustness = write_robustness(records, datasets, manifests, out, progress=progress)
+    if report is not None:  # the probe suite's own table and figure; Table 5 is of Table 2's cells only
+        tables, figures = report(records)
+        robustness = {"tables": [], "figures": [], "seconds": 0.0}
+    else:
+        manifests = {name: read_manifest(root) for name, root in datasets.items()}
+        tables = write_tables(records, manifests, out)
+        figures = (write_figures(records, datasets, out, song=figure_song)
+                   if TABLE3_MODEL in model_names else [])
+        # Table 5 (baselines.robustness): the Table 2 cells' run folders predicted with broken inputs, no retraining
+        robustness = write_robustness(records, datasets, manifests, out, progress=progress)
     return {"cells": len(cells), "ran": len(todo), "skipped": len(cells) - len(todo), "failed": failures,
             "tables": tables + robustness["tables"], "figures": figures + robustness["figures"],
             "table5_seconds": robustness["seconds"], "notices": notices}

@@ -8,6 +8,11 @@ started again skips the finished cells. A stored cell is reused only when the da
 the model's resolved settings are the same as now: after a rebuild or a changed setting the cell is
 rerun, and run_all says what changed. The tables use only the cells of this grid, this build and these
 settings.
+
+With --suite probes: every model (or --models) on every probe sample of nemu.sample (--probes), each written
+and built under OUT/probes/ (a build is reused while its request fingerprint matches), on the same grid, store and
+seeds; writes OUT/probe_table.{md,csv,tex} (rows models, columns probes, each cell test miF1 mean ± std over
+rotations, each header the probe's ceiling and constant baseline) and OUT/probe_figure.{png,pdf}.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from nemu.progress import show_progress
 from pipelines import cli
 
 PROG = cli.prog_of("pipelines.benchmark")
+SUITES = ("probes",)
+#: baselines.probes.PROBE_SONGS, stated here so --help needs no harness import (tests/test_probe_suite.py checks both)
+PROBE_SONGS = 160
 # torch, the model modules and the harness (baselines.run_all, baselines.cells) are imported only when work starts,
 # so --help and --list answer at once (mmer.registry.catalogue)
 
@@ -95,6 +103,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", metavar="ADDR",
                    help="with --engine ray: the Ray cluster to join (HOST:PORT of 'ray start --head', or auto); "
                         "datasets and --out must be on a file system every node sees at the same path")
+    p.add_argument("--suite", choices=SUITES,
+                   help="probes: instead of Tables 1-4, every model on every probe sample of nemu.sample (made and "
+                        "built under OUT/probes/), one table (OUT/probe_table.md, .csv, .tex: test miF1 per model "
+                        "and probe, each probe's ceiling and constant baseline in its header) and a figure "
+                        "(OUT/probe_figure.png, .pdf); --data, --figure-song and the Table 3 flags do not apply")
+    p.add_argument("--probes", type=cli.comma_list(), metavar="A,B",
+                   help="with --suite probes: the probes to run, comma-separated (default: every probe of "
+                        "nemu.sample.PROBES)")
+    p.add_argument("--probe-songs", type=cli.number(int, low=20, what="an integer of at least 20"), metavar="N",
+                   help=f"with --suite probes: songs generated per probe sample (default: {PROBE_SONGS}, so that BR, "
+                        f"HHMPN, its four ablations and MulT on every probe fit in 45 minutes on 2 cores)")
     p.add_argument("--list", action="store_true", help="list the registered models and exit")
     cli.add_progress(p)
     return p
@@ -112,6 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     problem = cli.out_folder_problem("--out", args.out)  # before anything is imported or computed
     if problem:
         return cli.error(PROG, problem)
+    if args.suite is None:
+        unused = [flag for flag, given in (("--probes", args.probes), ("--probe-songs", args.probe_songs))
+                  if given]
+    else:
+        unused = [flag for flag, given in (("--data", args.datasets), ("--figure-song", args.figure_song),
+                                           ("--table3-folds", args.table3_folds), ("--table3-seeds", args.table3_seeds))
+                  if given]
+    if unused:
+        where = "without --suite" if args.suite is None else f"with --suite {args.suite}"
+        return cli.error(PROG, f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply {where}")
     from mmer.registry import UnknownModelError, models, resolve_names
 
     registry = models()
@@ -130,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     from nemu.ray_engine import RayUnavailable
 
     limit_threads(args.threads)
+    if args.suite == "probes":
+        return _probe_suite(args, model_names, n_folds)
     datasets = dict(args.datasets) if args.datasets else {"nemu": run_all.ensure_sample()}
     try:
         summary = run_all.run(datasets, model_names, list(range(n_folds)), args.seeds, args.profile, args.out,
@@ -151,6 +182,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.figure_song and not summary["figures"]:
         print(f"{PROG}: note: no figure written for --figure-song {args.figure_song}: no finished HHMPN run on "
               f"all modalities of a dataset with comments", file=sys.stderr)
+    return 1 if summary["failed"] else 0
+
+
+def _probe_suite(args: argparse.Namespace, model_names: list[str], n_folds: int) -> int:
+    from baselines.probes import TABLE_NAME, run_suite
+    from nemu.extraction import BuildError
+    from nemu.ray_engine import RayUnavailable
+
+    try:
+        summary = run_suite(model_names, list(range(n_folds)), args.seeds, args.profile, args.out,
+                            probes=args.probes, songs=args.probe_songs or PROBE_SONGS,
+                            progress=show_progress(not args.no_progress),
+                            jobs=args.workers, threads=args.threads, device=args.device,
+                            input_normalization=args.input_normalization, engine=args.engine,
+                            ray_address=args.ray_address, threshold=args.threshold, empty_union=args.empty_union)
+    except (OSError, BuildError, ValueError, RayUnavailable) as exc:
+        return cli.error(PROG, exc)
+    print(f"{summary['cells']} cells: {summary['ran']} run, {summary['skipped']} already done, "
+          f"{summary['failed']} failed")
+    for path in summary["tables"] + summary["figures"]:
+        print(f"wrote {path}")
+    table = args.out / f"{TABLE_NAME}.md"
+    if table in summary["tables"]:
+        print("\n" + table.read_text(encoding="utf-8"))
     return 1 if summary["failed"] else 0
 
 
