@@ -16,7 +16,9 @@ workers, cell identities and seeds as Table 2; the datasets are named ``probe-<p
 micro-F1 (%), mean ± sample std over rotations of the seed-averaged values, as Table 2's
 (``baselines.tables.summarise``).
 
-Beyond the paper: the paper has no probe suite; the table and the figure are this toolkit's.
+Beyond the paper: the paper has no probe suite; the table and the figure are this toolkit's. Unlike Table 2
+(fixed 0.5), the suite's decision threshold is chosen per cell on validation by default
+(:data:`SUITE_THRESHOLD_RULE`), the rule the probes' ceilings follow.
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ FIGURE_FORMATS = ("png", "pdf")
 METRIC = "micro_f1"
 #: The generator's and the builder's modules: a change to their code (or to what they import) rebuilds the probes.
 BUILD_MODULES = ("nemu.sample", "nemu.build")
+#: The suite's decision threshold rule (``mmer.tuning.THRESHOLD_RULES``): each probe's ceiling thresholds the
+#: generator's posterior at the best threshold of the grid (``nemu.probes``), so the models choose theirs on
+#: validation too. At Table 2's fixed 0.5 a calibrated model on ``null`` predicts no label (every label's
+#: probability is its prior, below 0.5) and sits far below the constant baseline that probe is meant to test.
+SUITE_THRESHOLD_RULE = "validation"
 
 
 def dataset_name(probe: str) -> str:
@@ -149,15 +156,16 @@ def _percent(value: float | None) -> str:
 
 
 def _songs_phrase(manifests: Mapping[str, Mapping]) -> str:
-    counts = {probe: (m.get("counts") or {}).get("kept") for probe, m in manifests.items()}
+    """How many songs stand behind the columns: generated per probe, and kept by the build where that differs
+    (a song without an emotion tag is not kept)."""
+    kept = {probe: (m.get("counts") or {}).get("kept") for probe, m in manifests.items()}
     generated = {(m.get("source") or {}).get("songs") for m in manifests.values()}
-    if len(set(counts.values())) == 1:
-        text = f"{next(iter(counts.values()))} songs each"
-    else:
-        text = "songs kept: " + ", ".join(f"{p} {n}" for p, n in counts.items())
-    if len(generated) == 1 and None not in generated and generated != set(counts.values()):
-        text += f" of {next(iter(generated))} generated (songs without an emotion tag are not kept)"
-    return text
+    if len(generated) == 1 and set(kept.values()) == generated:
+        return f"{next(iter(generated))} songs each"
+    text = (f"{next(iter(generated))} songs generated each" if len(generated) == 1 and None not in generated
+            else "songs generated: " + ", ".join(f"{p} {(m.get('source') or {}).get('songs')}"
+                                                  for p, m in manifests.items()))
+    return text + "; kept (with an emotion tag): " + ", ".join(f"{p} {n}" for p, n in kept.items())
 
 
 def probe_table(records: Sequence[dict], manifests: Mapping[str, Mapping]) -> RenderedTable:
@@ -206,8 +214,8 @@ def probe_table(records: Sequence[dict], manifests: Mapping[str, Mapping]) -> Re
     seeds = sorted({(m.get("source") or {}).get("seed") for m in manifests.values()} - {None})
     notes = [_folds_note({m: f for m, f in counts.items() if f}, " of the seed-averaged values"),
              protocol_note(used, title),
-             "Each column is one probe sample (nemu.sample, probe NAME" + (f", generator seed {seeds[0]}"
-                                                                             if len(seeds) == 1 else "")
+             "Each column is one probe sample (nemu-sample --probe COLUMN" + (f" --seed {seeds[0]}"
+                                                                                if len(seeds) == 1 else "")
              + "); its header gives the micro-F1 of the generator's Bayes-optimal decision, computed from its own "
                "latent variables (ceiling), and of the best constant label set (constant baseline), as the probe's "
                "build records them (manifest source). A model above the ceiling, or on null above the constant "
@@ -285,8 +293,10 @@ def run_suite(model_names: list[str], folds: list[int], seeds: list[int], profil
               progress: bool = True, jobs: int = 1, threads: int = 1, **grid) -> dict:
     """Build every probe (or reuse its build), run the grid of ``baselines.run_all`` on all of them (no Table 3),
     write the probe table and figure. ``grid`` passes on to :func:`baselines.run_all.run` (device, engine,
-    input_normalization, threshold, empty_union, overrides). Returns run_all's summary plus ``datasets``."""
+    input_normalization, threshold (default :data:`SUITE_THRESHOLD_RULE`), empty_union, overrides). Returns
+    run_all's summary plus ``datasets``."""
     probes = check_probes(probes)
+    grid.setdefault("threshold", SUITE_THRESHOLD_RULE)
     datasets = ensure_probes(probes, out, songs, seed, workers=jobs, progress=progress)
     summary = run_all.run(datasets, model_names, folds, seeds, profile, out, table3=False, progress=progress,
                           jobs=jobs, threads=threads, report=lambda records: write_report(records, datasets, out),

@@ -34,6 +34,8 @@ PROG = cli.prog_of("pipelines.benchmark")
 SUITES = ("probes",)
 #: baselines.probes.PROBE_SONGS, stated here so --help needs no harness import (tests/test_probe_suite.py checks both)
 PROBE_SONGS = 160
+#: baselines.probes.SUITE_THRESHOLD_RULE (why: there), likewise stated here for --help
+SUITE_THRESHOLD_RULE = "validation"
 # torch, the model modules and the harness (baselines.run_all, baselines.cells) are imported only when work starts,
 # so --help and --list answer at once (mmer.registry.catalogue)
 
@@ -74,10 +76,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--input-normalization", choices=INPUT_NORMALIZATIONS, default=DEFAULT_INPUT_NORMALIZATION,
                    help="standardize: node features standardised per modality and dimension on each rotation's "
                         "training split (the protocol); raw: the stored features (default: %(default)s)")
-    p.add_argument("--threshold", choices=THRESHOLD_RULES, default=DEFAULT_THRESHOLD_RULE,
+    p.add_argument("--threshold", choices=THRESHOLD_RULES,
                    help="decision threshold of every model: 0.5 (the paper's), or validation: one threshold per cell "
                         "chosen on its validation split (0.05..0.95, best micro-F1, ties nearest 0.5) and applied to "
-                        "test; recorded in every result (default: %(default)s)")
+                        f"test; recorded in every result (default: {DEFAULT_THRESHOLD_RULE}; with --suite probes "
+                        f"{SUITE_THRESHOLD_RULE}, the rule the probes' ceilings follow)")
     p.add_argument("--empty-union", type=float, choices=EMPTY_UNION_CHOICES, default=EMPTY_UNION_SCORE,
                    metavar="{0,1}",
                    help="Acc (Jaccard) of a song whose gold and predicted label sets are both empty: 0, the official "
@@ -152,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         if re.search(r"\bw[-_]o\b", given.lower()):  # the old run-folder spelling hhmpn-w-o-f2f
             cli.warn_deprecated(PROG, f"--models {given}",
                                 f"--models {re.sub(r'(?i)w[-_]o', 'no', given)} (the one spelling of the ablations)")
+    if args.threshold is None:
+        args.threshold = SUITE_THRESHOLD_RULE if args.suite == "probes" else DEFAULT_THRESHOLD_RULE
     n_folds = args.folds if args.folds is not None else PROFILE_FOLDS[args.profile]
     n_table3 = args.table3_folds if args.table3_folds is not None else n_folds
     from baselines import run_all

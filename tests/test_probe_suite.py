@@ -78,6 +78,7 @@ def test_table_has_models_as_rows_probes_as_columns_and_references_in_headers(su
     assert all(" ± " in cell for row in rows for cell in row[2:])  # two rotations: mean ± std
     assert "synthetic" in markdown and f"{SONGS} songs each" in markdown
     assert "rotations 0, 1" in markdown and "One seed per rotation (seed 0)" in markdown
+    assert "Decision threshold: validation." in markdown  # the suite's rule, the one the ceilings follow
     with (out / "probe_table.csv").open(encoding="utf-8") as handle:
         table = list(csv.reader(handle))
     assert table[0][:5] == ["group", "approach", "interaction miF1(%) mean", "interaction miF1(%) std",
@@ -135,6 +136,7 @@ def test_the_flags_are_in_help_and_checked(capsys):
         assert flag in text
     assert f"default: {probes.PROBE_SONGS}" in " ".join(text.split())
     assert benchmark.PROBE_SONGS == probes.PROBE_SONGS
+    assert benchmark.SUITE_THRESHOLD_RULE == probes.SUITE_THRESHOLD_RULE
     args = benchmark.parser().parse_args(["--suite", "probes", "--probe-songs", "40", "--probes", "null,linear"])
     assert (args.suite, args.probe_songs, args.probes) == ("probes", 40, ["null", "linear"])
     for bad in (["--suite", "tables"], ["--probe-songs", "5"], ["--probe-songs", "inf"]):
@@ -152,3 +154,56 @@ def test_flags_that_do_not_apply_are_one_line_errors(argv, message, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"nemu-benchmark: error: {message}"
     assert not (tmp_path / "o").exists()
+
+
+def _manifest(probe: str, kept: int, generated: int = 40) -> dict:
+    return {"dataset": "NEMu", "counts": {"kept": kept},
+            "source": {"kind": "synthetic-sample", "generator": "nemu.sample", "seed": 0, "songs": generated,
+                       "probe": probe, "ceiling": {"micro_f1": 0.9}, "constant_baseline": {"micro_f1": 0.3}}}
+
+
+def _result(model: str, probe: str, fold: int, seed: int, micro_f1: float, status: str = "ok") -> dict:
+    record = {"model": model, "group": "Classical" if model == "BR" else "Ours", "dataset": f"probe-{probe}",
+              "fold": fold, "seed": seed, "modalities": ["lyrics"], "status": status}
+    if status == "ok":
+        record["metrics"] = {"micro_f1": micro_f1}
+    else:
+        record["reason"] = "needs what this probe lacks"
+    return record
+
+
+def test_cells_average_seeds_within_a_rotation_and_a_missing_model_shows_a_dash():
+    manifests = {"interaction": _manifest("interaction", 30), "null": _manifest("null", 38)}
+    records = [_result("BR", "interaction", 0, 0, 0.50), _result("BR", "interaction", 0, 1, 0.70),
+               _result("BR", "interaction", 1, 0, 0.40), _result("BR", "interaction", 1, 1, 0.40),
+               _result("HHMPN", "null", 0, 0, 0.35), _result("HHMPN", "interaction", 0, 0, 0, "not_applicable")]
+    table = probes.probe_table(records, manifests)
+    rows = {row[1]: row for row in table.rows}
+    assert rows["BR"][2] == "50.0 ± 14.1"  # rotations 60 and 40: mean 50, sample std 14.1
+    assert rows["BR"][3] == "–" and rows["HHMPN"][2] == "–" and rows["HHMPN"][3] == "35.0"
+    assert "40 songs generated each; kept (with an emotion tag): interaction 30, null 38" in table.caption
+    assert any(note.startswith("– HHMPN on interaction: needs what this probe lacks") for note in table.notes)
+
+
+def test_the_command_hands_the_suite_its_grid(monkeypatch, tmp_path, capsys):
+    """--suite probes calls the suite with the parsed grid: folds as rotations 0..N-1, the probe size, and the
+    validation threshold unless --threshold says otherwise; the table it wrote is printed."""
+    seen = []
+
+    def run_suite(model_names, folds, seeds, profile, out, **kwargs):
+        seen.append((model_names, folds, seeds, profile, out, kwargs))
+        (out / "probe_table.md").parent.mkdir(parents=True, exist_ok=True)
+        (out / "probe_table.md").write_text("THE TABLE\n", encoding="utf-8")
+        return {"cells": 4, "ran": 4, "skipped": 0, "failed": 0, "tables": [out / "probe_table.md"], "figures": []}
+
+    monkeypatch.setattr(probes, "run_suite", run_suite)
+    out = tmp_path / "o"
+    common = ["--suite", "probes", "--models", "BR", "--folds", "2", "--seeds", "0,1", "--out", str(out)]
+    assert benchmark.main(common + ["--probes", "null", "--probe-songs", "40", "--no-progress"]) == 0
+    models, folds, seeds, profile, where, kwargs = seen[-1]
+    assert (models, folds, seeds, profile, where) == (["BR"], [0, 1], [0, 1], "quick", out)
+    assert kwargs["probes"] == ["null"] and kwargs["songs"] == 40 and kwargs["threshold"] == "validation"
+    assert "4 cells: 4 run" in capsys.readouterr().out
+    assert benchmark.main(common + ["--threshold", "0.5"]) == 0
+    assert seen[-1][5]["threshold"] == "0.5" and seen[-1][5]["songs"] == probes.PROBE_SONGS
+    assert "THE TABLE" in capsys.readouterr().out
