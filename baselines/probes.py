@@ -24,6 +24,7 @@ Beyond the paper: the paper has no probe suite; the table and the figure are thi
 from __future__ import annotations
 
 import json
+import textwrap
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -261,9 +262,11 @@ def probe_figure(records: Sequence[dict], manifests: Mapping[str, Mapping], out_
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("test micro-F1 (%)")
     axes[0][0].set_ylim(0, 100)
-    if any(reference[label][2 + 3 * i] is not None for label in reference for i in range(len(probes))):
-        axes[0][0].legend(loc="lower left", fontsize=8)
-    fig.suptitle(table.caption.rstrip(".") + "; mean ± std over rotations", fontsize=9)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:  # beside the panels, where it hides no point
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    title = table.caption.rstrip(".") + "; mean ± std over rotations of the seeds' mean"
+    fig.suptitle(textwrap.fill(title, width=max(60, 30 * len(probes))), fontsize=9)
     fig.tight_layout()
     out_dir = Path(out_dir)
     paths = []
@@ -284,7 +287,12 @@ def write_report(records: Sequence[dict], datasets: Mapping[str, Path], out: Pat
     manifests = {name.removeprefix("probe-"): manifest for name, manifest in by_name.items()}
     table = probe_table(records, manifests)
     table.write(Path(out))
-    figures = probe_figure(records, manifests, out) if table.rows else []
+    if table.rows:
+        figures = probe_figure(records, manifests, out)
+    else:  # no result of this grid: an earlier run's figure must not stand beside this table
+        figures = []
+        for suffix in FIGURE_FORMATS:
+            (Path(out) / f"{FIGURE_NAME}.{suffix}").unlink(missing_ok=True)
     return [Path(out) / f"{TABLE_NAME}.md"], figures
 
 
