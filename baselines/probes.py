@@ -37,7 +37,6 @@ from baselines.tables import (RenderedTable, _folds_note, _format, _number, _ord
 from mmer.code import code_digest, import_closure, module_path, sha256_of
 from nemu.atomic import atomic_write_text
 from nemu.build import BuildOptions, build
-from nemu.provenance import dataset_title
 from nemu.shards import read_manifest
 
 #: Songs generated per probe by default: chosen so that BR, HHMPN, its four ablations and MulT on the six probes
