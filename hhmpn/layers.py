@@ -92,12 +92,25 @@ class MPAtt(nn.Module):
         self.w_value = nn.Linear(d, d, bias=False)  # W^v
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """W^{v1} x, W^{v2} x, W^v x of every node (requires ``attend``).
+        """(W^{v2}^T W^{v1} x, x, W^v x) of every node (requires ``attend``): a query, key and value whose
+        scaled dot products q_i . k_j are exactly e_ij of eq. (4) (before the 1/sqrt(d)).
 
-        Three GEMMs: one GEMM with the stacked (3d x d) weight was measured slower on CPU (its split
-        outputs are strided, which the attention products then copy).
+        (W^{v1} v_i)^T (W^{v2} v_j) = (W^{v2}^T W^{v1} v_i)^T v_j: one d x d product of the two weights and one
+        GEMM over the nodes replace the two GEMMs over the nodes (and two of the backward pass's four). The
+        parameters are W^{v1} and W^{v2} themselves, so gradients, optimizer state and checkpoints are unchanged.
         """
-        return self.w_query(x), self.w_key(x), self.w_value(x)
+        return self.query_key(x), x, self.w_value(x)
+
+    def query_key(self, receivers: Tensor) -> Tensor:
+        """W^{v2}^T W^{v1} v_i for every receiver (B, N, d): scores of eq. (4) are this . v_j (see :meth:`project`).
+
+        Computed as (W^{v1} v_i) W^{v2} when there are fewer receivers than d, else as v_i (W^{v1}^T W^{v2}) with
+        the d x d product formed once (F2F's thousands of nodes; the label rounds' B x 6 labels at batch 64).
+        """
+        rows = receivers.numel() // receivers.shape[-1]
+        if rows < self.d:
+            return self.w_query(receivers) @ self.w_key.weight
+        return receivers @ (self.w_query.weight.T @ self.w_key.weight)
 
     def attention(self, receivers: Tensor, senders: Tensor, mask: Tensor) -> Tensor:
         """alpha of eqs. (3)-(4): (B, N, S), or (B, C, N, S) for a 4-dim mask (see the class docstring)."""
@@ -106,8 +119,9 @@ class MPAtt(nn.Module):
         shape = torch.Size((*mask.shape[:-2], receivers.shape[-2], senders.shape[-2]))
         if not self.attend:
             return masked_uniform(mask, shape, receivers.dtype)
-        # (4): scaled dot product between node-wise linear transforms.
-        scores = self.w_query(receivers) @ self.w_key(senders).transpose(-1, -2) / math.sqrt(self.d)
+        # (4): scaled dot product between node-wise linear transforms, W^{v2} moved to the receivers' side
+        # (see project): the senders, usually far more than the receivers, are not projected.
+        scores = self.query_key(receivers) @ senders.transpose(-1, -2) / math.sqrt(self.d)
         if len(shape) == 4:
             scores = scores[:, None]  # the same scores for every sender subset
         return masked_softmax(scores.expand(shape), mask.expand(shape))  # (3)
@@ -118,18 +132,27 @@ class MPAtt(nn.Module):
 
     @staticmethod
     def aggregate(alpha: Tensor, values: Tensor) -> Tensor:
-        """sum_j alpha_ij W^v v_j (the sums of eqs. 1, 6, 9, 11, 13): (B, [C,] N, d)."""
+        """sum_j alpha_ij values_j (the sums of eqs. 1, 6, 9, 11, 13): (B, [C,] N, d)."""
         if alpha.dim() == 4:  # (B, C, N, S): one (C*N x S) @ (S x d) product per sample, no broadcast copies
             batch, copies, receivers, senders = alpha.shape
             return (alpha.reshape(batch, copies * receivers, senders) @ values).view(batch, copies, receivers, -1)
         return alpha @ values
 
+    def messages(self, alpha: Tensor, senders: Tensor) -> Tensor:
+        """sum_j alpha_ij W^v v_j (eq. 5 summed over j): W^v applied after the sum when there are fewer
+        weighted sums than senders (the label rounds read 180 nodes with 6 labels per copy), since
+        sum_j alpha_ij W^v v_j = W^v sum_j alpha_ij v_j; else to the senders first (as :meth:`message` does)."""
+        sums = alpha.numel() // alpha.shape[-1]
+        if sums < senders.numel() // senders.shape[-1]:
+            return self.w_value(self.aggregate(alpha, senders))
+        return self.aggregate(alpha, self.w_value(senders))
+
     def forward(
         self, receivers: Tensor, senders: Tensor, mask: Tensor, *, residual: bool = True
     ) -> tuple[Tensor, Tensor]:
         """Return (g, alpha): g = [v_i +] sum_j alpha_ij W^v v_j (eq. 6), alpha of eq. (3)."""
-        alpha, values = self.message(receivers, senders, mask)
-        g = self.aggregate(alpha, values)
+        alpha = self.attention(receivers, senders, mask)
+        g = self.messages(alpha, senders)
         if residual:
             g = (receivers[:, None] if g.dim() == 4 else receivers) + g
         return g, alpha

@@ -5,8 +5,9 @@
 :func:`reference_case` builds: every variant of Table 2 (the full model and the four ablations), in float64
 (where any change of the equations shows far above rounding) and, for the full model, in float32 at MOSEI's
 aligned shapes (where only reassociation of sums may differ). The file was written by running this module as a
-script on that commit (``python -m tests.test_hhmpn_speed_equality --write``); rerunning it on newer code would
-freeze that code instead, so it refuses to overwrite the file unless told to.
+script against that commit's code (``PYTHONPATH=<checkout of 2c8e880> python tests/test_hhmpn_speed_equality.py
+--write``); rerunning it on newer code would freeze that code instead, so it refuses to overwrite the file unless
+told to.
 
 The batches contain the hard cases: a sample with one modality empty, a sample with no real node at all, rows
 padded to different lengths, and masked padding holding large values (that padding must never leak).
@@ -28,6 +29,9 @@ VARIANTS = (None, "no_f2f", "no_f2l", "no_l2l", "no_m2l")
 #: (name, dtype, dims, steps per modality, d, rounds, batch): a float64 case per variant; MOSEI's aligned shapes in float32.
 CASES = [(f"f64-{variant or 'full'}", torch.float64, {"text": 7, "audio": 5, "visual": 3}, {"text": 6, "audio": 4,
           "visual": 5}, 8, 3, 5, variant) for variant in VARIANTS]
+# Fewer label rows than d: the label rounds' other evaluation order of eq. (4) (hhmpn.layers.MPAtt.query_key).
+CASES.append(("f64-few-rows", torch.float64, {"text": 7, "audio": 5, "visual": 3}, {"text": 6, "audio": 4, "visual": 5},
+              32, 2, 3, None))
 CASES.append(("f32-mosei", torch.float32, {"text": 300, "audio": 74, "visual": 35}, {"text": 60, "audio": 60,
               "visual": 60}, 32, 3, 6, None))
 NUM_LABELS = 6
