@@ -214,78 +214,90 @@ def spread(values: list[float]) -> dict:
             "q3": quartiles[2]}
 
 
-def run_model(name: str, dataset: str, *, threads: int, rounds: int, batches: int, yardstick_seconds: float,
-              seed: int, profile_rows: int) -> dict:
-    """Benchmark one model on one dataset's shapes in this process (the child's work)."""
-    import torch
+class ModelBench:
+    """One model on one dataset's shapes in this process (the child's work): set up, then :meth:`round` on demand."""
 
-    torch.set_num_threads(threads)
-    from mmer import engine
-    from mmer.registry import model_kwargs, models
+    def __init__(self, name: str, dataset: str, *, threads: int, batches: int, yardstick_seconds: float, seed: int):
+        import torch
 
-    spec = models()[name]
-    info = data_info(dataset)
-    reason = spec.applicable(info)
-    missing = [c for c in spec.extra_columns if c not in info.columns]
-    if reason is None and missing:
-        reason = f"needs the column(s) {', '.join(missing)}, which {info.dataset} does not have"
-    if reason is not None:
-        return {"model": name, "dataset": dataset, "skipped": reason}
-    config = spec.config("paper")
-    batch_size = int(config["batch_size"])
-    engine.seed_everything(seed)
-    model = spec.factory(config, info)
-    device = torch.device("cpu")
-    model.to(device)
-    data = [synthetic_batch(dataset, batch_size, seed + i) for i in range(batches)]
-    if hasattr(model, "configure_optimizer"):  # as engine.fit does
-        optimizer, scheduler = model.configure_optimizer(config["lr"], 10**6)
-    else:
-        optimizer, scheduler = engine.make_optimizer(model, config["lr"], device), None
-    clip = config.get("clip")
-    rss_base = maxrss_mib()
+        torch.set_num_threads(threads)
+        from mmer import engine
+        from mmer.registry import models
 
-    def train(chunk) -> float:
-        start = time.perf_counter()
-        engine.train_epoch(model, chunk, optimizer, device, clip=clip, scheduler=scheduler)
-        return len(chunk) * batch_size / (time.perf_counter() - start)
+        self.result = {"model": name, "dataset": dataset}
+        spec = models()[name]
+        info = data_info(dataset)
+        reason = spec.applicable(info)
+        missing = [c for c in spec.extra_columns if c not in info.columns]
+        if reason is None and missing:
+            reason = f"needs the column(s) {', '.join(missing)}, which {info.dataset} does not have"
+        if reason is not None:
+            self.result["skipped"] = reason
+            return
+        config = spec.config("paper")
+        self.batch_size = batch_size = int(config["batch_size"])
+        engine.seed_everything(seed)
+        model = self.model = spec.factory(config, info)
+        device = torch.device("cpu")
+        model.to(device)
+        self.data = data = [synthetic_batch(dataset, batch_size, seed + i) for i in range(batches)]
+        if hasattr(model, "configure_optimizer"):  # as engine.fit does
+            optimizer, scheduler = model.configure_optimizer(config["lr"], 10**6)
+        else:
+            optimizer, scheduler = engine.make_optimizer(model, config["lr"], device), None
+        clip = config.get("clip")
+        rss_base = maxrss_mib()
 
-    train(data[:1])  # warm-up: allocator, oneDNN primitives, lazy state
-    rss_peak = maxrss_mib()
+        def train(chunk) -> float:
+            start = time.perf_counter()
+            engine.train_epoch(model, chunk, optimizer, device, clip=clip, scheduler=scheduler)
+            return len(chunk) * batch_size / (time.perf_counter() - start)
 
-    def step():
-        model.train()
-        outputs = model(data[0])
-        model.loss(outputs, data[0]).backward() if hasattr(model, "loss") else None
-        model.zero_grad(set_to_none=True)
+        self.train = train
+        train(data[:1])  # warm-up: allocator, oneDNN primitives, lazy state
+        rss_peak = maxrss_mib()
 
-    from torch.utils.flop_counter import FlopCounterMode
+        def step():
+            model.train()
+            outputs = model(data[0])
+            model.loss(outputs, data[0]).backward()
+            model.zero_grad(set_to_none=True)
 
-    with FlopCounterMode(display=False) as counter:
-        step()
-    flops_per_sample = counter.get_total_flops() / batch_size
-    replay = Replay(record_products(step))
-    dtype = next(model.parameters()).dtype
-    per_round = []
-    for _ in range(rounds):
-        own_before, square_before = replay.rate(yardstick_seconds), square_rate(yardstick_seconds / 2, dtype)
-        samples_per_s = train(data)
-        own_after, square_after = replay.rate(yardstick_seconds), square_rate(yardstick_seconds / 2, dtype)
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            step()
+        self.flops_per_sample = counter.get_total_flops() / batch_size
+        self.replay = Replay(record_products(step))
+        self.dtype = next(model.parameters()).dtype
+        self.yardstick_seconds = yardstick_seconds
+        self.result.update({"batch_size": batch_size, "parameters": sum(p.numel() for p in model.parameters()),
+                            "gflop_per_sample": self.flops_per_sample / 1e9,
+                            "products": {"calls": self.replay.calls, "signatures": self.replay.signatures,
+                                         "gflop_per_step": self.replay.flops / 1e9},
+                            "rss_base_mib": rss_base, "rss_peak_mib": rss_peak, "rounds": []})
+
+    def round(self) -> dict:
+        """Yardsticks, a training chunk, yardsticks: one round's figures."""
+        seconds = self.yardstick_seconds
+        own_before, square_before = self.replay.rate(seconds), square_rate(seconds / 2, self.dtype)
+        samples_per_s = self.train(self.data)
+        own_after, square_after = self.replay.rate(seconds), square_rate(seconds / 2, self.dtype)
         own, square = (own_before + own_after) / 2, (square_before + square_after) / 2
-        work = samples_per_s * flops_per_sample
-        per_round.append({"samples_per_s": samples_per_s, "own_gflops": own / 1e9, "square_gflops": square / 1e9,
-                          "fraction_own": work / own, "fraction_square": work / square, "load": load()})
-    result = {"model": name, "dataset": dataset, "batch_size": batch_size,
-              "parameters": sum(p.numel() for p in model.parameters()),
-              "gflop_per_sample": flops_per_sample / 1e9, "products": {"calls": replay.calls,
-                                                                      "signatures": replay.signatures,
-                                                                      "gflop_per_step": replay.flops / 1e9},
-              "rss_base_mib": rss_base, "rss_peak_mib": rss_peak, "rounds": per_round,
-              "summary": {key: spread([r[key] for r in per_round]) for key in
-                          ("samples_per_s", "own_gflops", "square_gflops", "fraction_own", "fraction_square")}}
-    if profile_rows:
-        result["profile"] = profile_top(lambda: train(data), profile_rows)
-    return result
+        work = samples_per_s * self.flops_per_sample
+        figures = {"samples_per_s": samples_per_s, "own_gflops": own / 1e9, "square_gflops": square / 1e9,
+                   "fraction_own": work / own, "fraction_square": work / square, "load": load()}
+        self.result["rounds"].append(figures)
+        return figures
+
+    def finish(self, profile_rows: int) -> dict:
+        rounds = self.result.get("rounds")
+        if rounds:
+            self.result["summary"] = {key: spread([r[key] for r in rounds]) for key in
+                                      ("samples_per_s", "own_gflops", "square_gflops", "fraction_own", "fraction_square")}
+        if profile_rows and "skipped" not in self.result:
+            self.result["profile"] = profile_top(lambda: self.train(self.data), profile_rows)
+        return self.result
 
 
 def profile_top(work, rows: int) -> dict:
@@ -322,30 +334,58 @@ def environment(threads: int) -> dict:
 
 
 def child(args) -> int:
-    result = run_model(args.child_model, args.child_dataset, threads=args.threads, rounds=args.rounds,
-                       batches=args.batches, yardstick_seconds=args.yardstick_seconds, seed=args.seed,
-                       profile_rows=args.profile)
-    print(MARKER + json.dumps(result), flush=True)
+    """Set up, say "ready", then answer each "round" line on stdin with one round and "finish" with the result."""
+    bench = ModelBench(args.child_model, args.child_dataset, threads=args.threads, batches=args.batches,
+                       yardstick_seconds=args.yardstick_seconds, seed=args.seed)
+    print(MARKER + json.dumps({"ready": "skipped" not in bench.result}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "round" and "skipped" not in bench.result:
+            print(MARKER + json.dumps(bench.round()), flush=True)
+        elif line.strip() == "finish":
+            break
+    print(MARKER + json.dumps(bench.finish(args.profile)), flush=True)
     return 0
 
 
-def spawn(code: Path, name: str, dataset: str, args) -> dict:
-    """One model in a fresh child process importing the models of ``code``."""
-    env = dict(os.environ, PYTHONPATH=str(code), OMP_NUM_THREADS=str(args.threads))
-    if args.omp_wait_policy != "inherit":
-        env["OMP_WAIT_POLICY"] = args.omp_wait_policy
-    command = [sys.executable, str(HERE), "--child-model", name, "--child-dataset", dataset,
-               "--threads", str(args.threads), "--rounds", str(args.rounds), "--batches", str(args.batches),
-               "--yardstick-seconds", str(args.yardstick_seconds), "--seed", str(args.seed),
-               "--profile", str(args.profile)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    lines = [line for line in done.stdout.splitlines() if line.startswith(MARKER)]
-    if done.returncode != 0 or not lines:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        return {"model": name, "dataset": dataset, "failed": " | ".join(tail) or f"exit {done.returncode}"}
-    result = json.loads(lines[-1][len(MARKER):])
-    result["code"] = str(code)
-    return result
+class Child:
+    """A child process benchmarking one model of the checkout ``code``, driven round by round."""
+
+    def __init__(self, code: Path, name: str, dataset: str, args):
+        env = dict(os.environ, PYTHONPATH=str(code), OMP_NUM_THREADS=str(args.threads))
+        if args.omp_wait_policy != "inherit":
+            env["OMP_WAIT_POLICY"] = args.omp_wait_policy
+        command = [sys.executable, str(HERE), "--child-model", name, "--child-dataset", dataset,
+                   "--threads", str(args.threads), "--batches", str(args.batches),
+                   "--yardstick-seconds", str(args.yardstick_seconds), "--seed", str(args.seed),
+                   "--profile", str(args.profile)]
+        self.code, self.name, self.dataset = code, name, dataset
+        self.process = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+        self.ready = (self.answer() or {}).get("ready", False)
+
+    def answer(self) -> dict | None:
+        for line in self.process.stdout:
+            if line.startswith(MARKER):
+                return json.loads(line[len(MARKER):])
+        return None
+
+    def ask(self, what: str) -> dict | None:
+        try:
+            self.process.stdin.write(what + "\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            return None
+        return self.answer()
+
+    def finish(self) -> dict:
+        result = self.ask("finish")
+        self.process.wait()
+        if result is None:
+            tail = self.process.stderr.read().strip().splitlines()[-3:]
+            result = {"model": self.name, "dataset": self.dataset,
+                      "failed": " | ".join(tail) or f"exit {self.process.returncode}"}
+        result["code"] = str(self.code)
+        return result
 
 
 def summary_line(r: dict) -> str:
@@ -428,18 +468,25 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}; no GPU used; load average {report['load_before']}", flush=True)
     for dataset in args.datasets:
         for name in chosen:
-            for code in codes:
-                result = spawn(code, name, dataset, args)
+            # One child per checkout, all set up first, then their rounds alternate: A B A B ... (same load).
+            children = [Child(code, name, dataset, args) for code in codes]
+            if all(c.ready for c in children):
+                for _ in range(args.rounds):
+                    for each in children:
+                        each.ask("round")
+            results = [each.finish() for each in children]
+            for result in results:
                 report["results"].append(result)
                 print(summary_line(result), flush=True)
                 for row in result.get("profile", {}).get("top", []):
                     print(f"    {row['share']:6.1%} {row['self_ms']:9.1f} ms {row['calls']:6d}x  {row['op']}")
-            if args.compare:
-                mine, theirs = report["results"][-2:]
-                if "summary" in mine and "summary" in theirs:
-                    ratio = mine["summary"]["samples_per_s"]["median"] / theirs["summary"]["samples_per_s"]["median"]
-                    report.setdefault("ratios", {})[f"{name} on {TITLES[dataset]}"] = ratio
-                    print(f"  -> this checkout / {codes[1]}: {ratio:.2f}x samples/s (same run, medians)")
+            if args.compare and all("summary" in r for r in results):
+                pairs = [a["samples_per_s"] / b["samples_per_s"] for a, b in zip(results[0]["rounds"],
+                                                                                 results[1]["rounds"])]
+                ratio = spread(pairs)
+                report.setdefault("ratios", {})[f"{name} on {TITLES[dataset]}"] = ratio
+                print(f"  -> this checkout / {codes[1]}: {ratio['median']:.2f}x samples/s [{ratio['min']:.2f}-"
+                      f"{ratio['max']:.2f}] (median and range of the {len(pairs)} interleaved round pairs)")
     report["load_after"] = load()
     print(f"load average at the end {report['load_after']}")
     if args.json:
@@ -454,6 +501,6 @@ def argparse_suppress():
 
 
 if __name__ == "__main__":
-    if __package__ in (None, ""):  # run as a file by spawn(): the models come from PYTHONPATH, pipelines too
+    if __package__ in (None, ""):  # run as a file by Child: the models come from PYTHONPATH, pipelines too
         sys.path[0] = os.environ.get("PYTHONPATH", str(REPO)).split(os.pathsep)[0]
     sys.exit(main())
