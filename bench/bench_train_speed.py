@@ -404,6 +404,27 @@ def summary_line(r: dict) -> str:
             f"{len(r['rounds'])} rounds")
 
 
+def markdown_table(report: dict) -> str:
+    """The README's table: one row per model and dataset, medians with the [min-max] over rounds."""
+    rows = ["| model | dataset | batch | GFLOP/sample | samples/s | of own products | of 2048^3 square | peak RSS |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in report["results"]:
+        where = f"| {r['model']}" + ("" if r.get("code") in (None, str(REPO)) else f" [{r['code']}]") + \
+            f" | {TITLES[r['dataset']]} |"
+        if "summary" not in r:
+            rows.append(f"{where} – | – | {'skipped: ' + r['skipped'] if 'skipped' in r else 'failed'} | – | – | – |")
+            continue
+        s = r["summary"]
+
+        def cell(key, fmt):
+            return f"{fmt(s[key]['median'])} [{fmt(s[key]['min'])}–{fmt(s[key]['max'])}]"
+
+        rows.append(f"{where} {r['batch_size']} | {r['gflop_per_sample']:.3f} | {cell('samples_per_s', '{:.1f}'.format)} | "
+                    f"{cell('fraction_own', '{:.0%}'.format)} | {cell('fraction_square', '{:.0%}'.format)} | "
+                    f"{r['rss_peak_mib'] / 1024:.2f} GiB |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipelines import cli
 
@@ -488,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  -> this checkout / {codes[1]}: {ratio['median']:.2f}x samples/s [{ratio['min']:.2f}-"
                       f"{ratio['max']:.2f}] (median and range of the {len(pairs)} interleaved round pairs)")
     report["load_after"] = load()
-    print(f"load average at the end {report['load_after']}")
+    print(f"load average at the end {report['load_after']}\n")
+    print(markdown_table(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     return 0
