@@ -80,9 +80,11 @@ and every number this toolkit reports comes from the protocol in ``hhmpn/engine.
 * Smaller ones: Adam betas (0.9, 0.98), lr 1e-5 with 8-step gradient accumulation of batches of 8,
   d_model 512 and dropout 0.2 in ``begin.sh`` (see ``hhmpn/config.py`` for ours).
 
-Cost: F2F projects every node once per layer and updates all modalities in one UPD_mlp call, and
-the label rounds score every modality copy in one product (see hhmpn/layers.py); the equations are
-those above, checked against a per-pair reference implementation in tests/test_hhmpn_model.py.
+Cost: F2F projects every node once per layer and updates all modalities in one UPD_mlp call, the
+label rounds score every modality copy in one product, and eqs. (4)-(5) are evaluated in the cheaper of
+two exact orders (see hhmpn/layers.py); the equations are those above, checked against a per-pair reference
+implementation in tests/test_hhmpn_model.py, and the numbers against the code before the speed work in
+tests/test_hhmpn_speed_equality.py.
 """
 
 from __future__ import annotations

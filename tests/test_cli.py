@@ -13,7 +13,7 @@ import pytest
 from pipelines import cli
 from pipelines.cli import COMMANDS, HELP
 
-BENCHMARKS = ("bench.bench_build", "bench.bench_run_all")
+BENCHMARKS = ("bench.bench_build", "bench.bench_run_all", "bench.bench_train_speed")
 
 
 class _Grabbed(Exception):
