@@ -97,7 +97,8 @@ Deviations from the paper and the official code, and why:
 * **Random shuffles** draw from torch's generator (the official code mixes numpy's ``np.random.permutation``);
   same distribution, other numbers.
 * **Official bugs not copied**: ``models.py`` uses ``np`` without importing it (NameError at the first shuffle);
-  ``Normalize`` calls ``.view`` on a tensor current torch cannot view; the validation loader shuffles with
+  ``shuffle_total_aug.view(...)`` fails on current torch (advanced indexing with the permuted index tensors
+  returns a non-contiguous tensor; checked); the validation loader shuffles with
   ``drop_last=True`` (a random subset is scored each epoch; its test loader keeps every sample in order, so does
   ours for both); ``get_metrics(pred, label)`` swaps the argument order, so its logged precision and recall are
   each other (F1 and accuracy are symmetric); ``MLLinear`` squeezes its last axis, which would drop the label axis
