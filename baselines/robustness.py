@@ -85,8 +85,14 @@ def evaluate_cell(record: Mapping, root: Path, modalities: Sequence[str]) -> dic
     empty_union = float(record.get("empty_union", 0.0))
     scores = {}
     for key, perturbation, _ in columns(modalities):
-        ids, _, _, decisions = run.predict_songs(dataset, perturbations=[perturbation] if perturbation else [],
-                                                 seed=int(record["seed"]))
+        try:
+            ids, _, _, decisions = run.predict_songs(dataset, perturbations=[perturbation] if perturbation else [],
+                                                     seed=int(record["seed"]))
+        except ValueError as exc:  # a perturbation this test split cannot take (a shuffle needs 2 songs): "–"
+            if perturbation is None:
+                raise
+            scores[key] = {"unavailable": str(exc)}
+            continue
         truth = np.asarray([gold[i] for i in ids]).reshape(len(ids), -1)
         metrics = evaluate(truth, decisions, run.label_names, empty_union=empty_union)
         scores[key] = {k: float(metrics[k]) for k in ("micro_f1", "macro_f1", "accuracy", "hamming_loss")}
@@ -167,11 +173,20 @@ def table5(evaluations: Sequence[dict], dataset: str, title: str | None = None,
                                                 for part in (("miF1 mean", "miF1 std") if key == "clean" else
                                                              ("miF1 mean", "miF1 std", "drop mean", "drop std"))]
     rows, csv_rows, drops = [], [], {}
+    unavailable: set[str] = set()
     for name in names:
         mine = [e for e in evaluations if e["model"] == name]
         row, csv_row = [name], [name, len({e["fold"] for e in mine}), len({e["seed"] for e in mine})]
         drops[name] = {}
         for key, _, _ in cols:
+            if any(METRIC not in e["scores"].get(key, {}) for e in mine):  # see evaluate_cell
+                unavailable.update(e["scores"].get(key, {}).get("unavailable", key) for e in mine
+                                   if METRIC not in e["scores"].get(key, {}))
+                row.append("–")
+                csv_row += [None] * (2 if key == "clean" else 4)
+                if key != "clean":
+                    drops[name][key] = float("nan")  # a blank square in figure 5
+                continue
             mean, std = _mean_over_rotations(mine, lambda e, k=key: e["scores"][k][METRIC])
             if key == "clean":
                 row.append(f"{100 * mean:.1f}" + ("" if std is None else f" ± {100 * std:.1f}"))
@@ -206,6 +221,9 @@ def table5(evaluations: Sequence[dict], dataset: str, title: str | None = None,
     if evaluations:
         notes.append(f"Evaluating the perturbations took {sum(e.get('seconds', 0.0) for e in evaluations):.0f} s "
                      f"for {len(evaluations)} run folder(s) (time of each first evaluation; later runs reuse them).")
+    if unavailable:
+        notes.append("–: the perturbation cannot be applied to this test split (" + "; ".join(sorted(unavailable))
+                     + ").")
     gone = sorted({r["model"] for r in missing if r.get("dataset") == dataset})
     if gone:
         notes.append(f"Without a run folder (cells stored before estimators kept one, or an estimator the safe "
@@ -229,14 +247,15 @@ def figure5(table: RenderedTable, out_dir: Path, title: str, stem: str = FIGURE_
         return []
     plt = _pyplot()
     values = np.array([[table.drops[n][k] for k in keys] for n in names])
-    limit = max(1.0, float(np.abs(values).max()))
+    limit = max(1.0, float(np.nanmax(np.abs(values)))) if np.isfinite(values).any() else 1.0
     fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(keys), 0.9 + 0.4 * len(names)))
     image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
     ax.set_xticks(range(len(keys)), table.header[2:], rotation=45, ha="right")
     ax.set_yticks(range(len(names)), names)
     for i in range(len(names)):
         for j in range(len(keys)):
-            ax.text(j, i, f"{values[i, j]:+.1f}", ha="center", va="center", fontsize=7)
+            ax.text(j, i, "–" if np.isnan(values[i, j]) else f"{values[i, j]:+.1f}", ha="center", va="center",
+                    fontsize=7)
     fig.colorbar(image, ax=ax, label="miF1 drop (points)")
     ax.set_title(f"Robustness at prediction time: miF1 − clean, {title}", fontsize=9)
     paths = _save(fig, Path(out_dir), stem)

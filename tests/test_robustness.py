@@ -209,3 +209,26 @@ def test_predict_drops_and_corrupts_on_a_run_folder(bench, tmp_path, capsys):
         predict.main(["--help"])
     usage = capsys.readouterr().out
     assert "--drop-modality M,M" in usage and "--corrupt KIND:ARG" in usage and "--perturb-seed S" in usage
+
+
+def test_a_perturbation_the_test_split_cannot_take_is_a_dash_not_a_failed_benchmark(tmp_path):
+    """A test split of one song cannot be shuffled (the perturbation refuses); Table 5 shows "–" there with the
+    reason, keeps every other column, and figure 5 is still drawn (a MOSEI test build with one test song once
+    stopped the whole benchmark at its last step)."""
+    from baselines.robustness import figure5, table5
+
+    modalities = ["lyrics", "audio"]
+    keys = [key for key, _, _ in columns(modalities)]
+    reason = "shuffle:audio: needs 2 songs or more to give each another song's audio (there is 1)"
+
+    def evaluation(fold: int) -> dict:
+        scores = {key: {"micro_f1": 0.5, "macro_f1": 0.5, "accuracy": 0.5, "hamming_loss": 0.1} for key in keys}
+        scores["shuffle:audio"] = {"unavailable": reason}
+        return {"dataset": "nemu", "modalities": modalities, "model": "BR", "group": "Classical", "fold": fold,
+                "seed": 0, "scores": scores, "table2_micro_f1": 0.5, "key": f"k{fold}", "seconds": 0.0}
+
+    table = table5([evaluation(0), evaluation(1)], "nemu")
+    row = dict(zip(table.header, table.rows[0]))
+    assert row["A↔"] == "–" and row["L↔"] != "–" and row["−A"] != "–"
+    assert any(reason in note for note in table.notes)
+    assert figure5(table, tmp_path, "nemu")  # the blank square is drawn, not a crash
