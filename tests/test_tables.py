@@ -158,3 +158,22 @@ def test_a_typo_gets_a_suggestion(capsys):
     assert registry.resolve_names("br, BR,hhmpn") == ["BR", "HHMPN"]
     assert benchmark.main(["--models", "BR,Seq2Sat", "--no-progress"]) == 2
     assert "did you mean 'Seq2Set'?" in capsys.readouterr().err
+
+
+def test_after_the_paper_rows_follow_the_paper_groups_with_their_own_papers_numbers(monkeypatch):
+    from baselines import tables
+
+    monkeypatch.setitem(tables.LATER_PAPERS_TABLE2, "TAILOR",
+                        {"source": "Zhang et al., AAAI 2022, aligned CMU-MOSEI", "MOSEI": (50.0, 0.2, 55.0, None)})
+    records = _grid(2) + [_record("TAILOR", fold, 0.6) for fold in range(2)]
+    for r in records:
+        r["dataset"] = "mosei"
+    rendered = table2(records, {"mosei": "MOSEI"}, with_paper=True)
+    assert [row[1] for row in rendered.rows][-1] == "TAILOR" and rendered.rows[-1][0] == "After the paper"
+    tailor = rendered.rows[-1]
+    # beside ours, in parentheses (a bare dataset name counts as the real one), marked as its own paper's
+    assert [cell.split(" (")[1] for cell in tailor[-4:]] == ["50.0§)", "0.200§)", "55.0§)", "–)"]
+    assert any(note.startswith("§: the row's own paper's") and "Zhang et al., AAAI 2022" in note
+               for note in rendered.notes)
+    hhmpn = next(row for row in rendered.rows if row[1] == "HHMPN")
+    assert "§" not in "".join(hhmpn)  # the seed paper's numbers carry no mark
