@@ -37,8 +37,10 @@ demo: setup
 	$(BIN)/python -m baselines.run_all --data data/nemu --profile quick --folds $(FOLDS) --table3-folds 2 --out results && \
 	echo "make demo: sample, build and benchmark took $$(( $$(date +%s) - start )) s"
 
+# The suite on every core (pytest-xdist): each test file runs whole in one worker (--dist loadfile), so a file's
+# module fixtures are built once; session fixtures (the built sample) are built once per worker.
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 bench: setup
 	$(BIN)/python -m bench.bench_build
