@@ -123,6 +123,10 @@ TAG_DROP_PROB = 0.05  # an interaction label's tag is missing although its rule 
 NEEDLE_PROB = 0.9  # a present needle label plants its needle node
 NEEDLE_SPURIOUS_PROB = 0.02  # an absent one does (label noise)
 NEEDLE_NODES = (30, 40)  # nodes (lyric lines, comments) of a needle modality, every song (inclusive range)
+# The mixture's needle among fewer nodes: every song's comments are rendered long, and 30-40 of them per song made
+# `make demo` (240 songs, every model) take 25 minutes instead of 15; still one node among 12-16, so mean pooling
+# dilutes it four- to eight-fold more than a linear cue of the short layout.
+NEEDLE_NODES_MIXTURE = (12, 16)
 NEEDLE_DECOYS = (0, 3)  # single decoy words of each needle key per song, in other nodes (inclusive range)
 #: Per modality (P(missing), P(replaced by another song's)); at most one fault per song (52 % of songs have one).
 #: Assumed, not measured: songs without lyrics (instrumentals) ~8 %, off-topic comment sections, wrong or generic
@@ -163,11 +167,12 @@ class Interaction:
 
 @dataclass(frozen=True)
 class Needle:
-    """One node in ``modality`` carries a cue group of the label's own key, among NEEDLE_NODES nodes."""
+    """One node in ``modality`` carries a cue group of the label's own key, among ``nodes`` nodes (a range)."""
     modality: str
+    nodes: tuple[int, int] = NEEDLE_NODES
 
     def describe(self, label: str) -> str:
-        return (f"needle: one {self.modality} node of {NEEDLE_NODES[0]}-{NEEDLE_NODES[1]} carries its cue "
+        return (f"needle: one {self.modality} node of {self.nodes[0]}-{self.nodes[1]} carries its cue "
                 f"(p {NEEDLE_PROB}), decoy cue words elsewhere")
 
 
@@ -224,7 +229,7 @@ MIXTURE_PLAN: dict[str, Mechanism] = {
     **_interaction_plan((("lyrics", ("Fresh", "Romantic"), "images", ("Relaxed", "Quiet"), ("Relaxed", "Quiet")),
                          ("comments", ("Moving", "Romantic"), "audio", ("Relaxed", "Quiet"),
                           ("Romantic", "Moving")))),
-    "Nostalgic": Needle("comments"),
+    "Nostalgic": Needle("comments", NEEDLE_NODES_MIXTURE),
     "Miss": Follower("all", ("Sad", "Nostalgic")), "Fresh": Follower("any", ("Happy", "Romantic")),
     "Excited": Null(),
 }
@@ -281,6 +286,14 @@ def plan_of(probe: str) -> dict[str, Mechanism]:
 def mechanisms(probe: str) -> dict[str, str]:
     """label -> one sentence naming its mechanism under ``probe`` (the card prints it)."""
     return {label: mech.describe(label) for label, mech in plan_of(probe).items()}
+
+
+def needle_node_range(probe: str, modality: str) -> tuple[int, int]:
+    """How many nodes ``modality`` has in every song of ``probe`` where it carries a needle (inclusive range)."""
+    ranges = {mech.nodes for mech in plan_of(probe).values() if isinstance(mech, Needle) and mech.modality == modality}
+    if len(ranges) != 1:
+        raise ValueError(f"probe {probe!r}: {modality} carries {'no' if not ranges else 'differently sized'} needles")
+    return ranges.pop()
 
 
 def needle_modalities(probe: str) -> dict[str, list[str]]:

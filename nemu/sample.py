@@ -23,14 +23,14 @@ label (nemu.probes.MIXTURE_PLAN)::
     linear        Sad, Healing, Happy, Lonely   traces as below
     interaction   Relaxed, Quiet            lyrics cues Fresh/Romantic x image cues Relaxed/Quiet (AND, then OR)
                   Romantic, Moving          comment cues Moving/Romantic x audio cues Relaxed/Quiet
-    needle        Nostalgic: one comment among 30-40, decoy cue words in the others
+    needle        Nostalgic: one comment among 12-16 (NEEDLE_NODES_MIXTURE), decoy cue words in the others
     co-occurrence Miss = Sad and Nostalgic; Fresh = Happy or Romantic (no trace of their own)
     null          Excited (its cues planted at random)
     unreliable    every song: at most one modality missing or replaced (nemu.probes.FAULT_RATES, 52 % of songs)
 
 The renderers below take cue *keys* (the label names of the tables below) per modality; under a probe other
 than ``linear`` a key is a cue identity whose label the probe's plan decides.  A needle modality is rendered
-long (30-40 lyric lines from several ci, or 30-40 comments) for every song, with its other cues scaled up
+long (NEEDLE_NODES: 30-40 lyric lines from several ci, or 30-40 comments; 12-16 comments in the mixture) for every song, with its other cues scaled up
 (LONG_LYRIC_CUE_LINES, LONG_COMMENT_CUE_SENTENCES) so that only the needle is diluted; a missing modality is
 written as a raw record without it (empty lyrics, no comments, ``audio: null``, no images); a replaced one is
 rendered from another song's cues (a song of the same generator, not in the sample; lyrics from another ci).
@@ -125,7 +125,7 @@ from nemu.probes import (  # noqa: F401  (re-exported: the latent layer's names 
     ARTISTS, CUE_KEYS, DEFAULT_PROBE, ENGLISH_TAG_PROB, LABEL_AFFINITY, LABEL_COUNT_PROBS, LABEL_WEIGHTS, LINEAR,
     MODALITIES, NEEDLE_DECOYS, NEEDLE_NODES, NO_EMOTION_PROB, OTHER_TAGS, PROBE_CHOICES, PROBES, SPURIOUS_PROB,
     TRACE_MODALITIES, TRACE_PROB, ceiling_decision, ceiling_of, constant_baseline, constant_label_set, draw_artist,
-    draw_song, mechanisms, needle_modalities, posterior, probe_latents, song_rng)
+    draw_song, mechanisms, needle_modalities, needle_node_range, posterior, probe_latents, song_rng)
 from nemu.probes import draw_labels as _draw_labels  # noqa: F401  (the name tests and callers know)
 from nemu.probes import draw_tags as _tags  # noqa: F401
 from nemu.probes import draw_traces as _traces  # noqa: F401
@@ -312,7 +312,8 @@ def _decoys(n_nodes: int, keys: list[str], taken: set[int], rng: np.random.Gener
     return out
 
 
-def _lyrics(ci: dict, cues: list[list[str]], rng: np.random.Generator, needles: tuple | None = None) -> str:
+def _lyrics(ci: dict, cues: list[list[str]], rng: np.random.Generator, needles: tuple | None = None,
+            nodes: tuple[int, int] = NEEDLE_NODES) -> str:
     """Ci clauses as lyric lines (a repeated verse sometimes), cue groups prefixed/suffixed to some lines;
     LRC with timestamps and credit lines for ~half the songs, plain text otherwise.
 
@@ -324,7 +325,7 @@ def _lyrics(ci: dict, cues: list[list[str]], rng: np.random.Generator, needles: 
         if rng.random() < 0.4:
             lines += lines[len(lines) // 2:]  # a repeated second half, like a chorus
     else:
-        target = int(rng.integers(NEEDLE_NODES[0], NEEDLE_NODES[1] + 1))
+        target = int(rng.integers(nodes[0], nodes[1] + 1))
         while len(lines) < target:
             lines += _ci_lines(needles[2][int(rng.integers(len(needles[2])))])
         lines = lines[:target]
@@ -364,13 +365,13 @@ def _end_sentence(text: str) -> str:
 
 
 def _comments(pool: tuple[str, ...], cues: list[list[str]], rng: np.random.Generator,
-              needles: tuple | None = None) -> list[str]:
+              needles: tuple | None = None, nodes: tuple[int, int] = NEEDLE_NODES) -> list[str]:
     """3-10 comments; ~30 % are long ones joined from 2-4 sentences; cue sentences appended to some.
 
     ``needles`` = (needle keys, decoy keys) makes the long layout of a needle modality: NEEDLE_NODES comments,
     one short comment per needle key made of its cue group, single decoy words opening other comments (inside
     their first sentence, so a decoy never becomes a node of its own)."""
-    n = int(rng.integers(3, 11)) if needles is None else int(rng.integers(NEEDLE_NODES[0], NEEDLE_NODES[1] + 1))
+    n = int(rng.integers(3, 11)) if needles is None else int(rng.integers(nodes[0], nodes[1] + 1))
     picks = iter(rng.choice(len(pool), size=4 * n, replace=False))
     out = []
     for _ in range(n):
@@ -600,9 +601,11 @@ def _song(index: int, seed: int, ci: dict, artists: list[str], probe: str = LINE
     comment_cues = _cues(cues["comments"], rng,
                          LONG_COMMENT_CUE_SENTENCES if "comments" in long else COMMENT_CUE_SENTENCES)
     lyrics = _lyrics(lyric_ci, lyric_cues, rng,
-                     (needles["lyrics"], long["lyrics"], load_songci()) if "lyrics" in long else None)
+                     (needles["lyrics"], long["lyrics"], load_songci()) if "lyrics" in long else None,
+                     needle_node_range(probe, "lyrics") if "lyrics" in long else NEEDLE_NODES)
     comments = _comments(load_comments(), comment_cues, rng,
-                         (needles["comments"], long["comments"]) if "comments" in long else None)
+                         (needles["comments"], long["comments"]) if "comments" in long else None,
+                         needle_node_range(probe, "comments") if "comments" in long else NEEDLE_NODES)
     first_clause = ci["paragraphs"][0].translate(_CLAUSE_SPLIT).split("\n")[0]
     title = f"{ci['tune']}·{first_clause}" if rng.random() < 0.6 else ci["tune"]
 
