@@ -16,7 +16,7 @@
    shuffles the identity (numpy's permutation patched there, ``CARAT.shuffle_indices`` here).
 5. Prints samples/s for both (wall-clock and per CPU-second) and the ratio ours/official.
 
-    python -m bench.bench_carat --official-git /work/.mirror/chengzju+CARAT/repo [--samples 128] [--threads K]
+    python -m bench.bench_carat --official-git PATH [--samples 128] [--threads K]
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ Ours processes only each sample's real steps (10-60 of them); the official code 
 every sample (its masks are all ones): part of the speed ratio is that difference, which is the model's (real
 masks), not the engine's.
 
-    python -m bench.bench_tailor --official-git /work/.mirror/kniter1+TAILOR/repo [--samples 64] [--epochs 1]
+    python -m bench.bench_tailor --official-git PATH [--samples 64] [--epochs 1]
                                  [--threads 2]
 """
 
@@ -278,8 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loss-samples", type=int, default=8, help="full-length samples of the loss-check batch")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--official-git", type=Path, default=Path("/work/.mirror/kniter1+TAILOR/repo"),
-                        help="git directory (a clone or bare repository) of kniter1/TAILOR")
+    parser.add_argument("--official-git", type=Path, default=None,
+                        help="git directory (a clone or bare repository) of kniter1/TAILOR; required unless "
+                             "--skip-official")
     parser.add_argument("--official-timeout", type=float, default=None, help="seconds before the official half "
                         "is reported as blocked (default: none)")
     parser.add_argument("--skip-official", action="store_true", help="time ours only")
@@ -292,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                      "--eval-samples at least 8")
     if args.epochs < 1:
         parser.error("--epochs must be >= 1")
+    if args.official_git is None and not args.skip_official:
+        parser.error("--official-git PATH is required (a clone of github.com/kniter1/TAILOR), or --skip-official")
 
     import torch
 
