@@ -1,6 +1,6 @@
 """Benchmark: CARAT training speed on CPU, ours against the official implementation, in one run.
 
-1. Writes the seeded synthetic aligned CMU-MOSEI ``train_valid_test.pt`` of ``bench.bench_hhmpn.write_pt`` (60
+1. Writes the seeded synthetic aligned CMU-MOSEI ``train_valid_test.pt`` of ``bench.official.write_pt`` (60
    left-padded steps of text 300 / visual 35 / audio 74, 10-60 real steps each) and builds it with
    ``python -m pipelines.build_mosei``.
 2. Trains OUR CARAT (``baselines.carat``, profile ``paper``: the official train.sh) with ``mmer.engine.fit`` over the
@@ -25,12 +25,12 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.bench_hhmpn import _TimedLoader, load, rates, write_pt
+from bench.official import (Blocked, TimedLoader, apply_patches, extract_official, load, measured, print_patches,
+                            run_driver, synthetic_mosei)
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL_URL = "https://github.com/chengzju/CARAT"
@@ -196,54 +196,17 @@ def run_ours(built: Path, epochs: int, seed: int) -> dict:
     seed_everything(seed)
     model = get("CARAT").factory(dict(PAPER), info)
     loaders = make_loaders(datasets, PAPER["batch_size"], seed)
-    timed = _TimedLoader(loaders["train"])
+    timed = TimedLoader(loaders["train"])
     result = fit(model, timed, loaders["valid"], epochs=epochs, lr=PAPER["lr"], clip=PAPER["clip"], device="cpu",
                  seed=seed, progress=False, threshold=PAPER["threshold"], label_names=info.label_names)
     return {"parameters": count_parameters(model), "threads": torch.get_num_threads(), "epochs": timed.epochs,
             "losses": [record["train_loss"] for record in result.history]}
 
 
-class Blocked(Exception):
-    pass
-
-
-def extract_official(git_dir: Path, dest: Path) -> tuple[Path, str]:
-    if not git_dir.exists():
-        raise Blocked(f"--official-git {git_dir} does not exist")
-    if (git_dir / ".git").exists():
-        git_dir = git_dir / ".git"
-    dest.mkdir(parents=True)
-    commit = subprocess.run(["git", "--git-dir", str(git_dir), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True, check=True).stdout.strip()
-    archive = subprocess.run(["git", "--git-dir", str(git_dir), "archive", "HEAD"], capture_output=True,
-                             check=True).stdout
-    subprocess.run(["tar", "x", "-C", str(dest)], input=archive, check=True)
-    for relative, old, new, _ in SOURCE_PATCHES:
-        path = dest / relative
-        text = path.read_text(encoding="utf-8")
-        if text.count(old) != 1:
-            raise Blocked(f"cannot patch {relative}: expected {old!r} once, found it {text.count(old)} times")
-        path.write_text(text.replace(old, new), encoding="utf-8")
-    return dest, commit
-
-
 def run_official(root: Path, pt: Path, epochs: int, seed: int, threads: int | None, timeout: float | None) -> dict:
     config = {"root": str(root), "pt": str(pt), "args": OFFICIAL_ARGS, "epochs": epochs, "seed": seed,
               "threads": threads, "repo": str(REPO)}
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    env.pop("PYTHONPATH", None)
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    try:
-        proc = subprocess.run([sys.executable, "-c", _OFFICIAL_DRIVER, json.dumps(config)], cwd=root, env=env,
-                              capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise Blocked(f"the official training did not finish within --official-timeout {timeout:.0f} s") from None
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
-        raise Blocked(f"the official training exited with code {proc.returncode}:\n{tail}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_driver(root, _OFFICIAL_DRIVER, config, threads, timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -271,18 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="cbench-", dir=args.workdir))
     report: dict = {"samples": args.samples, "epochs": args.epochs, "cpu_count": os.cpu_count()}
     try:
-        pt = work / "mosei" / "train_valid_test.pt"
-        pt.parent.mkdir()
-        write_pt(pt, {"train": args.samples, "valid": args.eval_samples, "test": args.eval_samples}, args.seed)
-        from pipelines import build_mosei
-
-        built = work / "built"
-        if build_mosei.main([str(pt), "--out", str(built), "--no-progress"]) != 0:
-            raise SystemExit("build_mosei failed")
+        pt, built = synthetic_mosei(work, args.samples, args.eval_samples, args.seed)
         print(f"[ours] {args.epochs} epoch(s) x {args.samples} samples (load avg {load()}) ...", flush=True)
         ours = run_ours(built, args.epochs, args.seed)
-        n, wall, cpu, per_s, per_cpu_s = rates(ours["epochs"])
-        ours.update(samples=n, wall=wall, cpu=cpu, samples_per_s=per_s, samples_per_cpu_s=per_cpu_s)
+        ours.update(measured(ours["epochs"]))
+        n, wall, per_s, per_cpu_s = ours["samples"], ours["wall"], ours["samples_per_s"], ours["samples_per_cpu_s"]
         report["ours"] = ours
         ours_line = (f"ours     CARAT (baselines.carat, profile 'paper'; {ours['parameters']:,} parameters): {n} "
                      f"training samples in {wall:.1f} s -> {per_s:.3f} samples/s ({per_cpu_s:.3f} samples/CPU-s), "
@@ -294,17 +250,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             try:
                 root, commit = extract_official(args.official_git, work / "official")
-                print(f"[official] chengzju/CARAT@{commit}; patches (temporary copy only):")
-                for relative, old, new, why in SOURCE_PATCHES:
-                    print(f"  - {relative}: {old!r} -> {new!r} ({why})")
-                for text in RUNTIME_PATCHES:
-                    print(f"  - run time: {text}")
+                apply_patches(root, SOURCE_PATCHES)
+                print_patches("chengzju/CARAT", commit, SOURCE_PATCHES, RUNTIME_PATCHES)
                 print(f"[official] {args.epochs} epoch(s) x {args.samples} samples, train.sh: "
                       f"{' '.join(OFFICIAL_ARGS)} (load avg {load()}) ...", flush=True)
                 official = run_official(root, pt, args.epochs, args.seed, args.threads, args.official_timeout)
-                n_o, wall_o, cpu_o, per_s_o, per_cpu_s_o = rates(official["epochs"])
-                official.update(commit=commit, samples=n_o, wall=wall_o, cpu=cpu_o, samples_per_s=per_s_o,
-                                samples_per_cpu_s=per_cpu_s_o)
+                official.update(measured(official["epochs"]), commit=commit)
+                n_o, wall_o = official["samples"], official["wall"]
+                per_s_o, per_cpu_s_o = official["samples_per_s"], official["samples_per_cpu_s"]
                 report["official"] = official
                 official_line = (f"official CARAT (chengzju/CARAT@{commit}, train.sh; {official['parameters']:,} "
                                  f"parameters): {n_o} training samples in {wall_o:.1f} s -> {per_s_o:.3f} samples/s "

@@ -34,17 +34,15 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from bench.official import (Blocked, TimedLoader, apply_patches, extract_official, load, print_patches, rates,
+                            run_driver, synthetic_mosei)
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL_URL = "https://github.com/MANLP-suda/HHMPN"
-STEPS = 60
-DIMS = {"src-text": 300, "src-visual": 35, "src-audio": 74}
-LABELS = ("happy", "sad", "anger", "surprise", "disgust", "fear")
 
 # The official run script's uncommented line (HHMPN/begin.sh), minus CUDA_VISIBLE_DEVICES/nohup/logging.
 OFFICIAL_ARGS = ["-dataset", "mosei", "-batch_size", "8", "-d_model", "512", "-d_inner_hid", "512",
@@ -151,56 +149,6 @@ print("RESULT " + json.dumps(result))
 '''
 
 
-# --------------------------------------------------------------------------------------------- data
-def write_pt(path: Path, sizes: dict[str, int], seed: int) -> None:
-    """A synthetic aligned MOSEI .pt: N x 60 x dim float32 arrays, left-padded; every label occurs in train."""
-    import numpy as np
-    import torch
-
-    rng = np.random.default_rng(seed)
-    vocab = {"<blank>": 0, "<unk>": 1, "<s>": 2, "</s>": 3, **{name: 4 + i for i, name in enumerate(LABELS)}}
-    data = {"settings": argparse.Namespace(max_text_seq_len=STEPS, max_visual_seq_len=STEPS,
-                                           max_audio_seq_len=STEPS),
-            "dict": {"src": None, "tgt": vocab}}
-    for split, n in sizes.items():
-        lengths = rng.integers(10, STEPS + 1, size=n)
-        arrays = {}
-        for key, dim in DIMS.items():
-            array = np.zeros((n, STEPS, dim), np.float32)
-            for i, length in enumerate(lengths):
-                array[i, STEPS - length:] = rng.normal(size=(length, dim))
-            arrays[key] = array
-        tgt = []
-        for i in range(n):
-            k = int(rng.choice([0, 1, 1, 1, 2, 2, 3]))  # some samples without any emotion, as in MOSEI
-            ids = set(int(x) for x in rng.choice(len(LABELS), size=k, replace=False))
-            if split == "train" and i < len(LABELS):
-                ids.add(i)  # the official prior label mask divides by every label's train count
-            tgt.append([2, *sorted(4 + x for x in ids), 3])
-        data[split] = {**arrays, "tgt": tgt}
-    torch.save(data, path)
-
-
-# --------------------------------------------------------------------------------------------- ours
-class _TimedLoader:
-    """Wraps the train loader: times each full pass (batches fetched + the training work between them)."""
-
-    def __init__(self, loader):
-        self.loader = loader
-        self.epochs: list[dict] = []
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        n = 0
-        wall, cpu = time.perf_counter(), time.process_time()
-        for batch in self.loader:
-            n += len(batch["labels"])
-            yield batch  # fit's forward/backward/clip/step for this batch run before the next fetch
-        self.epochs.append({"samples": n, "wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu})
-
-
 def run_ours(built: Path, epochs: int, seed: int) -> dict:
     import torch
 
@@ -215,7 +163,7 @@ def run_ours(built: Path, epochs: int, seed: int) -> dict:
     seed_everything(seed)
     model = HHMPN(train.modality_dims, len(train.label_names), **cfg.model_kwargs())
     loaders = make_loaders(datasets, cfg.batch_size, seed)
-    timed = _TimedLoader(loaders["train"])
+    timed = TimedLoader(loaders["train"])
     result = fit(model, timed, loaders["valid"], epochs=epochs, lr=cfg.lr, clip=cfg.clip, device="cpu", seed=seed,
                  progress=False, threshold=cfg.threshold, label_names=train.label_names)
     return {"parameters": count_parameters(model), "threads": torch.get_num_threads(), "epochs": timed.epochs,
@@ -223,73 +171,11 @@ def run_ours(built: Path, epochs: int, seed: int) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- official
-class Blocked(Exception):
-    pass
-
-
-def extract_official(git_dir: Path | None, dest: Path) -> tuple[Path, str]:
-    """HHMPN/ of the official repository's HEAD into dest; returns (HHMPN folder, commit)."""
-    dest.mkdir(parents=True)
-    if git_dir is not None and not git_dir.exists():
-        raise Blocked(f"--official-git {git_dir} does not exist")
-    if git_dir is not None and (git_dir / ".git").exists():
-        git_dir = git_dir / ".git"  # a clone's work tree
-    if git_dir is None:
-        clone = dest / "clone.git"
-        proc = subprocess.run(["git", "clone", "--bare", "--quiet", OFFICIAL_URL, str(clone)],
-                              capture_output=True, text=True, timeout=300)
-        if proc.returncode != 0:
-            raise Blocked(f"no --official-git given and `git clone {OFFICIAL_URL}` "
-                          f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
-        git_dir = clone
-    commit = subprocess.run(["git", "--git-dir", str(git_dir), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True, check=True).stdout.strip()
-    archive = subprocess.run(["git", "--git-dir", str(git_dir), "archive", "HEAD", "HHMPN"],
-                             capture_output=True, check=True).stdout
-    subprocess.run(["tar", "x", "-C", str(dest)], input=archive, check=True)
-    return dest / "HHMPN", commit
-
-
-def patch_official(root: Path) -> None:
-    for relative, old, new, _ in SOURCE_PATCHES:
-        path = root / relative
-        text = path.read_text(encoding="utf-8")
-        if text.count(old) != 1:
-            raise Blocked(f"cannot patch {relative}: expected {old!r} once, found it {text.count(old)} times "
-                          "(the official code changed)")
-        path.write_text(text.replace(old, new), encoding="utf-8")
-
-
 def run_official(root: Path, pt: Path, work: Path, epochs: int, seed: int, threads: int | None,
                  probe_d: int | None, timeout: float | None) -> dict:
     config = {"root": str(root), "pt": str(pt), "results": str(work / "official-results"), "args": OFFICIAL_ARGS,
               "epochs": epochs, "seed": seed, "threads": threads, "probe_d": probe_d}
-    env = dict(os.environ, TQDM_DISABLE="1", PYTHONDONTWRITEBYTECODE="1")
-    env.pop("PYTHONPATH", None)  # the official code's own top-level modules (utils, lamp, train) only
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    try:
-        proc = subprocess.run([sys.executable, "-c", _OFFICIAL_DRIVER, json.dumps(config)], cwd=root, env=env,
-                              capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise Blocked(f"the official training did not finish within --official-timeout {timeout:.0f} s") from None
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
-        raise Blocked(f"the official training exited with code {proc.returncode}:\n{tail}")
-    return json.loads(lines[-1][len("RESULT "):])
-
-
-# --------------------------------------------------------------------------------------------- report
-def rates(epochs: list[dict]) -> tuple[int, float, float, float, float]:
-    samples = sum(e["samples"] for e in epochs)
-    wall = sum(e["wall"] for e in epochs)
-    cpu = sum(e["cpu"] for e in epochs)
-    return samples, wall, cpu, samples / wall, samples / cpu
-
-
-def load() -> str:
-    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    return run_driver(root, _OFFICIAL_DRIVER, config, threads, timeout, extra_env={"TQDM_DISABLE": "1"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,14 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"samples": args.samples, "epochs": args.epochs, "cpu_count": os.cpu_count()}
     try:
         # 1. data
-        pt = work / "mosei" / "train_valid_test.pt"
-        pt.parent.mkdir()
-        write_pt(pt, {"train": args.samples, "valid": args.eval_samples, "test": args.eval_samples}, args.seed)
-        from pipelines import build_mosei
-
-        built = work / "built"
-        if build_mosei.main([str(pt), "--out", str(built), "--no-progress"]) != 0:
-            raise SystemExit("build_mosei failed")
+        pt, built = synthetic_mosei(work, args.samples, args.eval_samples, args.seed)
 
         # 2. ours
         print(f"[ours] training {args.epochs} epoch(s) x {args.samples} samples (load avg {load()}) ...", flush=True)
@@ -355,13 +234,9 @@ def main(argv: list[str] | None = None) -> int:
             official_line = "official skipped (--skip-official)"
         else:
             try:
-                root, commit = extract_official(args.official_git, work / "official")
-                patch_official(root)
-                print(f"[official] MANLP-suda/HHMPN@{commit} in {root}; patches (temporary copy only):", flush=True)
-                for relative, old, new, why in SOURCE_PATCHES:
-                    print(f"  - {relative}: {old!r} -> {new!r} ({why})")
-                for text in RUNTIME_PATCHES:
-                    print(f"  - run time: {text}")
+                root, commit = extract_official(args.official_git, work / "official", "HHMPN", clone_url=OFFICIAL_URL)
+                apply_patches(root, SOURCE_PATCHES)
+                print_patches("MANLP-suda/HHMPN", commit, SOURCE_PATCHES, RUNTIME_PATCHES)
                 print(f"[official] training {args.epochs} epoch(s) x {args.samples} samples with begin.sh's "
                       f"arguments: {' '.join(OFFICIAL_ARGS)} (load avg {load()}) ...", flush=True)
                 official = run_official(root, pt, work, args.epochs, args.seed, args.threads,

@@ -1,7 +1,7 @@
 """Benchmark: TAILOR training speed on CPU, ours against the official implementation, in one run; and the loss
 of both on the same batch with the same weights.
 
-1. Writes the seeded synthetic aligned CMU-MOSEI ``train_valid_test.pt`` of ``bench.bench_hhmpn.write_pt`` (60
+1. Writes the seeded synthetic aligned CMU-MOSEI ``train_valid_test.pt`` of ``bench.official.write_pt`` (60
    left-padded steps of text 300 / visual 35 / audio 74, 10-60 real steps per sample) to a temporary folder under
    /tmp and builds it with our ``python -m pipelines.build_mosei``.
 2. Trains OUR TAILOR (``baselines.tailor``, profile ``paper``: d 256, 6/4/4 unimodal, 3 cross, 1 decoder layers,
@@ -35,13 +35,12 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench.bench_hhmpn import _TimedLoader, load, rates, write_pt
+from bench.official import (Blocked, TimedLoader, extract_official, load, measured, print_patches, run_driver,
+                            synthetic_mosei)
 
 STEPS = 60
 OFFICIAL_ARGS = ["--do_train", "--num_thread_reader=0", "--epochs=20", "--batch_size=64", "--n_display=10",
@@ -114,11 +113,6 @@ print("RESULT " + json.dumps(result))
 '''
 
 
-class Blocked(Exception):
-    pass
-
-
-# --------------------------------------------------------------------------------------------- weights
 def _encoder_layer_map(official: str, ours: str) -> dict[str, str]:
     return {f"{official}.attention.self.query": f"{ours}.attention.query",
             f"{official}.attention.self.key": f"{ours}.attention.key",
@@ -207,7 +201,7 @@ def run_ours(built: Path, epochs: int, seed: int) -> dict:
     seed_everything(seed)
     model = TAILOR(train.modality_dims, len(train.label_names), **model_kwargs(config))
     loaders = make_loaders(datasets, config["batch_size"], seed)
-    timed = _TimedLoader(loaders["train"])
+    timed = TimedLoader(loaders["train"])
     result = fit(model, timed, loaders["valid"], epochs=epochs, lr=config["lr"], clip=config["clip"], device="cpu",
                  seed=seed, progress=False, threshold=config["threshold"], label_names=train.label_names)
     return {"parameters": count_parameters(model), "threads": torch.get_num_threads(), "epochs": timed.epochs,
@@ -233,39 +227,12 @@ def our_loss_with_official_weights(state_path: Path, batch: dict) -> float:
         return float(model.loss(model(batch), batch))
 
 
-def extract_official(git_dir: Path, dest: Path) -> tuple[Path, str]:
-    if not git_dir.exists():
-        raise Blocked(f"--official-git {git_dir} does not exist")
-    if (git_dir / ".git").exists():
-        git_dir = git_dir / ".git"
-    dest.mkdir(parents=True)
-    commit = subprocess.run(["git", "--git-dir", str(git_dir), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True, check=True).stdout.strip()
-    archive = subprocess.run(["git", "--git-dir", str(git_dir), "archive", "HEAD"], capture_output=True,
-                             check=True).stdout
-    subprocess.run(["tar", "x", "-C", str(dest)], input=archive, check=True)
-    return dest, commit
-
-
 def run_official(root: Path, pt: Path, work: Path, epochs: int, seed: int, threads: int | None,
                  timeout: float | None) -> dict:
     config = {"root": str(root), "pt": str(pt), "out": str(work / "official-out"), "args": OFFICIAL_ARGS,
               "epochs": epochs, "seed": seed, "threads": threads, "state": str(work / "official-state.pt"),
               "batch": str(work / "fixed-batch.pt")}
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    env.pop("PYTHONPATH", None)  # the official code's own top-level modules (train, util, src) only
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    try:
-        proc = subprocess.run([sys.executable, "-c", _OFFICIAL_DRIVER, json.dumps(config)], cwd=root, env=env,
-                              capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise Blocked(f"the official training did not finish within --official-timeout {timeout:.0f} s") from None
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
-        raise Blocked(f"the official training exited with code {proc.returncode}:\n{tail}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_driver(root, _OFFICIAL_DRIVER, config, threads, timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,21 +270,14 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="tbench-", dir=args.workdir))
     report: dict = {"samples": args.samples, "epochs": args.epochs, "cpu_count": os.cpu_count()}
     try:
-        pt = work / "mosei" / "train_valid_test.pt"
-        pt.parent.mkdir()
-        write_pt(pt, {"train": args.samples, "valid": args.eval_samples, "test": args.eval_samples}, args.seed)
-        from pipelines import build_mosei
-
-        built = work / "built"
-        if build_mosei.main([str(pt), "--out", str(built), "--no-progress"]) != 0:
-            raise SystemExit("build_mosei failed")
+        pt, built = synthetic_mosei(work, args.samples, args.eval_samples, args.seed)
         batch = fixed_batch(work / "fixed-batch.pt", args.loss_samples, args.seed)
 
         print(f"[ours] training {args.epochs} epoch(s) x {args.samples} samples (load avg {load()}) ...", flush=True)
         ours = run_ours(built, args.epochs, args.seed)
         cfg = ours.pop("config")
-        n, wall, cpu, per_s, per_cpu_s = rates(ours["epochs"])
-        ours.update(samples=n, wall=wall, cpu=cpu, samples_per_s=per_s, samples_per_cpu_s=per_cpu_s)
+        ours.update(measured(ours["epochs"]))
+        n, wall, per_s, per_cpu_s = ours["samples"], ours["wall"], ours["samples_per_s"], ours["samples_per_cpu_s"]
         report["ours"] = ours
         ours_line = (f"ours     TAILOR (baselines.tailor, profile 'paper': d={cfg['d']} batch {cfg['batch_size']} "
                      f"lr {cfg['lr']:g}; {ours['parameters']:,} parameters): {n} training samples in {wall:.1f} s -> "
@@ -328,15 +288,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_official:
             try:
                 root, commit = extract_official(args.official_git, work / "official")
-                print(f"[official] kniter1/TAILOR@{commit} in {root}; no file changed; run-time patches:")
-                for text in RUNTIME_PATCHES:
-                    print(f"  - {text}")
+                print_patches("kniter1/TAILOR", commit, [], RUNTIME_PATCHES)
                 print(f"[official] training {args.epochs} epoch(s) x {args.samples} samples with train.sh's "
                       f"arguments: {' '.join(OFFICIAL_ARGS)} (load avg {load()}) ...", flush=True)
                 official = run_official(root, pt, work, args.epochs, args.seed, args.threads, args.official_timeout)
-                n_o, wall_o, cpu_o, per_s_o, per_cpu_s_o = rates(official["epochs"])
-                official.update(commit=commit, samples=n_o, wall=wall_o, cpu=cpu_o, samples_per_s=per_s_o,
-                                samples_per_cpu_s=per_cpu_s_o)
+                official.update(measured(official["epochs"]), commit=commit)
+                n_o, wall_o = official["samples"], official["wall"]
+                per_s_o, per_cpu_s_o = official["samples_per_s"], official["samples_per_cpu_s"]
                 report["official"] = official
                 official_line = (f"official TAILOR (kniter1/TAILOR@{commit}, train.sh; {official['parameters']:,} "
                                  f"parameters): {n_o} training samples in {wall_o:.1f} s -> {per_s_o:.3f} samples/s "

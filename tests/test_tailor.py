@@ -14,9 +14,7 @@ from baselines.tailor import (TAILOR, masked_token_cross_entropy, orthogonality_
                               warmup_linear)
 from mmer import registry
 from mmer.engine import seed_everything, train_and_test
-from mmer.metrics import binarize, evaluate
-from mmer.predict import load_run
-from mmer.runner import data_info, train_run
+from mmer.runner import data_info
 from nemu.loading import split_datasets
 from tests.conftest import constant_baseline_micro_f1
 from tests.test_mult import DIMS, make_batch, repad
@@ -178,15 +176,8 @@ def test_registered_with_the_official_configuration():
     assert (paper["lr"], paper["batch_size"], paper["clip"], paper["threshold"]) == (5e-5, 64, 1.0, 0.5)
 
 
-def test_a_train_run_folder_is_accepted_by_predict(sample_dataset, tmp_path):
-    overrides = {"epochs": 1, "d": 16, "heads": 2, "intermediate": 16}
-    config = registry.get("TAILOR").config("quick") | overrides
-    metrics = train_run(sample_dataset, tmp_path / "run", "TAILOR", config, seed=0, progress=False)
-    run = load_run(tmp_path / "run")
-    dataset = run.dataset(sample_dataset, "test")
-    _, probabilities = run.predict_dataset(dataset)
-    again = evaluate(dataset.labels, binarize(probabilities, run.threshold), run.label_names)
-    assert again["micro_f1"] == pytest.approx(metrics["test"]["micro_f1"], abs=1e-12)
+# Its run folders (train_run, run_all cells, hhmpn-predict --run/--raw) are tested with every neural model's in
+# tests/test_predict.py and tests/test_predict_raw.py.
 
 
 ROTATIONS = (0, 1, 2, 3, 4)
