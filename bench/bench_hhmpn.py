@@ -38,8 +38,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.official import (Blocked, TimedLoader, apply_patches, extract_official, load, print_patches, rates,
-                            run_driver, synthetic_mosei)
+from bench.official import (Blocked, TimedLoader, apply_patches, extract_official, load, measured,
+                            print_patches, run_driver, synthetic_mosei)
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL_URL = "https://github.com/MANLP-suda/HHMPN"
@@ -219,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[ours] training {args.epochs} epoch(s) x {args.samples} samples (load avg {load()}) ...", flush=True)
         ours = run_ours(built, args.epochs, args.seed)
         cfg = ours.pop("config")
-        n, wall, cpu, per_s, per_cpu_s = rates(ours["epochs"])
-        ours.update(samples=n, wall=wall, cpu=cpu, samples_per_s=per_s, samples_per_cpu_s=per_cpu_s, load_after=load())
+        ours.update(measured(ours["epochs"]), load_after=load())
+        n, wall, per_s, per_cpu_s = ours["samples"], ours["wall"], ours["samples_per_s"], ours["samples_per_cpu_s"]
         report["ours"] = ours
         ours_line = (f"ours     HHMPN (hhmpn.model, profile 'paper': d={cfg.d} T={cfg.rounds} batch {cfg.batch_size} "
                      f"lambda={cfg.lam} lr {cfg.lr:g}; {ours['parameters']:,} parameters): {n} training samples in "
@@ -241,9 +241,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"arguments: {' '.join(OFFICIAL_ARGS)} (load avg {load()}) ...", flush=True)
                 official = run_official(root, pt, work, args.epochs, args.seed, args.threads,
                                         None if args.no_probe else cfg.d, args.official_timeout)
-                n_o, wall_o, cpu_o, per_s_o, per_cpu_s_o = rates(official["epochs"])
-                official.update(commit=commit, samples=n_o, wall=wall_o, cpu=cpu_o, samples_per_s=per_s_o,
-                                samples_per_cpu_s=per_cpu_s_o, load_after=load())
+                official.update(measured(official["epochs"]), commit=commit, load_after=load())
+                n_o, wall_o = official["samples"], official["wall"]
+                per_s_o, per_cpu_s_o = official["samples_per_s"], official["samples_per_cpu_s"]
                 report["official"] = official
                 if "probe" in official:
                     print(f"official with the paper's -d_model {cfg.d}: {official['probe']}")

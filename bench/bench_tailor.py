@@ -91,7 +91,7 @@ loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=0, shuffle=
 
 # loss on the fixed batch with the initial weights, eval mode (no dropout), training=True (the loss branch)
 torch.save(model.state_dict(), cfg["state"])
-fixed = torch.load(cfg["batch"])
+fixed = torch.load(cfg["batch"], weights_only=True)  # a dict of tensors the bench wrote
 model.eval()
 with torch.no_grad():
     loss = model(fixed["text"], fixed["mask"], fixed["vision"], fixed["mask"], fixed["audio"], fixed["mask"],

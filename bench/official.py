@@ -7,7 +7,7 @@
 - :func:`extract_official`, :func:`apply_patches`, :func:`run_driver`: the official code of a git directory's
   HEAD in a temporary folder, patched there only (each patch's old string must occur once, else
   :class:`Blocked`), and run in a child process of this virtualenv's python that prints one ``RESULT {json}``;
-- :func:`rates`, :func:`load`: samples/s and samples per CPU-second of the timed passes; the load average.
+- :func:`measured`, :func:`load`: samples/s and samples per CPU-second of the timed passes; the load average.
 """
 
 from __future__ import annotations
@@ -162,18 +162,13 @@ def run_driver(root: Path, driver: str, config: dict, threads: int | None, timeo
 
 
 # --------------------------------------------------------------------------------------------- report
-def rates(epochs: list[dict]) -> tuple[int, float, float, float, float]:
-    """``(samples, wall s, CPU s, samples/s, samples/CPU-s)`` over timed passes."""
+def measured(epochs: list[dict]) -> dict:
+    """Over timed passes: samples, wall and CPU seconds, samples/s and samples per CPU-second (the report's keys)."""
     samples = sum(e["samples"] for e in epochs)
     wall = sum(e["wall"] for e in epochs)
     cpu = sum(e["cpu"] for e in epochs)
-    return samples, wall, cpu, samples / wall, samples / cpu
-
-
-def measured(epochs: list[dict]) -> dict:
-    """:func:`rates` as the report's keys."""
-    n, wall, cpu, per_s, per_cpu_s = rates(epochs)
-    return {"samples": n, "wall": wall, "cpu": cpu, "samples_per_s": per_s, "samples_per_cpu_s": per_cpu_s}
+    return {"samples": samples, "wall": wall, "cpu": cpu, "samples_per_s": samples / wall,
+            "samples_per_cpu_s": samples / cpu}
 
 
 def load() -> str:
